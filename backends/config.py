@@ -1,0 +1,181 @@
+"""The GPT spec shared by every backend.
+
+One frozen dataclass describes the architecture completely; both backends build exactly
+this model and read and write exactly the tensors named by `canonical_shapes`, so a
+weights file is interchangeable between them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gptbench.errors import UserError
+
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration mistake; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """GPT-2 architecture plus the variants users ask for.
+
+    - norm: `layernorm` (GPT-2) or `rmsnorm` (no mean subtraction, weight only).
+    - mlp: `gelu` (GPT-2, tanh approximation), `relu2` (squared ReLU) or `swiglu`
+      (silu(x Wg) * (x Wu) Wd, hidden size 2/3 of 4*n_embd rounded up to a multiple of 64
+      so the parameter count stays close to the GELU MLP).
+    - bias: biases in every Linear and LayerNorm (GPT-2 has them; nanoGPT's small
+      configs drop them).
+    - tie_embeddings: the LM head shares the token-embedding matrix.
+    """
+
+    vocab_size: int = 50257
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"pick e.g. n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.mlp not in MLPS:
+            raise ConfigError(f"unknown mlp {self.mlp!r}; choose one of {', '.join(MLPS)}")
+        if self.norm_eps <= 0:
+            raise ConfigError(f"norm_eps must be positive, got {self.norm_eps}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        if self.mlp == "swiglu":
+            hidden = (8 * self.n_embd) // 3
+            return ((hidden + 63) // 64) * 64
+        return 4 * self.n_embd
+
+    @property
+    def norm_has_bias(self) -> bool:
+        return self.bias and self.norm == "layernorm"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GPTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown model config key(s): {', '.join(unknown)}; "
+                f"valid keys are {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "GPTConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ---- the canonical tensor layout -------------------------------------------------
+    def canonical_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor of the model by canonical name, in `[out, in]` Linear layout.
+
+        Both torch and MLX `Linear` store `[out, in]`, so neither backend transposes.
+        """
+        C, V, T, H = self.n_embd, self.vocab_size, self.block_size, self.mlp_hidden
+        shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, C), "wpe.weight": (T, C)}
+
+        def norm(prefix: str) -> None:
+            shapes[f"{prefix}.weight"] = (C,)
+            if self.norm_has_bias:
+                shapes[f"{prefix}.bias"] = (C,)
+
+        def linear(prefix: str, n_out: int, n_in: int) -> None:
+            shapes[f"{prefix}.weight"] = (n_out, n_in)
+            if self.bias:
+                shapes[f"{prefix}.bias"] = (n_out,)
+
+        for i in range(self.n_layer):
+            p = f"h.{i}"
+            norm(f"{p}.ln_1")
+            linear(f"{p}.attn.c_attn", 3 * C, C)
+            linear(f"{p}.attn.c_proj", C, C)
+            norm(f"{p}.ln_2")
+            linear(f"{p}.mlp.c_fc", H, C)
+            if self.mlp == "swiglu":
+                linear(f"{p}.mlp.c_gate", H, C)
+            linear(f"{p}.mlp.c_proj", C, H)
+        norm("ln_f")
+        if not self.tie_embeddings:
+            shapes["lm_head.weight"] = (V, C)
+        return shapes
+
+    def param_breakdown(self) -> dict[str, int]:
+        """Parameter counts: token embeddings, position embeddings, blocks, final norm, head."""
+        shapes = self.canonical_shapes()
+
+        def count(pred) -> int:
+            total = 0
+            for name, shape in shapes.items():
+                if pred(name):
+                    n = 1
+                    for d in shape:
+                        n *= d
+                    total += n
+            return total
+
+        return {
+            "token_embeddings": count(lambda n: n == "wte.weight"),
+            "position_embeddings": count(lambda n: n == "wpe.weight"),
+            "blocks": count(lambda n: n.startswith("h.")),
+            "final_norm": count(lambda n: n.startswith("ln_f.")),
+            "lm_head": count(lambda n: n == "lm_head.weight"),
+        }
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Total parameters (tied head counted once); `non_embedding` drops positions,
+        as nanoGPT does for its MFU estimate."""
+        b = self.param_breakdown()
+        total = sum(b.values())
+        return total - b["position_embeddings"] if non_embedding else total
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token, nanoGPT/PaLM formula: 6N + 12·L·H·(C/H)·T."""
+        n = self.num_params(non_embedding=True)
+        return 6 * n + 12 * self.n_layer * self.n_head * self.head_dim * self.block_size
+
+
+def format_params(n: int) -> str:
+    """Human-readable parameter count: 0.80M, 124.44M, 1.56B."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(n)

@@ -1,0 +1,3 @@
+from gptbench.cli import main
+
+raise SystemExit(main())
