@@ -36,10 +36,32 @@ class OptimConfig:
     grad_clip: float = 1.0  # 0 = off
 
 
-@dataclass(frozen=True)
 class StepResult:
-    loss: float  # mean loss over the micro-batches of this step
-    grad_norm: float  # global gradient norm before clipping
+    """Loss and gradient norm of one optimizer step.
+
+    Backends may hand over device scalars: they are converted to floats only when read,
+    so a training loop that logs every N steps does not force a host-device sync per step.
+    """
+
+    __slots__ = ("_loss", "_grad_norm")
+
+    def __init__(self, loss: Any, grad_norm: Any) -> None:
+        self._loss = loss
+        self._grad_norm = grad_norm
+
+    @property
+    def loss(self) -> float:
+        """Mean loss over the micro-batches of this step."""
+        if not isinstance(self._loss, float):
+            self._loss = float(self._loss)
+        return self._loss
+
+    @property
+    def grad_norm(self) -> float:
+        """Global gradient norm before clipping."""
+        if not isinstance(self._grad_norm, float):
+            self._grad_norm = float(self._grad_norm)
+        return self._grad_norm
 
 
 Batch = tuple[np.ndarray, np.ndarray]  # (x, y), int64 [B, T]

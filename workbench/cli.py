@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for command in sub.choices.values():  # `gptbench train --runs-dir X` works too
+        command.add_argument("--runs-dir", default=argparse.SUPPRESS, help="directory holding runs")
     return parser
 
 

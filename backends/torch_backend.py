@@ -1,0 +1,284 @@
+"""PyTorch implementation of the Backend protocol (CUDA, MPS, CPU).
+
+Mixed precision: parameters and optimizer state stay float32; on CUDA the forward pass runs
+under bfloat16 autocast by default (`dtype="float16"` adds a GradScaler). `compile=True`
+wraps the model with `torch.compile`; weights are always read from the uncompiled module,
+so checkpoints never carry `_orig_mod.` prefixes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from gptbench.backends.base import Backend, Batch, OptimConfig, StepResult
+from gptbench.backends.config import GPTConfig
+from gptbench.backends.sampling import SamplingParams
+from gptbench.backends.torch_model import GPT, ModelCache
+from gptbench.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    """`auto` -> cuda > mps > cpu; an explicit device that is missing is a UserError."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but CUDA is not available; use --device auto or cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps requested but MPS is not available; use --device auto or cpu")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {device!r} for the torch backend; use auto, cpu, cuda or mps")
+    return device
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        *,
+        device: str = "auto",
+        seed: int = 0,
+        dtype: str = "float32",
+        compile: bool = False,
+    ) -> None:
+        self.config = config
+        self.device = resolve_device(device)
+        if dtype == "auto":
+            dtype = "bfloat16" if self.device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+        if dtype not in DTYPES:
+            raise UserError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+        self.dtype = dtype
+        torch.manual_seed(seed)
+        self.model = GPT(config)
+        self.model.init_weights(seed)
+        self.model.to(self.device)
+        self._forward = torch.compile(self.model) if compile else self.model
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.optim: OptimConfig | None = None
+        use_amp = dtype != "float32" and self.device.split(":")[0] in ("cuda", "mps")
+        self._autocast = (
+            (lambda: torch.autocast(device_type=self.device.split(":")[0], dtype=DTYPES[dtype]))
+            if use_amp
+            else contextlib.nullcontext
+        )
+        self._scaler = torch.amp.GradScaler("cuda") if use_amp and dtype == "float16" and self.device.startswith("cuda") else None
+
+    # ---- weights --------------------------------------------------------------------
+    def _named_params(self) -> dict[str, torch.nn.Parameter]:
+        """Canonical name -> parameter; a tied head is the embedding, listed once."""
+        return dict(self.model.named_parameters())
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        return {n: p.detach().float().cpu().numpy().copy() for n, p in self._named_params().items()}
+
+    def set_weights(self, tensors: dict[str, np.ndarray]) -> None:
+        params = self._named_params()
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(torch.from_numpy(np.ascontiguousarray(tensors[name], dtype=np.float32)))
+
+    @torch.no_grad()
+    def forward_logits(self, idx: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        x = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.device)
+        with self._autocast():
+            logits, _ = self.model(x)
+        return logits.float().cpu().numpy()
+
+    # ---- training -------------------------------------------------------------------
+    def setup_optimizer(self, optim: OptimConfig) -> None:
+        params = self._named_params()
+        decay = [p for p in params.values() if p.dim() >= 2]
+        no_decay = [p for p in params.values() if p.dim() < 2]
+        groups = [
+            {"params": decay, "weight_decay": optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        kwargs: dict[str, Any] = {"lr": 0.0, "betas": (optim.beta1, optim.beta2), "eps": optim.eps}
+        if self.device.startswith("cuda"):
+            kwargs["fused"] = True
+        else:
+            kwargs["foreach"] = True
+        self.optimizer = torch.optim.AdamW(groups, **kwargs)
+        self.optim = optim
+        self._param_list = list(params.values())
+
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.asarray(a, dtype=np.int64))
+        if self.device == "cpu":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True) if self.device.startswith("cuda") else t.to(self.device)
+
+    def train_step(self, micro_batches: Sequence[Batch], lr: float) -> StepResult:
+        if self.optimizer is None or self.optim is None:
+            raise RuntimeError("setup_optimizer() must be called before train_step()")
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        n = len(micro_batches)
+        total = torch.zeros((), device=self.device)
+        for x_np, y_np in micro_batches:
+            x, y = self._to_device(x_np), self._to_device(y_np)
+            with self._autocast():
+                _, loss = self._forward(x, y)
+            scaled = loss / n
+            if self._scaler is not None:
+                self._scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+            total += loss.detach()
+        if self._scaler is not None:
+            self._scaler.unscale_(self.optimizer)
+        clip = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._param_list, clip, foreach=True)
+        if self._scaler is not None:
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(total / n, grad_norm)
+
+    @torch.no_grad()
+    def eval_loss(self, x: np.ndarray, y: np.ndarray) -> float:
+        self.model.eval()
+        with self._autocast():
+            _, loss = self._forward(self._to_device(x), self._to_device(y))
+        return float(loss)
+
+    def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        assert self.optimizer is not None
+        tensors: dict[str, np.ndarray] = {}
+        step = 0
+        for name, p in self._named_params().items():
+            st = self.optimizer.state.get(p)
+            if not st:
+                continue
+            tensors[f"exp_avg.{name}"] = st["exp_avg"].detach().cpu().numpy().copy()
+            tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].detach().cpu().numpy().copy()
+            step = int(st["step"])
+        meta: dict[str, Any] = {"step": step}
+        if self._scaler is not None:
+            meta["grad_scale"] = float(self._scaler.get_scale())
+        return tensors, meta
+
+    def set_optimizer_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        assert self.optimizer is not None
+        step = int(meta.get("step", 0))
+        for name, p in self._named_params().items():
+            if f"exp_avg.{name}" not in tensors:
+                continue
+            self.optimizer.state[p] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": torch.from_numpy(tensors[f"exp_avg.{name}"].copy()).to(self.device),
+                "exp_avg_sq": torch.from_numpy(tensors[f"exp_avg_sq.{name}"].copy()).to(self.device),
+            }
+        if self._scaler is not None and "grad_scale" in meta:
+            self._scaler.update(float(meta["grad_scale"]))
+
+    def get_rng_state(self) -> dict[str, np.ndarray]:
+        state = {"torch_cpu": torch.get_rng_state().numpy().copy()}
+        if self.device.startswith("cuda"):
+            state["torch_cuda"] = torch.cuda.get_rng_state().numpy().copy()
+        return state
+
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        if "torch_cpu" in state:
+            torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_cpu"], dtype=np.uint8).copy()))
+        if "torch_cuda" in state and self.device.startswith("cuda"):
+            torch.cuda.set_rng_state(torch.from_numpy(np.asarray(state["torch_cuda"], dtype=np.uint8).copy()))
+
+    # ---- generation -----------------------------------------------------------------
+    def new_cache(self, batch_size: int) -> ModelCache:
+        return ModelCache(self.config.n_layer)
+
+    @torch.inference_mode()
+    def forward_last(self, ids: np.ndarray | torch.Tensor, cache: ModelCache | None, pad: np.ndarray | None = None) -> torch.Tensor:
+        if self.model.training:  # eval() walks every module: too slow to repeat per token
+            self.model.eval()
+        x = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
+        if x.dim() == 1:
+            x = x[:, None]
+        if cache is None and pad is not None and np.any(pad):
+            cache = ModelCache(self.config.n_layer)  # a throwaway cache carries the padding
+        if cache is not None and pad is not None and cache.offset == 0:
+            cache.pad = torch.as_tensor(np.asarray(pad, dtype=np.int64), device=self.device) if np.any(pad) else None
+        with self._autocast():
+            logits, _ = self.model(x, cache=cache, last_only=True)
+        return logits[:, -1, :].float()
+
+    def make_generator(self, seed: int | None) -> torch.Generator:
+        gen = torch.Generator(device=self.device if self.device.startswith("cuda") else "cpu")
+        if seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(int(seed))
+        return gen
+
+    @torch.inference_mode()
+    def sample(self, logits: torch.Tensor, params: SamplingParams, history: np.ndarray | None, generator: torch.Generator) -> np.ndarray:
+        x = filtered_logits(logits, params, history)
+        if params.greedy:
+            return x.argmax(dim=-1).cpu().numpy()
+        probs = torch.softmax(x, dim=-1)
+        if probs.device.type != generator.device.type:
+            probs = probs.cpu()
+        return torch.multinomial(probs, 1, generator=generator)[:, 0].cpu().numpy()
+
+
+# ---- sampling filters: torch versions of gptbench.backends.sampling's references ----------
+def repetition_penalty(logits: torch.Tensor, history: np.ndarray, penalty: float) -> torch.Tensor:
+    h = torch.as_tensor(np.asarray(history, dtype=np.int64), device=logits.device)
+    counts = torch.zeros_like(logits).scatter_add_(1, h.clamp(min=0), (h >= 0).to(logits.dtype))
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(counts > 0, penalised, logits)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    if p >= 1.0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+    remove = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, order, before >= p)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    if min_p <= 0.0:
+        return logits
+    threshold = logits.max(dim=-1, keepdim=True).values + float(np.log(min_p))
+    return logits.masked_fill(logits < threshold, float("-inf"))
+
+
+def filtered_logits(logits: torch.Tensor, params: SamplingParams, history: np.ndarray | None) -> torch.Tensor:
+    """The fixed filter order of gptbench.backends.sampling, vectorised over the batch."""
+    x = logits
+    if history is not None and params.repetition_penalty != 1.0 and history.size:
+        x = repetition_penalty(x, history, params.repetition_penalty)
+    if params.greedy:
+        return x
+    x = x / params.temperature
+    x = top_k_filter(x, params.top_k)
+    x = top_p_filter(x, params.top_p)
+    return min_p_filter(x, params.min_p)
+

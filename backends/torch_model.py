@@ -1,0 +1,199 @@
+"""The GPT spec in PyTorch.
+
+Module attribute names are the canonical tensor names (`wte`, `wpe`, `h.N.attn.c_attn`, ...),
+so `state_dict()` keys are already canonical and Linear weights are `[out, in]`.
+Attention uses `scaled_dot_product_attention` (flash / memory-efficient kernels where the
+device has them). Generation appends to a preallocated per-layer `KVCache`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptbench.backends.config import GPTConfig
+
+CACHE_STEP = 256  # the KV cache grows in chunks of this many positions
+
+
+class KVCache:
+    """Keys and values of one layer, preallocated and grown in `CACHE_STEP` chunks.
+
+    `update_and_fetch` writes the new positions in place and returns views of everything
+    cached so far, so decoding one token costs no concatenation of the whole history.
+    """
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.offset = 0
+
+    def update_and_fetch(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, H, T, D = k.shape
+        need = self.offset + T
+        if self.k is None or need > self.k.shape[2]:
+            capacity = ((need + CACHE_STEP - 1) // CACHE_STEP) * CACHE_STEP
+            new_k = k.new_empty(B, H, capacity, D)
+            new_v = v.new_empty(B, H, capacity, D)
+            if self.k is not None and self.offset:
+                new_k[:, :, : self.offset] = self.k[:, :, : self.offset]
+                new_v[:, :, : self.offset] = self.v[:, :, : self.offset]
+            self.k, self.v = new_k, new_v
+        self.k[:, :, self.offset : need] = k
+        self.v[:, :, self.offset : need] = v
+        self.offset = need
+        return self.k[:, :, :need], self.v[:, :, :need]
+
+
+class ModelCache:
+    """One KVCache per layer plus the left padding of each row (batched prompts)."""
+
+    def __init__(self, n_layer: int) -> None:
+        self.layers = [KVCache() for _ in range(n_layer)]
+        self.pad: torch.Tensor | None = None  # [B] int64, set at prefill
+
+    @property
+    def offset(self) -> int:
+        return self.layers[0].offset
+
+
+def _norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        start = 0
+        if cache is not None:
+            start = cache.offset
+            k, v = cache.update_and_fetch(k, v)
+        if mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif start == 0 and T > 1:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
+        elif T == 1:  # one new token attends to everything cached
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:  # several new tokens on top of a cache: causal with an offset
+            causal = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.kind = config.mlp
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        if config.mlp == "swiglu":
+            self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gelu":
+            h = F.gelu(self.c_fc(x), approximate="tanh")
+        elif self.kind == "relu2":
+            h = F.relu(self.c_fc(x)).square()
+        else:
+            h = F.silu(self.c_gate(x)) * self.c_fc(x)
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = _norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = _norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = _norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def init_weights(self, seed: int) -> None:
+        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2·n_layer)."""
+        gen = torch.Generator().manual_seed(seed)
+        proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("c_proj.weight"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * proj_std)
+                elif p.dim() >= 2:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+                elif name.endswith(".bias"):
+                    p.zero_()
+                else:  # norm gains
+                    p.fill_(1.0)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: ModelCache | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T = idx.shape
+        start = cache.offset if cache is not None else 0
+        pad = cache.pad if cache is not None else None
+        pos = torch.arange(start, start + T, device=idx.device)
+        mask = None
+        if pad is not None:
+            # Left-padded rows: positions restart at 0 after the padding, padded keys are
+            # masked out, and a padded query still sees itself (its output is never used).
+            pos_b = (pos[None, :] - pad[:, None]).clamp(min=0)
+            x = self.wte(idx) + self.wpe(pos_b)
+            keys = torch.arange(start + T, device=idx.device)
+            q_abs = pos[:, None]
+            allowed = (keys[None, :] <= q_abs)[None] & (keys[None, None, :] >= pad[:, None, None])
+            allowed |= (keys[None, :] == q_abs)[None]
+            mask = allowed[:, None]  # [B, 1, T, S]
+        else:
+            x = self.wte(idx) + self.wpe(pos)
+        x = self.drop(x)
+        for i, block in enumerate(self.h):
+            x = block(x, cache.layers[i] if cache is not None else None, mask)
+        x = self.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            return logits, loss
+        if last_only:
+            x = x[:, -1:, :]
+        return self.lm_head(x), None

@@ -1,0 +1,87 @@
+"""A float64 numpy forward pass of the GPT spec, written from the spec alone.
+
+It shares no code with either backend, so agreeing with it means a backend implements the
+spec, not merely that two backends share a bug.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _norm(x: np.ndarray, w: dict, prefix: str, cfg) -> np.ndarray:
+    if cfg.norm == "rmsnorm":
+        y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + cfg.norm_eps)
+        return y * w[f"{prefix}.weight"]
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    y = (x - mu) / np.sqrt(var + cfg.norm_eps) * w[f"{prefix}.weight"]
+    if cfg.bias:
+        y = y + w[f"{prefix}.bias"]
+    return y
+
+
+def _linear(x: np.ndarray, w: dict, prefix: str, cfg) -> np.ndarray:
+    y = x @ w[f"{prefix}.weight"].T
+    if cfg.bias:
+        y = y + w[f"{prefix}.bias"]
+    return y
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def reference_logits(cfg, weights: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+    """Logits [B, T, V] in float64 for token ids [B, T]."""
+    w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    B, T = idx.shape
+    C, H = cfg.n_embd, cfg.n_head
+    D = C // H
+    x = w["wte.weight"][idx] + w["wpe.weight"][np.arange(T)][None]
+    causal = np.tril(np.ones((T, T), dtype=bool))
+    for i in range(cfg.n_layer):
+        p = f"h.{i}"
+        h = _norm(x, w, f"{p}.ln_1", cfg)
+        qkv = _linear(h, w, f"{p}.attn.c_attn", cfg)
+        q, k, v = np.split(qkv, 3, axis=-1)
+        q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        k = k.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        v = v.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        att = q @ k.transpose(0, 1, 3, 2) / np.sqrt(D)
+        att = np.where(causal, att, -np.inf)
+        att = np.exp(att - att.max(axis=-1, keepdims=True))
+        att = att / att.sum(axis=-1, keepdims=True)
+        y = (att @ v).transpose(0, 2, 1, 3).reshape(B, T, C)
+        x = x + _linear(y, w, f"{p}.attn.c_proj", cfg)
+        h = _norm(x, w, f"{p}.ln_2", cfg)
+        if cfg.mlp == "gelu":
+            m = _gelu_tanh(_linear(h, w, f"{p}.mlp.c_fc", cfg))
+        elif cfg.mlp == "relu2":
+            m = np.maximum(_linear(h, w, f"{p}.mlp.c_fc", cfg), 0.0) ** 2
+        else:
+            g = _linear(h, w, f"{p}.mlp.c_gate", cfg)
+            m = g / (1.0 + np.exp(-g)) * _linear(h, w, f"{p}.mlp.c_fc", cfg)
+        x = x + _linear(m, w, f"{p}.mlp.c_proj", cfg)
+    x = _norm(x, w, "ln_f", cfg)
+    head = w["wte.weight"] if cfg.tie_embeddings else w["lm_head.weight"]
+    return x @ head.T
+
+
+def reference_loss(cfg, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    logits = reference_logits(cfg, weights, x)
+    m = logits.max(axis=-1, keepdims=True)
+    logp = logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
+    return float(-np.take_along_axis(logp, y[..., None], axis=-1).mean())
+
+
+def perturbed_weights(cfg, seed: int = 0, scale: float = 0.5) -> dict[str, np.ndarray]:
+    """Random weights with non-trivial norms and biases (init zeros/ones would hide bugs)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in cfg.canonical_shapes().items():
+        if name.endswith(".weight") and len(shape) == 1:
+            out[name] = (1.0 + 0.2 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            out[name] = (scale * rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
+    return out

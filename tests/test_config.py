@@ -1,0 +1,90 @@
+"""GPTConfig, presets and config precedence."""
+
+from __future__ import annotations
+
+import pytest
+
+from gptbench.backends.config import ConfigError, GPTConfig
+from gptbench.config import PRESETS, TrainConfig, load_toml, resolve_run_config
+
+
+def test_gpt2_124m_parameter_count():
+    cfg = GPTConfig(**PRESETS["gpt2"]["model"], vocab_size=50257)
+    assert cfg.num_params() == 124_439_808  # the published GPT-2 small count (tied head)
+    b = cfg.param_breakdown()
+    assert b["token_embeddings"] == 50257 * 768 and b["position_embeddings"] == 1024 * 768
+    assert b["lm_head"] == 0
+
+
+@pytest.mark.parametrize("preset,expected", [("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)])
+def test_larger_gpt2_counts(preset, expected):
+    assert GPTConfig(**PRESETS[preset]["model"], vocab_size=50257).num_params() == expected
+
+
+def test_tiny_preset_is_nanogpt_cpu_config():
+    cfg = resolve_run_config("tiny")
+    assert (cfg.model["n_layer"], cfg.model["n_head"], cfg.model["n_embd"], cfg.model["block_size"]) == (4, 4, 128, 64)
+    t = cfg.train
+    assert (t.batch_size, t.lr, t.min_lr, t.warmup_iters, t.beta2, cfg.model["dropout"]) == (12, 1e-3, 1e-4, 100, 0.99, 0.0)
+    assert t.lr_decay_iters == t.max_iters == 2000
+
+
+def test_small_preset_is_nanogpt_shakespeare_char():
+    cfg = resolve_run_config("small")
+    assert (cfg.model["n_layer"], cfg.model["n_embd"], cfg.model["block_size"], cfg.model["dropout"]) == (6, 384, 256, 0.2)
+    assert cfg.train.batch_size == 64
+
+
+def test_variant_shapes():
+    sw = GPTConfig(vocab_size=10, n_embd=96, n_head=4, mlp="swiglu", tie_embeddings=False, norm="rmsnorm", bias=False)
+    shapes = sw.canonical_shapes()
+    assert shapes["h.0.mlp.c_gate.weight"] == (256, 96)  # 8/3 * 96 = 256
+    assert "lm_head.weight" in shapes and "ln_f.bias" not in shapes and "h.0.attn.c_attn.bias" not in shapes
+
+
+def test_precedence_defaults_preset_toml_flags(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('preset = "small"\ndata = "x.txt"\n[model]\nn_layer = 3\n[train]\nlr = 5e-4\nmax_iters = 10\n')
+    cfg = resolve_run_config(None, load_toml(f), {"n_layer": 2}, {"max_iters": 20}, {"data": None})
+    assert cfg.preset == "small"
+    assert cfg.model["n_layer"] == 2  # flag beats toml
+    assert cfg.model["n_embd"] == 384  # preset beats default
+    assert cfg.train.lr == 5e-4  # toml beats preset
+    assert cfg.train.max_iters == 20 and cfg.train.lr_decay_iters == 20
+    assert cfg.data == "x.txt"  # None flags do not override
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(preset="huge"), "unknown preset 'huge'"),
+        (dict(model_flags={"n_embd": 130, "n_head": 4}), "n_embd (130) must be divisible by n_head (4)"),
+        (dict(train_flags={"lr": 0.0}), "lr must be positive"),
+        (dict(train_flags={"lr": -1.0}), "lr must be positive"),
+        (dict(train_flags={"max_iters": 0}), "max-iters must be a positive integer"),
+        (dict(train_flags={"batch_size": -4}), "batch-size must be a positive integer"),
+        (dict(model_flags={"norm": "batchnorm"}), "unknown norm 'batchnorm'"),
+        (dict(model_flags={"wat": 1}), "unknown model key(s): wat"),
+    ],
+)
+def test_bad_config_messages(kwargs, message):
+    with pytest.raises(ConfigError) as exc:
+        resolve_run_config(**kwargs)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unknown_keys_rejected_everywhere(tmp_path):
+    with pytest.raises(ConfigError, match="unknown model config key"):
+        GPTConfig.from_dict({"n_layers": 3})
+    with pytest.raises(ConfigError, match="unknown train config key"):
+        TrainConfig.from_dict({"learning_rate": 3})
+    f = tmp_path / "bad.toml"
+    f.write_text("[train]\nlearning_rate = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown \[train\] key\(s\): learning_rate"):
+        load_toml(f)
+
+
+def test_flops_per_token_formula():
+    cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False)
+    n = cfg.num_params(non_embedding=True)
+    assert cfg.flops_per_token() == 6 * n + 12 * 4 * 4 * 32 * 64

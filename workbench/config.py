@@ -1,0 +1,185 @@
+"""Run configuration: presets and the resolution of defaults < preset < TOML < flags.
+
+A run's resolved configuration is saved in its `config.json`, so a run can always be
+resumed, compared or reproduced without the command line that started it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from gptbench.backends.config import ConfigError, GPTConfig
+from gptbench.errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping. Defaults are nanoGPT's where it has one."""
+
+    batch_size: int = 12
+    grad_accum: int = 1
+    max_iters: int = 2000
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 0  # 0 = max_iters at the time the run is created
+    decay_lr: bool = True
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 = off
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    sample_tokens: int = 200  # sample logged at every eval; 0 = off
+    keep_last: int = 3  # checkpoints kept besides the best
+    seed: int = 1337
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval")
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name in ("lr",):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters", "sample_tokens", "keep_last"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min-lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if not 0.0 <= self.beta1 < 1.0 or not 0.0 <= self.beta2 < 1.0:
+            raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val-fraction must be in (0, 1), got {self.val_fraction}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown train config key(s): {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def tokens_per_step(self, block_size: int) -> int:
+        return self.batch_size * self.grad_accum * block_size
+
+
+# Presets set model shape and training hyperparameters; vocab_size always comes from the
+# tokenizer. `tiny` is nanoGPT's CPU shakespeare_char command, `small` its GPU config.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False),
+        "train": dict(batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=20),
+    },
+    "small": {
+        "model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False),
+        "train": dict(batch_size=64, max_iters=5000, lr=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=200),
+    },
+    "gpt2": {
+        "model": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0, bias=True),
+        "train": dict(batch_size=12, grad_accum=40, max_iters=600000, lr=6e-4, min_lr=6e-5, warmup_iters=2000, beta2=0.95, eval_interval=2000, eval_iters=200),
+    },
+    "gpt2-medium": {
+        "model": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024, dropout=0.0, bias=True),
+        "train": dict(batch_size=12, grad_accum=40, max_iters=600000, lr=3e-4, min_lr=3e-5, warmup_iters=2000, beta2=0.95, eval_interval=2000, eval_iters=200),
+    },
+    "gpt2-large": {
+        "model": dict(n_layer=36, n_head=20, n_embd=1280, block_size=1024, dropout=0.0, bias=True),
+        "train": dict(batch_size=12, grad_accum=40, max_iters=600000, lr=2.5e-4, min_lr=2.5e-5, warmup_iters=2000, beta2=0.95, eval_interval=2000, eval_iters=200),
+    },
+    "gpt2-xl": {
+        "model": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024, dropout=0.0, bias=True),
+        "train": dict(batch_size=12, grad_accum=40, max_iters=600000, lr=2e-4, min_lr=2e-5, warmup_iters=2000, beta2=0.95, eval_interval=2000, eval_iters=200),
+    },
+}
+DEFAULT_PRESET = "tiny"
+
+RUN_KEYS = ("data", "tokenizer", "backend", "device", "dtype", "compile", "name")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run, resolved. `model` lacks vocab_size until the tokenizer
+    is known; `model_config(vocab)` completes it."""
+
+    preset: str
+    model: dict[str, Any]
+    train: TrainConfig
+    data: str | None = None
+    tokenizer: str = "char"
+    backend: str = "auto"
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig.from_dict({**self.model, "vocab_size": vocab_size})
+
+
+def _check_keys(section: str, data: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown {section} key(s): {', '.join(unknown)}; valid keys are {', '.join(sorted(allowed))}")
+
+
+MODEL_KEYS = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot parse {p}: {exc}") from None
+    _check_keys("config-file", data, {"preset", "model", "train", *RUN_KEYS})
+    _check_keys("[model]", data.get("model", {}), MODEL_KEYS)
+    _check_keys("[train]", data.get("train", {}), TRAIN_KEYS)
+    return data
+
+
+def resolve_run_config(
+    preset: str | None = None,
+    toml: Mapping[str, Any] | None = None,
+    model_flags: Mapping[str, Any] | None = None,
+    train_flags: Mapping[str, Any] | None = None,
+    run_flags: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """defaults < preset < TOML file < command-line flags (None values mean 'not given')."""
+    toml = dict(toml or {})
+    preset = preset or toml.get("preset") or DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    model: dict[str, Any] = {k: v for k, v in GPTConfig().to_dict().items() if k != "vocab_size"}
+    model.update(PRESETS[preset]["model"])
+    train: dict[str, Any] = TrainConfig().to_dict()
+    train.update(PRESETS[preset]["train"])
+    model.update(toml.get("model", {}))
+    train.update(toml.get("train", {}))
+    _check_keys("model", model_flags or {}, MODEL_KEYS)
+    _check_keys("train", train_flags or {}, TRAIN_KEYS)
+    model.update({k: v for k, v in (model_flags or {}).items() if v is not None})
+    train.update({k: v for k, v in (train_flags or {}).items() if v is not None})
+    run = {k: toml[k] for k in RUN_KEYS if k in toml}
+    run.update({k: v for k, v in (run_flags or {}).items() if v is not None})
+    train_cfg = TrainConfig.from_dict(train)
+    if train_cfg.lr_decay_iters == 0:
+        train_cfg = dataclasses.replace(train_cfg, lr_decay_iters=train_cfg.max_iters)
+    GPTConfig.from_dict({**model, "vocab_size": 1})  # validate the shape early
+    return RunConfig(preset=preset, model=model, train=train_cfg, **run)

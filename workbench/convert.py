@@ -1,0 +1,447 @@
+"""`gptbench convert`: move weights between runs, gptbench files and Hugging Face GPT-2.
+
+Sources (detected, or forced with `kind`):
+  run      a run name in the runs directory (or its folder): its best/last/step-N checkpoint
+  weights  a gptbench `.safetensors` file (config in the header)
+  hf       a Hugging Face GPT-2 folder (config.json with model_type gpt2 + model.safetensors)
+
+Targets:
+  torch | mlx  the canonical gptbench file (both backends read the same file; the target
+               names the backend the result is verified on). DST ending in `.safetensors`
+               is a weights file; any other DST is a new run in the runs directory, with a
+               tokenizer, so `gptbench sample --run DST` works.
+  hf           a folder loadable by `transformers.GPT2LMHeadModel.from_pretrained`.
+
+Every output is staged beside its destination, verified by reloading it and comparing its
+logits with the source's on a fixed batch, and only then renamed into place; an existing
+destination is replaced only with `force`. Nothing is left behind on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+
+from gptbench.backends.config import GPTConfig, format_params
+from gptbench.errors import UserError
+
+if TYPE_CHECKING:
+    from gptbench.runstore import Run, RunStore
+    from gptbench.tokenizers.base import Tokenizer
+
+DTYPES = ("float32", "float16", "bfloat16")
+TARGETS = ("torch", "mlx", "hf")
+SOURCE_KINDS = ("auto", "run", "weights", "hf")
+# Largest allowed |logit difference| after a round trip, relative to max(1, max |logit|):
+# float32 must reproduce the source; the half types only have to be close.
+TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
+_ST_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+@dataclass
+class Source:
+    kind: str  # run | weights | hf
+    label: str  # what the user sees: "baby@step-2000", a path
+    config: GPTConfig
+    tensors: dict[str, np.ndarray]  # canonical, float32
+    step: int = 0
+    run: "Run | None" = None
+
+
+@dataclass
+class ConvertResult:
+    dst: Path
+    target: str  # torch | mlx | hf
+    layout: str  # "weights file" | "run" | "Hugging Face folder"
+    dtype: str
+    max_diff: float
+    backend: str  # where the round trip was verified, e.g. "torch on cpu"
+    n_tensors: int
+    size_bytes: int
+    batch_shape: tuple[int, int]
+
+    def to_dict(self) -> dict:
+        return {
+            "dst": str(self.dst), "to": self.target, "layout": self.layout, "dtype": self.dtype,
+            "max_logit_diff": self.max_diff, "verified_on": self.backend, "tensors": self.n_tensors,
+            "bytes": self.size_bytes, "batch": list(self.batch_shape),
+        }
+
+
+# ---- sources --------------------------------------------------------------------------
+def load_source(spec: str, store: "RunStore", *, kind: str = "auto", checkpoint: str = "best") -> Source:
+    """Resolve SRC: an existing path first (HF folder, run folder, weights file), then a run name."""
+    from gptbench.backends.hf import is_hf_folder
+
+    if kind not in SOURCE_KINDS:
+        raise UserError(f"unknown source kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
+    p = Path(spec).expanduser()
+    if kind == "hf" or (kind == "auto" and p.is_dir() and is_hf_folder(p)):
+        return _hf_source(p)
+    if kind in ("auto", "run") and p.is_dir() and (p / "config.json").is_file():
+        from gptbench.runstore import Run
+
+        return _run_source(Run(p), checkpoint)
+    if kind in ("auto", "weights") and p.is_file():
+        return _weights_source(p)
+    if p.is_dir():
+        raise UserError(f"{p} is a folder but neither a Hugging Face model (config.json with model_type) nor a gptbench run")
+    if kind == "weights" or p.suffix == ".safetensors":
+        raise UserError(f"weights file not found: {p}")
+    if kind in ("auto", "run") and not p.exists() and os.sep not in spec:
+        return _run_source(store.existing(spec), checkpoint)
+    raise UserError(f"{spec!r} is not a run in {store.root}, a weights file or a Hugging Face folder")
+
+
+def _hf_source(path: Path) -> Source:
+    from gptbench.backends.hf import load_hf_folder
+
+    if not path.is_dir():
+        raise UserError(f"{path} is not a folder; a Hugging Face GPT-2 model is a folder with config.json + model.safetensors")
+    config, tensors, _ = load_hf_folder(path)
+    return Source("hf", str(path), config, tensors)
+
+
+def _run_source(run: "Run", checkpoint: str) -> Source:
+    from gptbench.backends.weights import load_weights
+
+    ck = run.checkpoint(checkpoint)
+    config, tensors = load_weights(ck.path)
+    return Source("run", f"{run.name}@step-{ck.step}", config, _f32(tensors), step=ck.step, run=run)
+
+
+def _weights_source(path: Path) -> Source:
+    from gptbench.backends.hf import looks_like_hf_gpt2_tensors
+    from gptbench.backends.weights import load_weights, read_header
+
+    header, meta, _ = read_header(path)
+    if meta.get("format") != "gptbench" and looks_like_hf_gpt2_tensors(list(header)):
+        raise UserError(
+            f"{path} holds Hugging Face GPT-2 tensors but no config; convert the folder that has "
+            "its config.json + model.safetensors instead"
+        )
+    config, tensors = load_weights(path)
+    step = meta.get("step", "0")
+    return Source("weights", str(path), config, _f32(tensors), step=int(step) if step.isdigit() else 0)
+
+
+def _f32(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+
+
+# ---- writing --------------------------------------------------------------------------
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even; NaN stays NaN."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)  # keep a quiet NaN
+    return rounded
+
+
+def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str], dtype: str) -> int:
+    """Write float tensors as `dtype` (F32, F16 or BF16) and fsync; returns the size.
+
+    Not atomic by itself: callers write into a staging location and rename it.
+    """
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        arr = np.asarray(tensors[name], dtype=np.float32)
+        if dtype == "bfloat16":
+            data = bf16_bits(arr).tobytes()
+        else:
+            data = np.ascontiguousarray(arr.astype(np.float16 if dtype == "float16" else np.float32)).tobytes()
+        header[name] = {"dtype": _ST_DTYPE[dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for blob in blobs:
+            f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+    return 8 + len(raw) + offset
+
+
+def _write_json(path: Path, obj: object) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _install(stage: Path, dst: Path) -> None:
+    """Move a verified staging file or folder onto `dst`, replacing it if it exists."""
+    if dst.is_dir() and not dst.is_symlink():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.rename(dst, old)
+        try:
+            os.rename(stage, dst)
+        except BaseException:
+            os.rename(old, dst)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, dst)
+    _fsync_dir(dst.parent)
+
+
+# ---- verification ---------------------------------------------------------------------
+def fixed_batch(config: GPTConfig, batch: int = 2, length: int = 32) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, config.vocab_size, size=(batch, min(length, config.block_size)), dtype=np.int64)
+
+
+def _logits(config: GPTConfig, tensors: Mapping[str, np.ndarray], backend: str, device: str, idx: np.ndarray):
+    from gptbench.backends.base import create_backend
+
+    be = create_backend(config, backend, device=device)
+    be.set_weights(dict(tensors))
+    return be.forward_logits(idx), be.describe()
+
+
+def _verify(source: Source, config: GPTConfig, tensors: Mapping[str, np.ndarray], dtype: str, backend: str, device: str) -> tuple[float, str, tuple[int, int]]:
+    """Max |logit difference| between the source and the reloaded output on one backend."""
+    if config != source.config:
+        raise UserError(f"conversion changed the model config ({config} != {source.config}); this is a bug, nothing was written")
+    idx = fixed_batch(config)
+    ref, where = _logits(source.config, source.tensors, backend, device, idx)
+    out, _ = _logits(config, tensors, backend, device, idx)
+    diff = float(np.max(np.abs(out.astype(np.float64) - ref)))
+    scale = max(1.0, float(np.max(np.abs(ref))))
+    if not np.isfinite(diff) or diff > TOLERANCE[dtype] * scale:
+        raise UserError(
+            f"verification failed: reloaded {dtype} output differs from the source by {diff:.3g} in the logits "
+            f"(allowed {TOLERANCE[dtype] * scale:.3g}); nothing was written"
+        )
+    return diff, where, (int(idx.shape[0]), int(idx.shape[1]))
+
+
+# ---- the conversion -------------------------------------------------------------------
+def destination_kind(dst: str, to: str) -> str:
+    """`hf` -> a folder; torch/mlx -> a weights file (`*.safetensors`) or a run name."""
+    if to == "hf":
+        return "hf"
+    return "weights" if dst.endswith(".safetensors") else "run"
+
+
+def convert(
+    source: Source,
+    dst: str,
+    *,
+    to: str,
+    dtype: str,
+    store: "RunStore",
+    force: bool = False,
+    tokenizer: str | None = None,
+    backend: str = "auto",
+    device: str = "auto",
+) -> ConvertResult:
+    """Write `source` to `dst` as `to` in `dtype`, verified, atomically."""
+    from gptbench.backends.base import resolve_backend_name
+
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if to not in TARGETS:
+        raise UserError(f"unknown target {to!r}; choose one of {', '.join(TARGETS)}")
+    verify_on = resolve_backend_name(backend if to == "hf" else to)
+    kind = destination_kind(dst, to)
+    if kind == "hf":
+        from gptbench.backends.hf import check_exportable
+
+        check_exportable(source.config)
+        return _to_hf(source, Path(dst).expanduser(), dtype, force, verify_on, device)
+    if kind == "weights":
+        return _to_weights(source, Path(dst).expanduser(), dtype, force, to, verify_on, device)
+    return _to_run(source, dst, dtype, force, to, verify_on, device, store, tokenizer)
+
+
+def _check_target(dst: Path, force: bool, what: str) -> None:
+    if dst.exists() or dst.is_symlink():
+        if not force:
+            raise UserError(f"{dst} already exists; pass --force to overwrite it")
+        if what == "file" and dst.is_dir():
+            raise UserError(f"{dst} is a folder; a weights file destination must be a file path")
+        if what == "folder" and not dst.is_dir():
+            raise UserError(f"{dst} exists and is not a folder; remove it or choose another destination")
+
+
+def _stage_dir(dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+
+
+def _weights_meta(config: GPTConfig, source: Source, dtype: str) -> dict[str, str]:
+    from gptbench.backends.weights import weights_metadata
+
+    return weights_metadata(config, converted_from=source.label, dtype=dtype, step=str(source.step))
+
+
+def _to_weights(source: Source, dst: Path, dtype: str, force: bool, to: str, verify_on: str, device: str) -> ConvertResult:
+    from gptbench.backends.weights import load_weights
+
+    _check_target(dst, force, "file")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    stage = Path(tmp)
+    try:
+        size = write_safetensors(stage, source.tensors, _weights_meta(source.config, source, dtype), dtype)
+        config, tensors = load_weights(stage)
+        diff, where, shape = _verify(source, config, tensors, dtype, verify_on, device)
+        _install(stage, dst)
+    except BaseException:
+        stage.unlink(missing_ok=True)
+        raise
+    return ConvertResult(dst, to, "weights file", dtype, diff, where, len(tensors), size, shape)
+
+
+def _to_hf(source: Source, dst: Path, dtype: str, force: bool, verify_on: str, device: str) -> ConvertResult:
+    from gptbench.backends.hf import config_to_hf, load_hf_folder, to_hf
+
+    _check_target(dst, force, "folder")
+    stage = _stage_dir(dst)
+    try:
+        hf_tensors = to_hf(source.config, source.tensors)
+        size = write_safetensors(stage / "model.safetensors", hf_tensors, {"format": "pt"}, dtype)
+        _write_json(stage / "config.json", config_to_hf(source.config, dtype))
+        config, tensors, _ = load_hf_folder(stage)
+        # The HF config has no dropout; compare like with like.
+        config = config.replace(dropout=source.config.dropout)
+        diff, where, shape = _verify(source, config, tensors, dtype, verify_on, device)
+        _fsync_dir(stage)
+        _install(stage, dst)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return ConvertResult(dst, "hf", "Hugging Face folder", dtype, diff, where, len(hf_tensors), size, shape)
+
+
+def _run_tokenizer(source: Source, spec: str | None) -> "Tokenizer":
+    from gptbench.loading import load_tokenizer_spec
+    from gptbench.tokenizers.registry import load_tokenizer
+
+    if spec:
+        tok = load_tokenizer_spec(spec)
+    elif source.run is not None:
+        tok = load_tokenizer(source.run.path)
+    elif source.kind == "hf":
+        tok = load_tokenizer_spec("gpt2")
+    else:
+        raise UserError("a run needs a tokenizer: pass --tokenizer (gpt2, gpt2:PATH, byte, bpe:PATH, or a run folder)")
+    if tok.vocab_size > source.config.vocab_size:
+        raise UserError(
+            f"tokenizer {tok.spec} has {tok.vocab_size} tokens but the model only {source.config.vocab_size}; "
+            "pass the --tokenizer the model was trained with"
+        )
+    return tok
+
+
+def _preset_of(config: GPTConfig) -> str:
+    from gptbench.config import PRESETS
+
+    shape = ("n_layer", "n_head", "n_embd", "block_size")
+    for name, preset in PRESETS.items():
+        if all(preset["model"].get(k) == getattr(config, k) for k in shape):
+            return name
+    return "custom"
+
+
+def _to_run(source: Source, name: str, dtype: str, force: bool, to: str, verify_on: str, device: str, store: "RunStore", tokenizer: str | None) -> ConvertResult:
+    from gptbench.backends.weights import load_weights
+    from gptbench.config import TrainConfig
+    from gptbench.runstore import RUN_FORMAT_VERSION, Run, validate_run_name
+    from gptbench.tokenizers.registry import load_tokenizer
+    from gptbench.train import package_versions
+
+    if os.sep in name or (os.altsep and os.altsep in name):
+        raise UserError(f"destination {name!r} is neither a run name nor a .safetensors file; give a run name or a path ending in .safetensors")
+    run = store.run(validate_run_name(name))
+    if run.path.exists():
+        if not force:
+            raise UserError(f"run {name!r} already exists in {store.root}; pass --force to overwrite it or choose another name")
+        if run.live_state() == "running":
+            raise UserError(f"run {name!r} is training; stop it before overwriting it")
+    tok = _run_tokenizer(source, tokenizer)
+    store.root.mkdir(parents=True, exist_ok=True)
+    stage = _stage_dir(run.path)
+    try:
+        staged = Run(stage)
+        staged.checkpoints_dir.mkdir()
+        step = source.step
+        ckpt = staged.checkpoints_dir / f"step-{step}.safetensors"
+        size = write_safetensors(ckpt, source.tensors, _weights_meta(source.config, source, dtype), dtype)
+        _write_json(staged.index_path, [{"step": step, "val_loss": None}])
+        tok.save(stage)
+        now = time.time()
+        cfg = source.config
+        _write_json(staged.config_path, {
+            "format_version": RUN_FORMAT_VERSION,
+            "name": name,
+            "created": now,
+            "preset": _preset_of(cfg),
+            "model": cfg.to_dict(),
+            "train": TrainConfig(max_iters=max(1, step)).to_dict(),
+            "data": {"spec": None, "name": f"converted from {source.label}"},
+            "tokenizer": {"spec": tok.spec, "kind": tok.kind, "vocab_size": tok.vocab_size},
+            "backend": verify_on,
+            "device": device,
+            "device_request": device,
+            "dtype": dtype,
+            "compile": False,
+            "params": cfg.num_params(),
+            "param_breakdown": cfg.param_breakdown(),
+            "versions": package_versions(),
+            "command": "convert",
+            "converted_from": {"source": source.label, "kind": source.kind, "dtype": dtype},
+        })
+        _write_json(staged.status_path, {
+            "state": "finished", "pid": None, "heartbeat": now, "started": now, "step": step,
+            "max_iters": max(1, step), "best_val_loss": None, "tokens_per_sec": None, "elapsed": 0.0,
+        })
+        with open(staged.log_path, "w", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} converted from {source.label} ({source.kind}) as {dtype}\n")
+        config, tensors = load_weights(ckpt)
+        load_tokenizer(stage)  # the run's tokenizer reloads on its own
+        diff, where, shape = _verify(source, config, tensors, dtype, verify_on, device)
+        _fsync_dir(staged.checkpoints_dir)
+        _fsync_dir(stage)
+        _install(stage, run.path)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return ConvertResult(run.path, to, "run", dtype, diff, where, len(tensors), size, shape)
+
+
+def describe_source(source: Source) -> str:
+    c = source.config
+    variant = f"{c.norm}, {c.mlp}, {'bias' if c.bias else 'no bias'}, {'tied' if c.tie_embeddings else 'untied'} head"
+    return (f"{source.label} ({source.kind}): {format_params(c.num_params())} parameters, "
+            f"{c.n_layer} layers x {c.n_embd}, vocab {c.vocab_size}, context {c.block_size}, {variant}")
