@@ -1,0 +1,93 @@
+"""The run directory contract: tolerant readers, safe deletes, locks, summaries."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from gptbench.errors import UserError
+from gptbench.runstore import JsonlTail, Run, RunLock, RunStore, iter_jsonl, summarize, validate_run_name
+
+
+def test_jsonl_readers_tolerate_a_torn_last_line(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"step": 1}\n{"step": 2}\n{"st')
+    assert [r["step"] for r in iter_jsonl(p)] == [1, 2]
+    tail = JsonlTail(p)
+    assert [r["step"] for r in tail.poll()] == [1, 2]
+    assert tail.poll() == []
+    with open(p, "a") as f:
+        f.write('ep": 3}\n{"step": 4}\n')
+    assert [r["step"] for r in tail.poll()] == [3, 4]
+    p.write_text('{"step": 9}\n')  # replaced by a shorter file: start over
+    assert [r["step"] for r in tail.poll()] == [9]
+
+
+@pytest.mark.parametrize("name", ["", "..", "a/b", "../x", "a b", ".hidden", "x" * 65, "a\\b"])
+def test_bad_run_names(name):
+    with pytest.raises(UserError, match="invalid run name"):
+        validate_run_name(name)
+
+
+def test_corrupt_runs_are_summarised_not_fatal(tmp_path):
+    store = RunStore(tmp_path)
+    (tmp_path / "no-config").mkdir()
+    (tmp_path / "bad-json").mkdir()
+    (tmp_path / "bad-json" / "config.json").write_text("{nope")
+    rows = {s.name: s for s in store.summaries()}
+    assert rows["no-config"].state == "corrupt" and "config.json is missing" in rows["no-config"].error
+    assert rows["bad-json"].state == "corrupt" and "unreadable" in rows["bad-json"].error
+
+
+def test_running_run_with_dead_pid_is_crashed(tmp_path, trained_run):
+    shutil.copytree(trained_run.path, tmp_path / "r")
+    run = Run(tmp_path / "r")
+    st = run.status()
+    st.update(state="running", pid=2**22 + 12345, host=os.uname().nodename)
+    run.status_path.write_text(json.dumps(st))
+    assert summarize(run).state == "crashed"
+
+
+def test_delete_only_inside_the_store(tmp_path, trained_run):
+    store = RunStore(tmp_path / "runs")
+    shutil.copytree(trained_run.path, tmp_path / "runs" / "keep")
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    for bad in ("../precious", "..", "/etc"):
+        with pytest.raises(UserError):
+            store.delete(bad)
+    assert outside.is_dir()
+    store.delete("keep")
+    assert not (tmp_path / "runs" / "keep").exists()
+
+
+def test_rename_updates_config(tmp_path, trained_run):
+    store = RunStore(tmp_path)
+    shutil.copytree(trained_run.path, tmp_path / "a")
+    shutil.copytree(trained_run.path, tmp_path / "b")
+    with pytest.raises(UserError, match="already exists"):
+        store.rename("a", "b")
+    store.rename("a", "c")
+    assert store.existing("c").config()["name"] == "c" and not (tmp_path / "a").exists()
+
+
+def test_lock_is_exclusive_and_released(tmp_path, trained_run):
+    shutil.copytree(trained_run.path, tmp_path / "r")
+    run = Run(tmp_path / "r")
+    with RunLock(run):
+        with pytest.raises(UserError, match="locked by another trainer"):
+            RunLock(run).acquire()
+    RunLock(run).acquire().release()
+
+
+def test_checkpoint_selection(trained_run):
+    ckpts = trained_run.checkpoints()
+    assert trained_run.checkpoint("last").step == ckpts[-1].step == 150
+    best = trained_run.checkpoint("best")
+    assert best.val_loss == min(c.val_loss for c in ckpts if c.val_loss is not None)
+    assert trained_run.checkpoint(f"step-{ckpts[0].step}").step == ckpts[0].step
+    with pytest.raises(UserError, match="unknown checkpoint"):
+        trained_run.checkpoint("newest")
