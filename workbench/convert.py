@@ -197,8 +197,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fix_modes(stage: Path) -> None:
+    """mkstemp/mkdtemp create owner-only entries; give the output the usual umask modes."""
+    mask = _umask()
+    if stage.is_dir():
+        os.chmod(stage, 0o777 & ~mask)
+        for sub in stage.rglob("*"):
+            os.chmod(sub, (0o777 if sub.is_dir() else 0o666) & ~mask)
+    else:
+        os.chmod(stage, 0o666 & ~mask)
+
+
 def _install(stage: Path, dst: Path) -> None:
     """Move a verified staging file or folder onto `dst`, replacing it if it exists."""
+    _fix_modes(stage)
     if dst.is_dir() and not dst.is_symlink():
         old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
         os.rename(dst, old)
@@ -219,21 +237,23 @@ def fixed_batch(config: GPTConfig, batch: int = 2, length: int = 32) -> np.ndarr
     return rng.integers(0, config.vocab_size, size=(batch, min(length, config.block_size)), dtype=np.int64)
 
 
-def _logits(config: GPTConfig, tensors: Mapping[str, np.ndarray], backend: str, device: str, idx: np.ndarray):
+def _verify(source: Source, config: GPTConfig, tensors: Mapping[str, np.ndarray], dtype: str, backend: str, device: str) -> tuple[float, str, tuple[int, int]]:
+    """Max |logit difference| between the source and the reloaded output on one backend.
+
+    One model instance computes both (source weights, then the output's), so verifying a
+    large model costs one extra copy of it, not two."""
     from gptbench.backends.base import create_backend
 
-    be = create_backend(config, backend, device=device)
-    be.set_weights(dict(tensors))
-    return be.forward_logits(idx), be.describe()
-
-
-def _verify(source: Source, config: GPTConfig, tensors: Mapping[str, np.ndarray], dtype: str, backend: str, device: str) -> tuple[float, str, tuple[int, int]]:
-    """Max |logit difference| between the source and the reloaded output on one backend."""
     if config != source.config:
         raise UserError(f"conversion changed the model config ({config} != {source.config}); this is a bug, nothing was written")
     idx = fixed_batch(config)
-    ref, where = _logits(source.config, source.tensors, backend, device, idx)
-    out, _ = _logits(config, tensors, backend, device, idx)
+    be = create_backend(config, backend, device=device)
+    be.set_weights(dict(source.tensors))
+    ref = be.forward_logits(idx)
+    be.set_weights({k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()})
+    out = be.forward_logits(idx)
+    where = be.describe()
+    del be
     diff = float(np.max(np.abs(out.astype(np.float64) - ref)))
     scale = max(1.0, float(np.max(np.abs(ref))))
     if not np.isfinite(diff) or diff > TOLERANCE[dtype] * scale:

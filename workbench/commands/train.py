@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="text file, folder, glob, tinyshakespeare, hf:NAME..., or default (offline stdlib corpus)")
     p.add_argument("--tokenizer", help="char | byte | gpt2[:RANKS_FILE] | bpe:PATH | bpe:VOCAB_SIZE (default char)")
     p.add_argument("--backend", help="auto | torch | mlx (default auto)")
-    p.add_argument("--device", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--device", help="auto | cpu | cuda | mps (torch) | gpu (mlx) (default auto)")
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (auto = bf16 autocast on CUDA)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     bias = p.add_mutually_exclusive_group()

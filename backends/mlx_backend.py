@@ -1,0 +1,320 @@
+"""MLX implementation of the Backend protocol (Apple GPU, or CPU anywhere `mlx` installs).
+
+Same spec, names and layouts as the torch backend, and the same optimisation:
+`mlx.optimizers.AdamW` with `bias_correction=True` (MLX defaults to False; torch always
+corrects), eps added after the bias-corrected sqrt(v) (MLX's and torch's placement agree),
+weight decay on >= 2-D tensors only, clipping by global norm with torch's `1e-6` guard, and
+the mean loss over micro-batches. Optimizer moments are exported as `exp_avg.<name>` /
+`exp_avg_sq.<name>` with meta `{"step"}` exactly like torch, so a run resumes on either.
+
+The whole training step (every micro-batch's forward/backward, accumulation, clipping and
+the AdamW update) is one `mx.compile`d function over (weights, optimizer state, batch, key);
+MLX evaluates lazily, so the step returns unevaluated scalars and the loop syncs only when
+it logs. Precision: parameters, moments and compute are float32 (MLX has no autocast); an
+explicit `--dtype bfloat16|float16` is refused rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+# mlx_model first: it may preload a faster CBLAS, which must happen before mlx.core loads.
+from gptbench.backends.mlx_model import GPT, ModelCache, cross_entropy  # isort: skip
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from gptbench.backends.base import Backend, Batch, OptimConfig, StepResult
+from gptbench.backends.config import GPTConfig
+from gptbench.backends.sampling import SamplingParams
+from gptbench.errors import UserError
+
+
+def resolve_device(device: str | None) -> mx.Device:
+    """`auto` -> the GPU when MLX has one (Metal or CUDA build), else the CPU."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        return mx.Device(mx.gpu) if mx.is_available(mx.gpu) else mx.Device(mx.cpu)
+    if device == "gpu":
+        if not mx.is_available(mx.gpu):
+            raise UserError("--device gpu requested but this MLX build has no GPU; use --device auto or cpu")
+        return mx.Device(mx.gpu)
+    if device == "cpu":
+        return mx.Device(mx.cpu)
+    if device.split(":")[0] in ("cuda", "mps"):
+        raise UserError(f"--device {device} is a torch device; the mlx backend takes --device auto, gpu or cpu")
+    raise UserError(f"unknown device {device!r} for the mlx backend; use auto, gpu or cpu")
+
+
+class _AdamW(optim.AdamW):
+    """`mlx.optimizers.AdamW` with weight decay only on >= 2-D tensors (matrices and
+    embeddings), the rule torch's parameter groups implement; biases and norm gains get
+    plain (bias-corrected) Adam. The decision is made on static shapes, so it compiles."""
+
+    def apply_single(self, gradient: mx.array, parameter: mx.array, state: dict) -> mx.array:
+        if parameter.ndim >= 2:
+            return super().apply_single(gradient, parameter, state)
+        return optim.Adam.apply_single(self, gradient, parameter, state)
+
+
+class _KeyStream:
+    """A sampling RNG: an MLX key split once per draw (independent of training's key)."""
+
+    def __init__(self, seed: int | None) -> None:
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        self.key = mx.random.key(int(seed) % (1 << 64))  # MLX keys take an unsigned 64-bit seed
+
+    def next(self) -> mx.array:
+        self.key, sub = mx.random.split(self.key)
+        return sub
+
+
+class MLXBackend(Backend):
+    name = "mlx"
+    # The training step is compiled: MLX documents the fusion gains on its GPU; on a CPU
+    # it measured within noise of eager here (benchmarks/backends.py has both rows).
+    # Set to False before setup_optimizer() to run the step eagerly.
+    compile_step: bool = True
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        *,
+        device: str = "auto",
+        seed: int = 0,
+        dtype: str = "float32",
+        compile: bool = False,
+    ) -> None:
+        self.config = config
+        self._device = resolve_device(device)
+        self.device = "gpu" if self._device == mx.Device(mx.gpu) else "cpu"
+        if dtype not in ("auto", "float32"):
+            if dtype in ("bfloat16", "float16"):
+                raise UserError(f"the mlx backend computes in float32 only; drop --dtype {dtype} (or use auto / float32)")
+            raise UserError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+        self.dtype = "float32"
+        self.compile = compile  # training is always compiled; `compile` also compiles eval
+        with mx.stream(self._device):
+            self.model = GPT(config)
+            self.model.init_weights(seed)
+            mx.eval(self.model.parameters())
+            # Dropout key: a plain array, so it is checkpointed and restored exactly.
+            self._key = mx.random.key((seed + 1) % (1 << 64))
+        self.optimizer: _AdamW | None = None
+        self.optim: OptimConfig | None = None
+        self._step_fn: Any = None
+        self._eval_fn: Any = None
+
+    # ---- weights --------------------------------------------------------------------
+    def _flat_params(self) -> dict[str, mx.array]:
+        return dict(tree_flatten(self.model.parameters()))
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        params = self._flat_params()
+        mx.eval(list(params.values()))
+        return {n: np.array(p.astype(mx.float32), copy=True) for n, p in params.items()}
+
+    def set_weights(self, tensors: dict[str, np.ndarray]) -> None:
+        names = self._flat_params()
+        with mx.stream(self._device):
+            new = [(n, mx.array(np.ascontiguousarray(tensors[n], dtype=np.float32))) for n in names]
+            self.model.update(tree_unflatten(new))
+            mx.eval(self.model.parameters())
+
+    def forward_logits(self, idx: np.ndarray) -> np.ndarray:
+        with mx.stream(self._device):
+            logits = self.model(mx.array(np.asarray(idx, dtype=np.int32)))
+            return np.array(logits.astype(mx.float32))
+
+    # ---- training -------------------------------------------------------------------
+    def setup_optimizer(self, optim_cfg: OptimConfig) -> None:
+        self.optim = optim_cfg
+        self.optimizer = _AdamW(
+            learning_rate=0.0,
+            betas=[optim_cfg.beta1, optim_cfg.beta2],
+            eps=optim_cfg.eps,
+            weight_decay=optim_cfg.weight_decay,
+            bias_correction=True,
+        )
+        with mx.stream(self._device):
+            self.optimizer.init(self.model.trainable_parameters())
+        self._build_step()
+
+    def _build_step(self) -> None:
+        """Compile the training step over the current model and optimizer state objects
+        (rebuilt whenever `set_optimizer_state` replaces the optimizer's state tree)."""
+        assert self.optimizer is not None and self.optim is not None
+        model, optimizer = self.model, self.optimizer
+        clip = float(self.optim.grad_clip)
+
+        def loss_fn(x: mx.array, y: mx.array, key: mx.array) -> mx.array:
+            return cross_entropy(model(x, key=key), y)
+
+        grad_fn = nn.value_and_grad(model, loss_fn)
+        state = [model.state, optimizer.state]
+
+        def step(xs: mx.array, ys: mx.array, key: mx.array) -> tuple[mx.array, mx.array]:
+            n = xs.shape[0]
+            keys = mx.random.split(key, n)
+            total, grads = None, None
+            for i in range(n):  # unrolled at trace time; n is fixed for a run
+                loss, g = grad_fn(xs[i], ys[i], keys[i])
+                g = tree_map(lambda a: a / n, g)
+                total = loss if total is None else total + loss
+                grads = g if grads is None else tree_map(mx.add, grads, g)
+            if clip > 0:
+                grads, norm = optim.clip_grad_norm(grads, clip)
+            else:
+                norm = mx.sqrt(sum(mx.sum(mx.square(g)) for _, g in tree_flatten(grads)))
+            optimizer.update(model, grads)
+            return total / n, norm
+
+        self._step_fn = mx.compile(step, inputs=state, outputs=state) if self.compile_step else step
+
+    def train_step(self, micro_batches: Sequence[Batch], lr: float) -> StepResult:
+        if self.optimizer is None or self._step_fn is None:
+            raise RuntimeError("setup_optimizer() must be called before train_step()")
+        with mx.stream(self._device):
+            xs = mx.array(np.stack([np.asarray(x, dtype=np.int32) for x, _ in micro_batches]))
+            ys = mx.array(np.stack([np.asarray(y, dtype=np.int32) for _, y in micro_batches]))
+            self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
+            self._key, key = mx.random.split(self._key)  # the dropout key of this step
+            loss, norm = self._step_fn(xs, ys, key)
+            # Schedule the work without waiting for it: the loop reads the loss only when
+            # it logs, and the next step's batch preparation overlaps with this compute.
+            mx.async_eval(loss, norm, self.model.state, self.optimizer.state, self._key)
+        return StepResult(loss, norm)
+
+    def eval_loss(self, x: np.ndarray, y: np.ndarray) -> float:
+        with mx.stream(self._device):
+            if self._eval_fn is None:
+                model = self.model
+
+                def fn(xa: mx.array, ya: mx.array) -> mx.array:
+                    return cross_entropy(model(xa), ya)
+
+                self._eval_fn = mx.compile(fn, inputs=[model.state]) if self.compile else fn
+            loss = self._eval_fn(mx.array(np.asarray(x, dtype=np.int32)), mx.array(np.asarray(y, dtype=np.int32)))
+            return float(loss)
+
+    def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        assert self.optimizer is not None
+        state = self.optimizer.state
+        flat = dict(tree_flatten({k: v for k, v in state.items() if k not in ("step", "learning_rate")}))
+        mx.eval(list(flat.values()))
+        tensors: dict[str, np.ndarray] = {}
+        for key, value in flat.items():
+            name, _, moment = key.rpartition(".")
+            prefix = {"m": "exp_avg", "v": "exp_avg_sq"}[moment]
+            tensors[f"{prefix}.{name}"] = np.array(value.astype(mx.float32), copy=True)
+        return tensors, {"step": int(state["step"].item())}
+
+    def set_optimizer_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Install moments saved by either backend. Parameters without saved moments (a
+        torch run checkpointed before its first step) start from zeros, as in torch."""
+        assert self.optimizer is not None
+        flat = []
+        with mx.stream(self._device):
+            for name, p in self._flat_params().items():
+                m, v = tensors.get(f"exp_avg.{name}"), tensors.get(f"exp_avg_sq.{name}")
+                flat.append((f"{name}.m", mx.array(m.astype(np.float32)) if m is not None else mx.zeros_like(p)))
+                flat.append((f"{name}.v", mx.array(v.astype(np.float32)) if v is not None else mx.zeros_like(p)))
+            state = tree_unflatten(flat)
+            state["step"] = mx.array(int(meta.get("step", 0)), dtype=mx.uint64)
+            state["learning_rate"] = mx.array(0.0, dtype=mx.float32)
+            self.optimizer.state = state
+            self.optimizer.init(self.model.trainable_parameters())  # marks it initialised
+            mx.eval(self.optimizer.state)
+        self._build_step()
+
+    def get_rng_state(self) -> dict[str, np.ndarray]:
+        return {"mlx_key": np.array(self._key, copy=True)}
+
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        if "mlx_key" in state:
+            self._key = mx.array(np.asarray(state["mlx_key"], dtype=np.uint32))
+
+    # ---- generation -----------------------------------------------------------------
+    def new_cache(self, batch_size: int) -> ModelCache:
+        return ModelCache(self.config.n_layer)
+
+    def forward_last(self, ids: np.ndarray | mx.array, cache: ModelCache | None, pad: np.ndarray | None = None) -> mx.array:
+        with mx.stream(self._device):
+            x = ids if isinstance(ids, mx.array) else mx.array(np.asarray(ids, dtype=np.int32))
+            if x.ndim == 1:
+                x = x[:, None]
+            if cache is None and pad is not None and np.any(pad):
+                cache = ModelCache(self.config.n_layer)  # a throwaway cache carries the padding
+            if cache is not None and pad is not None and cache.offset == 0:
+                cache.pad = mx.array(np.asarray(pad, dtype=np.int32)) if np.any(pad) else None
+            logits = self.model(x, cache=cache, last_only=True)[:, -1, :].astype(mx.float32)
+            mx.async_eval(logits)
+            return logits
+
+    def make_generator(self, seed: int | None) -> _KeyStream:
+        return _KeyStream(seed)
+
+    def sample(self, logits: mx.array, params: SamplingParams, history: np.ndarray | None, generator: _KeyStream) -> np.ndarray:
+        with mx.stream(self._device):
+            x = filtered_logits(logits, params, history)
+            if params.greedy:
+                tok = mx.argmax(x, axis=-1)
+            else:
+                tok = mx.random.categorical(x, axis=-1, key=generator.next())
+            return np.array(tok).astype(np.int64)
+
+
+# ---- sampling filters: MLX versions of gptbench.backends.sampling's references ----------
+NEG_INF = float("-inf")
+
+
+def repetition_penalty(logits: mx.array, history: np.ndarray, penalty: float) -> mx.array:
+    h = mx.array(np.asarray(history, dtype=np.int32))
+    B = logits.shape[0]
+    rows = mx.broadcast_to(mx.arange(B)[:, None], h.shape)
+    counts = mx.zeros(logits.shape, dtype=mx.float32).at[rows, mx.maximum(h, 0)].add((h >= 0).astype(mx.float32))
+    penalised = mx.where(logits > 0, logits / penalty, logits * penalty)
+    return mx.where(counts > 0, penalised, logits)
+
+
+def top_k_filter(logits: mx.array, k: int) -> mx.array:
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = mx.min(mx.topk(logits, k, axis=-1), axis=-1, keepdims=True)
+    return mx.where(logits < kth, NEG_INF, logits)
+
+
+def top_p_filter(logits: mx.array, p: float) -> mx.array:
+    if p >= 1.0:
+        return logits
+    probs = mx.softmax(logits, axis=-1, precise=True)
+    order = mx.argsort(-probs, axis=-1)  # MLX's sort is stable: ties keep index order
+    sorted_probs = mx.take_along_axis(probs, order, axis=-1)
+    before = mx.cumsum(sorted_probs, axis=-1) - sorted_probs
+    remove = mx.put_along_axis(mx.zeros(probs.shape, dtype=mx.bool_), order, before >= p, axis=-1)
+    return mx.where(remove, NEG_INF, logits)
+
+
+def min_p_filter(logits: mx.array, min_p: float) -> mx.array:
+    if min_p <= 0.0:
+        return logits
+    threshold = mx.max(logits, axis=-1, keepdims=True) + float(np.log(min_p))
+    return mx.where(logits < threshold, NEG_INF, logits)
+
+
+def filtered_logits(logits: mx.array, params: SamplingParams, history: np.ndarray | None) -> mx.array:
+    """The fixed filter order of gptbench.backends.sampling, vectorised over the batch."""
+    x = logits
+    if history is not None and params.repetition_penalty != 1.0 and history.size:
+        x = repetition_penalty(x, history, params.repetition_penalty)
+    if params.greedy:
+        return x
+    x = x / params.temperature
+    x = top_k_filter(x, params.top_k)
+    x = top_p_filter(x, params.top_p)
+    return min_p_filter(x, params.min_p)

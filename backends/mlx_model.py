@@ -1,0 +1,281 @@
+"""The GPT spec in MLX.
+
+Module attribute names are the canonical tensor names (`wte`, `wpe`, `h.N.attn.c_attn`, ...)
+and MLX `Linear` stores `[out, in]` like torch, so `tree_flatten(model.parameters())` keys
+are already canonical and no tensor is ever transposed between the backends.
+
+Dropout takes an explicit PRNG key instead of MLX's global random state, so the backend can
+checkpoint and restore it exactly (MLX offers no way to set the global state from an array)
+and so a compiled training step is a pure function of (weights, optimizer state, key, batch).
+
+Generation appends to a per-layer `KVCache` that is preallocated and grown in `CACHE_STEP`
+chunks, as in mlx-lm's `KVCache.update_and_fetch`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import os
+import sys
+
+
+def _preload_cblas() -> str | None:
+    """Opt-in: make MLX's CPU matmuls use a fast CBLAS instead of the reference BLAS.
+
+    The Linux `mlx[cpu]` wheel links netlib's reference BLAS (single-threaded, unblocked:
+    ~3 GFLOP/s for sgemm on a modern core). Loading an optimised CBLAS with RTLD_GLOBAL
+    *before* `mlx.core` is imported makes the dynamic linker resolve MLX's `cblas_sgemm`
+    to it (OpenBLAS: ~15x faster here). Set `GPTBENCH_MLX_BLAS` to a library path, or to
+    `auto` to look for the system OpenBLAS (Debian: `apt-get install libopenblas0-pthread`).
+    Returns the library loaded, or None (not requested, not found, or mlx already imported).
+    """
+    want = os.environ.get("GPTBENCH_MLX_BLAS", "").strip()
+    if not want or want in ("0", "off") or sys.platform != "linux" or "mlx.core" in sys.modules:
+        return None
+    path = ctypes.util.find_library("openblas") if want == "auto" else want
+    if not path:
+        return None
+    try:
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return None
+    return path
+
+
+BLAS = _preload_cblas()  # must run before the first `import mlx.core`
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+
+from gptbench.backends.config import GPTConfig
+
+CACHE_STEP = 256  # the KV cache grows in chunks of this many positions (as the torch one)
+
+
+class KVCache:
+    """Keys and values of one layer, `[B, H, capacity, D]`, grown in `CACHE_STEP` chunks.
+
+    `update_and_fetch` writes the new positions into the preallocated buffer and returns
+    views of everything cached so far, so a decode step never concatenates the history.
+    """
+
+    def __init__(self) -> None:
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+
+    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        B, H, T, D = k.shape
+        prev, need = self.offset, self.offset + T
+        if self.keys is None or need > self.keys.shape[2]:
+            capacity = ((need + CACHE_STEP - 1) // CACHE_STEP) * CACHE_STEP
+            new_k = mx.zeros((B, H, capacity, D), dtype=k.dtype)
+            new_v = mx.zeros((B, H, capacity, D), dtype=v.dtype)
+            if self.keys is not None and prev:
+                new_k[:, :, :prev, :] = self.keys[:, :, :prev, :]
+                new_v[:, :, :prev, :] = self.values[:, :, :prev, :]
+            self.keys, self.values = new_k, new_v
+        self.keys[:, :, prev:need, :] = k
+        self.values[:, :, prev:need, :] = v
+        self.offset = need
+        return self.keys[:, :, :need, :], self.values[:, :, :need, :]
+
+
+class ModelCache:
+    """One KVCache per layer plus the left padding of each row (batched prompts)."""
+
+    def __init__(self, n_layer: int) -> None:
+        self.layers = [KVCache() for _ in range(n_layer)]
+        self.pad: mx.array | None = None  # [B] int32, set at prefill
+
+    @property
+    def offset(self) -> int:
+        return self.layers[0].offset
+
+
+def dropout(x: mx.array, p: float, key: mx.array | None) -> mx.array:
+    """Inverted dropout with an explicit key; identity when `key` is None (eval) or p == 0."""
+    if key is None or p == 0.0:
+        return x
+    keep = mx.random.bernoulli(1.0 - p, x.shape, key=key)
+    return mx.where(keep, x / (1.0 - p), mx.zeros_like(x))
+
+
+def _norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def __call__(
+        self,
+        x: mx.array,
+        cache: KVCache | None = None,
+        mask: mx.array | None = None,
+        key: mx.array | None = None,
+    ) -> mx.array:
+        B, T, C = x.shape
+        H, D = self.n_head, C // self.n_head
+        q, k, v = mx.split(self.c_attn(x), 3, axis=-1)
+        q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        k = k.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        v = v.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+        scale = 1.0 / math.sqrt(D)
+        attn_key = resid_key = None
+        if key is not None and self.dropout > 0:
+            attn_key, resid_key = mx.random.split(key)
+        if attn_key is not None:
+            # Training with attention dropout: the fused kernel has no dropout, so spell it out.
+            scores = (q * scale) @ k.transpose(0, 1, 3, 2)
+            causal = mx.tril(mx.ones((T, k.shape[2]), dtype=mx.bool_), k=k.shape[2] - T)
+            scores = mx.where(causal, scores, mx.array(-mx.inf, dtype=scores.dtype))
+            probs = dropout(mx.softmax(scores, axis=-1, precise=True), self.dropout, attn_key)
+            y = probs @ v
+        elif mask is not None:
+            y = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+        elif T > 1:
+            # "causal" is aligned lower-right in MLX: correct both for a full sequence and
+            # for several new tokens on top of a cache.
+            y = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+        else:  # one new token attends to everything cached
+            y = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
+        return dropout(self.c_proj(y), self.dropout, resid_key)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.kind = config.mlp
+        self.dropout = config.dropout
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        if config.mlp == "swiglu":
+            self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+
+    def __call__(self, x: mx.array, key: mx.array | None = None) -> mx.array:
+        if self.kind == "gelu":
+            h = nn.gelu_approx(self.c_fc(x))  # the tanh approximation, GPT-2's gelu_new
+        elif self.kind == "relu2":
+            h = mx.square(nn.relu(self.c_fc(x)))
+        else:
+            h = nn.silu(self.c_gate(x)) * self.c_fc(x)
+        return dropout(self.c_proj(h), self.dropout, key)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = _norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = _norm(config)
+        self.mlp = MLP(config)
+
+    def __call__(
+        self,
+        x: mx.array,
+        cache: KVCache | None = None,
+        mask: mx.array | None = None,
+        key: mx.array | None = None,
+    ) -> mx.array:
+        k_attn = k_mlp = None
+        if key is not None:
+            k_attn, k_mlp = mx.random.split(key)
+        x = x + self.attn(self.ln_1(x), cache, mask, k_attn)
+        return x + self.mlp(self.ln_2(x), k_mlp)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.h = [Block(config) for _ in range(config.n_layer)]
+        self.ln_f = _norm(config)
+        if not config.tie_embeddings:
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+
+    def init_weights(self, seed: int) -> None:
+        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2·n_layer),
+        biases 0, norm gains 1. One key per tensor, derived from the seed and the name's
+        position, so the init is reproducible and independent of the global RNG."""
+        from mlx.utils import tree_flatten, tree_unflatten
+
+        proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        flat = tree_flatten(self.parameters())
+        keys = mx.random.split(mx.random.key(seed % (1 << 64)), len(flat))
+        new = []
+        for i, (name, p) in enumerate(flat):
+            if name.endswith("c_proj.weight"):
+                value = mx.random.normal(p.shape, key=keys[i]) * proj_std
+            elif p.ndim >= 2:
+                value = mx.random.normal(p.shape, key=keys[i]) * 0.02
+            elif name.endswith(".bias"):
+                value = mx.zeros(p.shape)
+            else:
+                value = mx.ones(p.shape)
+            new.append((name, value.astype(mx.float32)))
+        self.update(tree_unflatten(new))
+
+    def __call__(
+        self,
+        idx: mx.array,
+        cache: ModelCache | None = None,
+        last_only: bool = False,
+        key: mx.array | None = None,
+    ) -> mx.array:
+        """Logits [B, T, V] (or [B, 1, V] with `last_only`). `key` enables dropout."""
+        B, T = idx.shape
+        start = cache.offset if cache is not None else 0
+        pad = cache.pad if cache is not None else None
+        pos = mx.arange(start, start + T)
+        mask = None
+        if pad is not None:
+            # Left-padded rows: positions restart at 0 after the padding, padded keys are
+            # masked out, and a padded query still sees itself (its output is never used).
+            pos_b = mx.maximum(pos[None, :] - pad[:, None], 0)
+            x = self.wte(idx) + self.wpe(pos_b)
+            keys = mx.arange(start + T)
+            q_abs = pos[:, None]
+            allowed = (keys[None, :] <= q_abs)[None] & (keys[None, None, :] >= pad[:, None, None])
+            allowed = allowed | (keys[None, :] == q_abs)[None]
+            mask = allowed[:, None]  # [B, 1, T, S]
+        else:
+            x = self.wte(idx) + self.wpe(pos)
+        keys_ = None
+        if key is not None and self.config.dropout > 0:
+            keys_ = mx.random.split(key, self.config.n_layer + 1)
+            x = dropout(x, self.config.dropout, keys_[0])
+        for i, block in enumerate(self.h):
+            x = block(x, cache.layers[i] if cache is not None else None, mask, keys_[i + 1] if keys_ is not None else None)
+        x = self.ln_f(x)
+        if last_only:
+            x = x[:, -1:, :]
+        if self.config.tie_embeddings:
+            return self.wte.as_linear(x)
+        return self.lm_head(x)
+
+
+def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
+    """Mean token cross-entropy in float32; targets of -1 are ignored (torch's ignore_index)."""
+    logits = logits.reshape(-1, logits.shape[-1]).astype(mx.float32)
+    t = targets.reshape(-1)
+    valid = t >= 0
+    picked = mx.take_along_axis(logits, mx.maximum(t, 0)[:, None], axis=-1)[:, 0]
+    losses = mx.logsumexp(logits, axis=-1) - picked
+    losses = mx.where(valid, losses, mx.zeros_like(losses))
+    return losses.sum() / mx.maximum(valid.sum(), 1).astype(mx.float32)
