@@ -39,6 +39,8 @@ def main() -> None:
         trainer = Trainer.new_run(RunStore(runs), cfg)
         t0 = time.perf_counter()
         outcome = trainer.fit()
+        if outcome.state != "finished":
+            raise SystemExit(f"training {outcome.state} at step {outcome.step}; no result written")
         train_s = time.perf_counter() - t0
         T = trainer.model_cfg.block_size
         val = full_split_loss(trainer.backend, trainer.data.val, T)

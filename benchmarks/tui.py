@@ -1,0 +1,356 @@
+"""Workbench TUI benchmarks, in a real terminal (tmux).
+
+    python benchmarks/tui.py                 # all three
+    python benchmarks/tui.py --only startup  # one of: throughput, latency, startup
+
+1. Throughput with the dashboard open: the same small training run headless
+   (`gptbench train --no-ui`), then from `gptbench train` (the app launches the same command
+   and shows its live dashboard), then headless again; `--reps` times. Tokens/s is the median
+   of the trainer's own `tokens_per_sec` records in metrics.jsonl; the ratio is UI / mean of
+   the two headless runs around it. Target: >= 0.97.
+   Because CPU timings on a shared machine are noisy, the app's own CPU use while it watches
+   the run (CPU seconds of the app process / wall seconds) is reported too: it bounds what
+   the app can take from the trainer.
+2. Key-press-to-repaint latency while a run trains and its charts update: `l` (log scale)
+   is sent with tmux and the pane is polled until the chart title changes. Median and p95.
+   Includes tmux's own send/redraw/capture time. Target: p95 < 100 ms.
+3. Startup with 200 runs in the directory: spawn `gptbench --runs-dir DIR` to the first
+   painted screen and to the table listing all 200. Target: < 1.5 s.
+
+Prints a table and writes benchmarks/results/tui.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from gptbench.fsutil import atomic_write_json
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+TMUX = shutil.which("tmux")
+
+TRAIN_FLAGS = [
+    "--data", "", "--tokenizer", "char", "--backend", "torch", "--device", "cpu",
+    "--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "64", "--batch-size", "8",
+    "--eval-interval", "100000", "--eval-iters", "2", "--sample-tokens", "0", "--log-interval", "10",
+]
+
+
+class Term:
+    """A tmux window on a private server running one command."""
+
+    def __init__(self, name: str, width: int = 120, height: int = 40) -> None:
+        self.socket, self.width, self.height = f"gptbench-bench-{os.getpid()}-{name}", width, height
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run([TMUX, "-L", self.socket, *args], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"tmux {' '.join(args[:2])} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def start(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        exports = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+        cmd = f"env -u COLUMNS -u LINES TERM=xterm-256color {exports} " + " ".join(f"'{c}'" for c in command)
+        self.tmux("new-session", "-d", "-s", "b", "-x", str(self.width), "-y", str(self.height), "cat")
+        self.tmux("resize-window", "-t", "b", "-x", str(self.width), "-y", str(self.height))
+        self.tmux("respawn-pane", "-k", "-t", "b", cmd)
+
+    def pid(self) -> int:
+        return int(self.tmux("display", "-p", "-t", "b", "#{pane_pid}").strip())
+
+    def server_pid(self) -> int:
+        return int(self.tmux("display", "-p", "-t", "b", "#{pid}").strip())
+
+    def capture(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "b")
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "b", *keys)
+
+    def wait(self, pred: Callable[[str], bool], timeout: float, what: str, poll: float = 0.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.capture()
+            if pred(s):
+                return s
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}:\n{s}")
+            if poll:
+                time.sleep(poll)
+
+    def kill(self) -> None:
+        subprocess.run([TMUX, "-L", self.socket, "kill-server"], capture_output=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_tokens_per_sec(run: Path, skip: int = 2) -> float:
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    tps = [r["tokens_per_sec"] for r in recs if r.get("type") == "train" and r.get("tokens_per_sec")]
+    return statistics.median(tps[skip:] if len(tps) > skip + 2 else tps)
+
+
+def wait_state(run: Path, states: set[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads((run / "status.json").read_text()).get("state")
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = None
+        if state in states:
+            return state
+        time.sleep(0.1)
+    raise RuntimeError(f"{run.name} did not reach {states} in {timeout}s")
+
+
+def write_corpus(path: Path) -> Path:
+    pairs = [("king", "queen"), ("cat", "dog"), ("sun", "moon")]
+    text = "".join(
+        f"ROMEO: line {i} of the play, said the {pairs[i % 3][0]} to the {pairs[i % 3][1]}.\nJULIET: and so it goes.\n\n"
+        for i in range(4000)
+    )
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---- 1. throughput ------------------------------------------------------------------------------
+def bench_throughput(work: Path, reps: int, iters: int, omp_threads: int | None) -> dict[str, Any]:
+    """`omp_threads` pins torch's intra-op threads in both arms (None = torch's default, one
+    per core). On a 2-core machine the default makes training extremely sensitive to any
+    other runnable process (OpenMP threads spin at barriers while one of them is preempted)."""
+    runs = work / f"runs-throughput-{omp_threads or 'default'}"
+    env = {"OMP_NUM_THREADS": str(omp_threads)} if omp_threads else {}
+    flags = list(TRAIN_FLAGS)
+    flags[1] = str(write_corpus(work / "corpus.txt"))
+    flags += ["--max-iters", str(iters)]
+    rows = []
+
+    def headless(name: str) -> float:
+        subprocess.run([sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs), "--name", name, *flags],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env})
+        return run_tokens_per_sec(runs / name)
+
+    for rep in range(reps):
+        # headless, with the dashboard, headless again: the two headless runs bracket the UI
+        # run (drift in the machine's load cancels) and their ratio shows the noise floor
+        before = headless(f"headless-a{rep}")
+        name = f"ui-{rep}"
+        term = Term(f"tp{omp_threads or 0}-{rep}")
+        term.start([sys.executable, "-m", "gptbench", "train", "--runs-dir", str(runs), "--name", name, *flags], env)
+        try:
+            term.wait(lambda s: f"Dashboard · {name}" in s, 60, "the dashboard", poll=0.05)
+            app_pid, tmux_pid = term.pid(), term.server_pid()
+            wait_state(runs / name, {"running"}, 120)
+            term.wait(lambda s: "tok/s" in s and "ETA" in s, 120, "live metrics on the dashboard", poll=0.1)
+            cpu0, tmux0, t0 = cpu_seconds(app_pid), cpu_seconds(tmux_pid), time.monotonic()
+            wait_state(runs / name, {"finished", "failed", "stopped"}, 1800)
+            wall = time.monotonic() - t0
+            app_cpu = (cpu_seconds(app_pid) - cpu0) / wall
+            tmux_cpu = (cpu_seconds(tmux_pid) - tmux0) / wall
+            term.wait(lambda s: "finished" in s, 30, "the dashboard to show finished", poll=0.1)
+        finally:
+            term.kill()
+        ui = run_tokens_per_sec(runs / name)
+        after = headless(f"headless-b{rep}")
+        base = (before + after) / 2
+        rows.append({"rep": rep, "headless_before": before, "ui_tokens_per_sec": ui, "headless_after": after,
+                     "ratio": ui / base, "headless_control_ratio": after / before,
+                     "app_cpu_fraction_of_one_core": app_cpu, "terminal_cpu_fraction_of_one_core": tmux_cpu})
+        print(f"  rep {rep}: headless {before:,.0f} | dashboard {ui:,.0f} | headless {after:,.0f} tok/s: ratio {ui / base:.3f} "
+              f"(headless vs headless {after / before:.3f}); app CPU {100 * app_cpu:.1f}% of a core, tmux {100 * tmux_cpu:.1f}%",
+              flush=True)
+    return {
+        "iters": iters,
+        "omp_threads": omp_threads or "default (one per core)",
+        "reps": rows,
+        "median_ratio": statistics.median(r["ratio"] for r in rows),
+        "median_headless_control_ratio": statistics.median(r["headless_control_ratio"] for r in rows),
+        "median_app_cpu_fraction": statistics.median(r["app_cpu_fraction_of_one_core"] for r in rows),
+        "target_ratio": 0.97,
+    }
+
+
+# ---- 2. latency ---------------------------------------------------------------------------------
+def bench_latency(work: Path, presses: int, omp_threads: int | None) -> dict[str, Any]:
+    runs = work / f"runs-latency-{omp_threads or 'default'}"
+    env = {"OMP_NUM_THREADS": str(omp_threads)} if omp_threads else {}
+    flags = list(TRAIN_FLAGS)
+    flags[1] = str(write_corpus(work / "corpus.txt"))
+    flags += ["--max-iters", "1000000", "--log-interval", "2"]
+    term = Term(f"lat{omp_threads or 0}")
+    term.start([sys.executable, "-m", "gptbench", "train", "--runs-dir", str(runs), "--name", "latency", *flags], env)
+    times = []
+    try:
+        wait_state(runs / "latency", {"running"}, 120)
+        term.wait(lambda s: "tok/s" in s and "ETA" in s, 120, "live charts", poll=0.1)
+        time.sleep(2)
+        for i in range(presses):
+            want_log = i % 2 == 0
+            t0 = time.perf_counter()
+            term.keys("l")
+            term.wait(lambda s: ("(log)" in s) == want_log, 10, "the chart to repaint", poll=0.003)
+            times.append(time.perf_counter() - t0)
+            time.sleep(0.15)
+        steps = json.loads((runs / "latency" / "status.json").read_text())["step"]
+        term.keys("s")  # graceful stop
+        wait_state(runs / "latency", {"stopped"}, 120)
+    finally:
+        term.kill()
+    times.sort()
+    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    return {"omp_threads": omp_threads or "default (one per core)", "presses": presses, "median_ms": 1000 * statistics.median(times), "p95_ms": 1000 * p95,
+            "max_ms": 1000 * times[-1], "steps_trained_meanwhile": steps, "target_p95_ms": 100}
+
+
+def bench_latency_idle(work: Path, presses: int) -> dict[str, Any]:
+    """The same key on a finished run's dashboard with nothing training: the floor set by
+    tmux (send-keys, redraw, capture-pane polling) plus one chart redraw."""
+    root = work / "runs-latency-idle"
+    make_runs(root, 1)
+    term = Term("latidle")
+    term.start([sys.executable, "-m", "gptbench", "--runs-dir", str(root)])
+    times = []
+    try:
+        term.wait(lambda s: "1 run" in s and "run-000" in s, 30, "the run listed", poll=0.05)
+        term.keys("Enter")
+        term.wait(lambda s: "Dashboard" in s and "loss" in s, 30, "the dashboard", poll=0.05)
+        time.sleep(1)
+        for i in range(presses):
+            want_log = i % 2 == 0
+            t0 = time.perf_counter()
+            term.keys("l")
+            term.wait(lambda s: ("(log)" in s) == want_log, 10, "the chart to repaint", poll=0.003)
+            times.append(time.perf_counter() - t0)
+            time.sleep(0.15)
+    finally:
+        term.kill()
+    times.sort()
+    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    return {"omp_threads": "no training", "presses": presses, "median_ms": 1000 * statistics.median(times), "p95_ms": 1000 * p95,
+            "max_ms": 1000 * times[-1]}
+
+
+# ---- 3. startup ----------------------------------------------------------------------------------
+def make_runs(root: Path, n: int) -> None:
+    now = time.time()
+    for i in range(n):
+        run = root / f"run-{i:03d}"
+        run.mkdir(parents=True)
+        created = now - 3600 * i
+        (run / "config.json").write_text(json.dumps({
+            "name": run.name, "created": created, "preset": "tiny", "params": 800_000 + i,
+            "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "vocab_size": 65},
+            "train": {"max_iters": 2000}, "tokenizer": {"spec": "char"}, "data": {"name": "tinyshakespeare.txt"},
+            "backend": "torch", "device": "cpu",
+        }))
+        (run / "status.json").write_text(json.dumps({
+            "state": "finished", "step": 2000, "max_iters": 2000, "best_val_loss": 1.5 + i / 1000,
+            "elapsed": 300.0, "tokens_per_sec": 6000.0, "heartbeat": created + 300, "pid": 1,
+        }))
+        with open(run / "metrics.jsonl", "w") as f:  # a real run's worth of records, never read at startup
+            for s in range(10, 2001, 10):
+                f.write(json.dumps({"type": "train", "step": s, "loss": 2.0, "lr": 1e-3, "tokens_per_sec": 6000.0}) + "\n")
+
+
+def bench_startup(work: Path, n_runs: int, reps: int) -> dict[str, Any]:
+    root = work / "runs-startup"
+    make_runs(root, n_runs)
+    paint, listed = [], []
+    for rep in range(reps):
+        term = Term(f"st{rep}")
+        t0 = time.perf_counter()
+        term.start([sys.executable, "-m", "gptbench", "--runs-dir", str(root)])
+        try:
+            term.wait(lambda s: "gptbench — Runs" in s, 30, "the first paint")
+            paint.append(time.perf_counter() - t0)
+            term.wait(lambda s: f"{n_runs} runs" in s and "run-000" in s, 30, "all runs listed")
+            listed.append(time.perf_counter() - t0)
+        finally:
+            term.kill()
+    return {"runs": n_runs, "reps": reps, "first_paint_s": statistics.median(paint), "all_listed_s": statistics.median(listed),
+            "first_paint_all": paint, "all_listed_all": listed, "target_s": 1.5}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=["throughput", "latency", "startup"], action="append")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved headless / dashboard pairs")
+    ap.add_argument("--iters", type=int, default=300, help="training steps per throughput run")
+    ap.add_argument("--omp-threads", type=int, nargs="+", default=[1, 0],
+                    help="torch threads of the trainer in the throughput and latency runs (0 = torch's default)")
+    ap.add_argument("--presses", type=int, default=40)
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--out", type=Path, default=RESULTS / "tui.json")
+    args = ap.parse_args(argv)
+    if TMUX is None:
+        print("tmux is required for these benchmarks", file=sys.stderr)
+        return 2
+    which = args.only or ["startup", "latency", "throughput"]
+    machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+               "load_avg_at_start": os.getloadavg()}
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="gptbench-tui-bench-") as tmp:
+        work = Path(tmp)
+        os.environ["GPTBENCH_CACHE_DIR"] = str(work / "cache")
+        if "startup" in which:
+            print("startup ...", flush=True)
+            out["startup"] = bench_startup(work, args.runs, 5)
+        if "latency" in which:
+            print("latency ...", flush=True)
+            out["latency_idle"] = bench_latency_idle(work, args.presses)
+            for threads in args.omp_threads:
+                key = f"latency_omp{threads}" if threads else "latency_default_threads"
+                out[key] = bench_latency(work, args.presses, threads or None)
+        if "throughput" in which:
+            print("throughput ...", flush=True)
+            for threads in args.omp_threads:
+                key = f"throughput_omp{threads}" if threads else "throughput_default_threads"
+                out[key] = bench_throughput(work, args.reps, args.iters, threads or None)
+    machine["load_avg_at_end"] = os.getloadavg()
+    for result in out.values():
+        result["machine"] = machine  # the load matters: these are CPU timings on a shared machine
+
+    print(f"\n{'benchmark':<44} {'result':>14} {'target':>10}")
+    if "startup" in out:
+        s = out["startup"]
+        n = s["runs"]
+        print(f"{f'startup, {n} runs: first paint':<44} {s['first_paint_s']:>13.2f}s {'< 1.5s':>10}")
+        print(f"{f'startup, {n} runs: all listed':<44} {s['all_listed_s']:>13.2f}s {'< 1.5s':>10}")
+    for key, lat in out.items():
+        if key.startswith("latency"):
+            t = lat["omp_threads"]
+            label = "nothing training" if t == "no training" else f"training, {t} thr" if isinstance(t, int) else "training, default thr"
+            print(f"{f'key -> repaint ({label}), median':<44} {lat['median_ms']:>12.1f}ms {'':>10}")
+            print(f"{f'key -> repaint ({label}), p95':<44} {lat['p95_ms']:>12.1f}ms {'< 100ms':>10}")
+    for key, tp in out.items():
+        if key.startswith("throughput"):
+            label = f"{tp['omp_threads']} torch thread(s)" if isinstance(tp["omp_threads"], int) else "default torch threads"
+            print(f"{f'dashboard/headless tokens/s, {label}':<44} {tp['median_ratio']:>14.3f} {'>= 0.97':>10}")
+            print(f"{'  (noise floor: headless/headless)':<44} {tp['median_headless_control_ratio']:>14.3f} {'':>10}")
+            print(f"{'  app CPU while watching (share of a core)':<44} {100 * tp['median_app_cpu_fraction']:>13.1f}% {'':>10}")
+    print(f"load average {machine['load_avg_at_start']} -> {machine['load_avg_at_end']} on {os.cpu_count()} CPUs")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    atomic_write_json(args.out, {**{k: v for k, v in previous.items() if k != "machine"}, **out})  # --only keeps the rest
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

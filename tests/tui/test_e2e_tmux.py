@@ -1,0 +1,134 @@
+"""End to end in a real terminal: tmux runs `gptbench`, keys start a tiny training run from
+the Train form, the dashboard shows it progressing, then chat streams a reply from it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+TMUX = shutil.which("tmux")
+pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+
+
+class Tmux:
+    """One tmux server on a private socket, one window running a command."""
+
+    def __init__(self, socket: str, width: int = 120, height: int = 40) -> None:
+        self.socket, self.width, self.height = socket, width, height
+
+    def _run(self, *args: str) -> str:
+        return subprocess.run([TMUX, "-L", self.socket, *args], check=True, capture_output=True, text=True).stdout
+
+    def start(self, command: list[str], env: dict[str, str]) -> None:
+        exports = " ".join(f"{k}={v!s}" for k, v in env.items())
+        # COLUMNS/LINES may be inherited from the test process; they would pin the app at 80x24
+        cmd = f"env -u COLUMNS -u LINES {exports} " + " ".join(f"'{c}'" for c in command)
+        # size the window first, then start the app in it (a detached session may start 80x24)
+        self._run("new-session", "-d", "-s", "e2e", "-x", str(self.width), "-y", str(self.height), "cat")
+        self._run("resize-window", "-t", "e2e", "-x", str(self.width), "-y", str(self.height))
+        self._run("respawn-pane", "-k", "-t", "e2e", cmd)
+
+    def keys(self, *keys: str) -> None:
+        for key in keys:  # at a person's pace: in a real terminal a Tab sent within a few tens
+            self._run("send-keys", "-t", "e2e", key)  # of ms of typing can be lost by Textual
+            time.sleep(0.3)
+
+    def type(self, text: str) -> None:
+        self._run("send-keys", "-t", "e2e", "-l", text)
+        time.sleep(0.3)
+
+    def capture(self) -> str:
+        return self._run("capture-pane", "-p", "-t", "e2e")
+
+    def wait_for(self, predicate, timeout: float, what: str) -> str:  # noqa: ANN001
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.capture()
+            if predicate(screen):
+                return screen
+            if time.monotonic() > deadline:
+                size = self._run("display", "-p", "-t", "e2e", "#{window_width}x#{window_height}").strip()
+                raise AssertionError(f"timed out waiting for {what}; screen ({size}):\n{screen}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        subprocess.run([TMUX, "-L", self.socket, "kill-server"], capture_output=True)
+
+
+def stop_trainers(runs) -> None:  # noqa: ANN001
+    """A trainer outlives the UI by design; a failed test must not leave one running."""
+    from gptbench.runstore import RunStore
+
+    for run in RunStore(runs).runs():
+        run.request_stop()
+
+
+def test_train_then_chat_in_a_real_terminal(tmp_path, corpus_file, request):
+    runs = tmp_path / "runs"
+    cache = tmp_path / "cache"
+    tmux = Tmux(f"gptbench-e2e-{os.getpid()}")
+    env = {"GPTBENCH_CACHE_DIR": cache, "TERM": "xterm-256color", "COLORTERM": "truecolor", "PYTHONUNBUFFERED": "1"}
+    tmux.start([sys.executable, "-m", "gptbench", "--runs-dir", str(runs)], env)
+    request.addfinalizer(lambda: stop_trainers(runs))
+    t0 = time.monotonic()
+
+    def phase(what: str) -> None:
+        print(f"{time.monotonic() - t0:6.1f}s {what}")
+
+    try:
+        tmux.wait_for(lambda s: "No runs in" in s, 30, "the runs screen")
+        tmux.keys("F3")
+        tmux.wait_for(lambda s: "New training run" in s, 10, "the train form")
+        tmux.type(str(corpus_file))  # the Corpus field has focus
+        # Tokenizer, Preset, Backend, Device, then the hyperparameters
+        tmux.keys("Tab", "Tab", "Tab", "Tab", "Tab")
+        # max iters, batch, lr, eval every, sample length, context, layers, heads, width
+        for value in ("60", "8", "", "30", "40", "32", "2", "2", "32"):
+            if value:
+                tmux.type(value)
+            tmux.keys("Tab")
+        tmux.wait_for(lambda s: "--max-iters 60 --batch-size 8 --eval-interval 30 --sample-tokens 40 --block-size 32" in " ".join(s.split()), 10, "the filled form")
+        tmux.keys("C-s")
+        phase("started training")
+        # the dashboard of the new run: it starts and progresses
+        screen = tmux.wait_for(lambda s: "running" in s and "tok/s" in s and "step 0/" not in s and "ETA" in s, 120, "training progress")
+        assert "Dashboard" in screen
+        phase("training progressing")
+        name = next(p.name for p in runs.iterdir() if not p.name.startswith("."))
+        first = tmux.capture()
+        tmux.wait_for(lambda s: "finished" in s, 180, "the run to finish")
+        assert (runs / name / "checkpoints" / "index.json").is_file()
+        phase("training finished")
+        assert first != tmux.capture()  # the charts / progress moved
+
+        tmux.keys("c")  # chat with this run
+        tmux.wait_for(lambda s: f"{name}@step-60" in s, 60, "the model to load")
+        # a long reply, so it is on screen while it streams: Max tokens is 5 stops before the
+        # prompt (history, continue-transcript and KV-cache switches, seed)
+        tmux.keys("BTab", "BTab", "BTab", "BTab", "BTab", "End", "BSpace", "BSpace", "BSpace")
+        tmux.type("3000")
+        tmux.keys("Tab", "Tab", "Tab", "Tab", "Tab")
+        tmux.wait_for(lambda s: "Max tokens   3000" in s, 10, "max tokens set")
+        phase("model loaded")
+        tmux.type("ROMEO:")
+        tmux.keys("Enter")
+        # the reply streams in: the text under the prompt grows while no finish reason is shown
+        growing = []
+
+        def reply_growing(s: str) -> bool:
+            if "› ROMEO:" in s and "finish:" not in s:
+                growing.append(len(s.split("› ROMEO:", 1)[1].split("▊")[0].strip()))
+            return len(set(growing)) >= 3 and growing[-1] > growing[0]
+
+        tmux.wait_for(reply_growing, 60, "the reply to stream")
+        phase("reply streaming")
+        tmux.keys("Escape")  # cancels it
+        screen = tmux.wait_for(lambda s: "finish: cancelled" in s, 30, "the reply to be cancelled")
+        assert "tokens" in screen and "tok/s" in screen
+    finally:
+        tmux.kill()

@@ -1,0 +1,404 @@
+"""Pilot tests of the run browser: listing, live updates, filter/sort, details, rename,
+delete, compare, help, command palette, resize and themes. Fixture runs are written by hand
+(tui_fixtures); assertions are on what the screen shows and on the files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from tui_fixtures import (
+    FROZEN_NOW,
+    frozen_clock,
+    make_fixture_runs,
+    notifications,
+    row_text,
+    screen_text,
+    settle,
+    squash,
+    table_names,
+    wait_for,
+    write_run,
+)
+
+from gptbench.tui.app import create_app
+from gptbench.tui.screens.compare import CompareScreen
+from gptbench.tui.screens.help import HelpScreen
+from gptbench.tui.screens.modals import ConfirmScreen, InputScreen
+from gptbench.tui.screens.runs import RunsScreen
+from gptbench.tui.widgets.charts import MetricChart
+from gptbench.tui.widgets.runtable import RunTable
+
+
+@pytest.fixture
+def fixture_runs(tmp_path):
+    return make_fixture_runs(tmp_path / "runs")
+
+
+def make_app(runs_dir, clock=frozen_clock, **kw):
+    return create_app(runs_dir, "torch", device="cpu", clock=clock, poll_interval=0.2, **kw)
+
+
+async def select(pilot, name):
+    table = pilot.app.screen.query_one(RunTable)
+    table.select_name(name)
+    await settle(pilot)
+    assert table.current_name == name
+
+
+async def test_lists_every_run_with_status_and_columns(fixture_runs):
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen)
+        # newest first
+        assert table_names(app) == ["live-run", "lr-too-high", "baby-char", "gpt2-wide", "broken-run"]
+        assert row_text(app, "baby-char") == (
+            "  baby-char | ✔ finished | 2,000/2,000 | 1.4749 | 28.4K | torch | cpu | char | tinyshakespeare.txt | 3h ago | 5m12s"
+        )
+        assert row_text(app, "gpt2-wide").startswith("  gpt2-wide | ■ stopped | 1,200/5,000 | 2.7075 | 10.61M | torch | cpu | byte | wiki.txt | 2d ago")
+        assert "failed | 300/2,000" in row_text(app, "lr-too-high")
+        assert "running | 700/2,000" in row_text(app, "live-run") and "8m ago" in row_text(app, "live-run")
+        assert "! corrupt: bad config.json" in row_text(app, "broken-run")
+        text = screen_text(app)
+        assert "5 runs" in text and "running" in text
+
+
+async def test_empty_missing_and_corrupt_directories_do_not_crash(tmp_path):
+    app = make_app(tmp_path / "does-not-exist")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert "No runs in" in screen_text(app) and table_names(app) == []
+        await pilot.press("enter", "d", "e", "r", "s", "space", "m", "o")  # every action on nothing: no crash
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen)
+        assert "No run selected" in notifications(app)  # the actions explain themselves
+        await pilot.press("c")
+        await settle(pilot)
+        assert app.current_mode == "chat"
+
+    root = tmp_path / "junk"
+    root.mkdir()
+    (root / "stray-file.txt").write_text("not a run")
+    (root / "empty-dir").mkdir()
+    (root / "bad").mkdir()
+    (root / "bad" / "config.json").write_text("[1, 2]")
+    app = make_app(root, clock=lambda: FROZEN_NOW + 10**9)  # "empty-dir" is old: corrupt, not starting
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        assert sorted(table_names(app)) == ["bad", "empty-dir"]
+        assert "corrupt: no config.json" in row_text(app, "empty-dir")
+        assert "corrupt: bad config.json" in row_text(app, "bad")
+        await select(pilot, "bad")
+        assert "has no model section" in screen_text(app)  # the whole reason, in the details panel
+
+
+async def test_list_follows_runs_appearing_progressing_and_ending(fixture_runs):
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        # a run started elsewhere (e.g. headless, another terminal) appears by itself
+        write_run(fixture_runs, "from-elsewhere", state="running", step=10, max_iters=400, created=FROZEN_NOW - 5,
+                  pid=__import__("os").getpid())
+        await wait_for(pilot, lambda: "from-elsewhere" in table_names(app), what="new run listed")
+        assert "10/400" in row_text(app, "from-elsewhere")
+        status_path = fixture_runs / "from-elsewhere" / "status.json"
+        st = json.loads(status_path.read_text())
+        st["step"] = 250
+        status_path.write_text(json.dumps(st))
+        await wait_for(pilot, lambda: "250/400" in row_text(app, "from-elsewhere"), what="progress shown")
+        st.update(state="finished", step=400)
+        status_path.write_text(json.dumps(st))
+        await wait_for(pilot, lambda: "400/400" in row_text(app, "from-elsewhere"), what="run finished")
+        assert next(s for s in app.summaries if s.name == "from-elsewhere").state == "finished"
+        shutil.rmtree(fixture_runs / "from-elsewhere")
+        await wait_for(pilot, lambda: "from-elsewhere" not in table_names(app), what="run removed")
+
+
+async def test_filter_and_sort(fixture_runs):
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("slash", *"wide")
+        await settle(pilot)
+        assert table_names(app) == ["gpt2-wide"]
+        assert "1 of 5 runs" in screen_text(app)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert len(table_names(app)) == 5
+        await pilot.press("slash", *"no such run", "enter")
+        await settle(pilot)
+        assert table_names(app) == [] and "No run matches" in screen_text(app)
+        await pilot.press("escape")
+
+        screen = app.screen
+        await pilot.press("o")  # created -> name? the cycle goes to the next column
+        await settle(pilot)
+        assert screen.sort_key == "duration" or screen.sort_key == "name"
+        screen.sort_key, screen.sort_reverse = "name", False
+        screen.refresh_rows()
+        assert table_names(app) == ["baby-char", "broken-run", "gpt2-wide", "live-run", "lr-too-high"]
+        await pilot.press("O")  # reverse
+        await settle(pilot)
+        assert table_names(app) == ["lr-too-high", "live-run", "gpt2-wide", "broken-run", "baby-char"]
+        # clicking a header sorts by that column
+        table = app.screen.query_one(RunTable)
+        table.post_message(RunTable.HeaderSelected(table, table.ordered_columns[3].key, 3, table.ordered_columns[3].label))
+        await settle(pilot)
+        assert screen.sort_key == "best"
+        assert table_names(app)[:4] == ["baby-char", "live-run", "gpt2-wide", "lr-too-high"]  # ascending best val
+
+
+async def test_details_panel_shows_summary_config_and_chart(fixture_runs):
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await settle(pilot)
+        await select(pilot, "baby-char")
+        text = squash(screen_text(app))
+        assert "best val 1.4749" in text and "2L 2H 32d ctx 32" in text
+        assert "checkpoints 1 (best: step-2000)" in text
+        chart = app.screen.query_one("#details-chart", MetricChart)
+        metrics = [json.loads(line) for line in (fixture_runs / "baby-char" / "metrics.jsonl").read_text().splitlines()]
+        assert len(chart.series[0].xs) == sum(r["type"] == "train" for r in metrics)
+        assert len(chart.series[1].xs) == sum(r["type"] == "eval" for r in metrics)
+        tree = app.screen.query_one("#details-config")
+        labels = [str(n.label) for n in tree.root.children]
+        assert labels[:4] == ["model", "train", "data", "tokenizer"]
+        assert any("n_layer 2" in str(c.label) for c in tree.root.children[0].children)
+
+        await select(pilot, "broken-run")
+        assert "config.json unreadable" in screen_text(app)
+
+
+async def test_rename_validates_inline_and_renames_on_disk(fixture_runs):
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await select(pilot, "baby-char")
+        await pilot.press("e")
+        await settle(pilot)
+        assert isinstance(app.screen, InputScreen)
+        await pilot.press("ctrl+a", "backspace", *"bad name/..", "enter")
+        await settle(pilot)
+        assert isinstance(app.screen, InputScreen)  # refused
+        assert "use 1-64 letters" in screen_text(app)
+        app.screen.query_one("#value").value = "gpt2-wide"
+        await settle(pilot)
+        assert "already exists" in screen_text(app)
+        app.screen.query_one("#value").value = "baby-renamed"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "baby-renamed" in table_names(app), what="renamed run listed")
+        assert not (fixture_runs / "baby-char").exists()
+        assert json.loads((fixture_runs / "baby-renamed" / "config.json").read_text())["name"] == "baby-renamed"
+        assert app.screen.query_one(RunTable).current_name == "baby-renamed"
+
+
+async def test_delete_asks_and_deletes_only_that_run(fixture_runs, tmp_path):
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await select(pilot, "gpt2-wide")
+        await pilot.press("d")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen) and "gpt2-wide" in screen_text(app)
+        await pilot.press("n")  # cancel
+        await settle(pilot)
+        assert (fixture_runs / "gpt2-wide").is_dir()
+        await pilot.press("d")
+        await settle(pilot)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: "gpt2-wide" not in table_names(app), what="deleted run gone")
+        assert not (fixture_runs / "gpt2-wide").exists()
+        assert sorted(p.name for p in fixture_runs.iterdir()) == ["baby-char", "broken-run", "live-run", "lr-too-high"]
+        assert outside.read_text() == "keep me"
+
+        await select(pilot, "live-run")  # a training run cannot be deleted
+        await pilot.press("d")
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen) and (fixture_runs / "live-run").is_dir()
+
+        await select(pilot, "broken-run")  # a corrupt run can
+        await pilot.press("delete")
+        await settle(pilot)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: "broken-run" not in table_names(app), what="corrupt run deleted")
+
+
+async def test_compare_overlays_curves_and_diffs_config(fixture_runs):
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await settle(pilot)
+        await pilot.press("m")  # nothing marked yet: a hint, no screen
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen)
+        await select(pilot, "baby-char")
+        await pilot.press("space")  # marks and moves down to gpt2-wide
+        await pilot.press("space")
+        await settle(pilot)
+        assert app.screen.marked == {"baby-char", "gpt2-wide"} and "2 marked" in screen_text(app)
+        await pilot.press("m")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        train = screen.query_one("#compare-train", MetricChart)
+        val = screen.query_one("#compare-val", MetricChart)
+        assert [s.label for s in train.series] == ["baby-char", "gpt2-wide"] == [s.label for s in val.series]
+        assert len(train.series[0].xs) == 200 and len(train.series[1].xs) == 120
+        diff = screen.query_one("#compare-diff")
+        keys = [str(r.key.value) for r in diff.ordered_rows]
+        assert {"model.n_layer", "model.n_embd", "train.max_iters", "train.lr", "tokenizer.spec", "params"} <= set(keys)
+        assert "train.batch_size" not in keys and "backend" not in keys and "name" not in keys
+        text = screen_text(app)
+        assert "keys differ" in text and "model.n_layer" in text
+        await pilot.press("l")
+        await settle(pilot)
+        assert train.log_y and "(log)" in screen_text(app)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen)
+
+
+async def test_help_and_command_palette_list_every_action(fixture_runs):
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        described = {b.description for b in RunsScreen.BINDINGS if b.description}
+        titles = {c.title for c in app.get_system_commands(screen)}
+        assert described <= titles, described - titles
+        assert {"Go to Runs", "Go to Train", "Go to Chat", "Help", "Theme", "Quit", "Dashboard"} <= titles
+
+        await pilot.press("f1")
+        await settle(pilot)
+        assert isinstance(app.screen, HelpScreen)
+        text = screen_text(app)
+        for d in ("Compare", "Delete", "Rename", "Resume", "Stop", "Mark", "Filter", "Dashboard"):
+            assert d in text, d
+        await pilot.press("escape")
+        await settle(pilot)
+
+        # run an action from the palette: "New run" switches to the Train screen
+        await pilot.press("ctrl+p")
+        await settle(pilot)
+        await pilot.press(*"New run")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.current_mode == "train", what="palette action ran")
+
+
+async def test_resize_to_80x24_and_themes(fixture_runs):
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert app.screen.has_class("-wide")
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        assert app.screen.has_class("-narrow")
+        text = screen_text(app)
+        assert "live-run" in text and "step" in text  # table and details both visible
+        for theme in ("textual-light", "nord", "gruvbox", "textual-dark"):
+            app.theme = theme
+            await settle(pilot)
+            assert "live-run" in screen_text(app)
+        await pilot.resize_terminal(60, 16)  # smaller than designed for: still no crash
+        await settle(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "Dashboard" in app.screen.sub_title
+
+
+FAKE_TRAINER = r"""
+import json, os, signal, sys, time
+status = sys.argv[1]
+def write(state):
+    json.dump({"state": state, "pid": os.getpid(), "heartbeat": time.time(), "step": 40, "max_iters": 100}, open(status + ".tmp", "w"))
+    os.replace(status + ".tmp", status)
+def on_int(signum, frame):
+    write("stopped")
+    sys.exit(0)
+signal.signal(signal.SIGINT, on_int)
+write("running")
+time.sleep(60)
+"""
+
+
+async def test_stop_signals_the_trainer_of_the_selected_run(tmp_path):
+    """`s` sends the trainer (the pid in status.json) SIGINT, its graceful-stop signal."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    write_run(root, "victim", state="running", step=40, max_iters=100, pid=1)
+    status = root / "victim" / "status.json"
+    proc = subprocess.Popen([sys.executable, "-c", FAKE_TRAINER, str(status)])
+    try:
+        app = make_app(root)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: "running" in row_text(app, "victim") if table_names(app) else False,
+                           timeout=30, what="fake trainer running")
+            await select(pilot, "victim")
+            await pilot.press("s")
+            assert proc.wait(timeout=30) == 0  # it got SIGINT and exited cleanly
+            await wait_for(pilot, lambda: "stopped" in row_text(app, "victim"), what="stopped shown")
+            await pilot.press("s")  # no longer running: nothing is sent
+            await settle(pilot)
+            assert any("not running" in n for n in notifications(app))
+    finally:
+        proc.kill()
+
+
+async def test_resume_asks_for_the_step_budget(fixture_runs):
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await select(pilot, "baby-char")  # finished at 2000/2000: must train further
+        await pilot.press("r")
+        await settle(pilot)
+        dialog = app.screen
+        assert isinstance(dialog, InputScreen) and dialog.query_one("#value").value == "4000"
+        dialog.query_one("#value").value = "1500"
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, InputScreen) and "give more than 2000" in screen_text(app)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen) and app.launcher.launches == {}  # cancelled: nothing started
+        await select(pilot, "live-run")
+        await pilot.press("r")
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen) and any("already running" in n for n in notifications(app))
+
+
+async def test_symlinked_directories_are_not_runs(fixture_runs, tmp_path):
+    outside = tmp_path / "outside"
+    write_run(outside, "elsewhere")
+    (fixture_runs / "sneaky").symlink_to(outside / "elsewhere", target_is_directory=True)
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert "sneaky" not in table_names(app)
+    assert (outside / "elsewhere" / "config.json").is_file()
+
+
+async def test_gptbench_train_with_the_ui_launches_headless_training_and_opens_its_dashboard(tmp_path):
+    """`gptbench train ...` (no --no-ui) starts the same command with --no-ui in its own
+    process and shows its dashboard; here the corpus is missing, so the dashboard shows the
+    trainer's own error."""
+    from gptbench.cli import build_parser
+    from gptbench.commands.ui import training_startup
+    from gptbench.tui.screens.dashboard import DashboardScreen
+
+    root = tmp_path / "runs"
+    args = build_parser().parse_args(["train", "--runs-dir", str(root), "--name", "cli-run", "--data", str(tmp_path / "gone.txt"),
+                                      "--max-iters", "7"])
+    app = create_app(args.runs_dir, "torch", clock=frozen_clock, poll_interval=0.2, startup=training_startup(args))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), what="dashboard")
+        launch = app.launcher.get("cli-run")
+        assert launch.command[3:5] == ["train", "--no-ui"] and "--max-iters" in launch.command
+        assert launch.proc.wait(timeout=60) == 2
+        await wait_for(pilot, lambda: "failed to start" in screen_text(app), what="the trainer's error")
+        assert "gone.txt" in squash(screen_text(app)).replace("\n", "")

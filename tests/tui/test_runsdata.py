@@ -1,0 +1,204 @@
+"""The TUI's data layer (no Textual): scanning, tailing, diffs, formatting, launch flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from tui_fixtures import FROZEN_NOW, make_fixture_runs, write_run
+
+from gptbench.runstore import Run
+from gptbench.tui.runsdata import (
+    MetricSeries,
+    RunScanner,
+    RunWatcher,
+    TextTail,
+    config_diff,
+    downsample,
+    ema,
+    flatten,
+    fmt_age,
+    fmt_duration,
+    safe_summary,
+)
+
+
+def test_scanner_reports_every_state_and_only_real_changes(tmp_path):
+    root = make_fixture_runs(tmp_path / "runs")
+    scanner = RunScanner(root)
+    rows, changed = scanner.scan()
+    assert changed
+    states = {s.name: s.state for s in rows}
+    assert states == {"baby-char": "finished", "broken-run": "corrupt", "gpt2-wide": "stopped",
+                      "live-run": "running", "lr-too-high": "failed"}
+    broken = next(s for s in rows if s.name == "broken-run")
+    assert broken.error.startswith("config.json unreadable")
+    assert scanner.scan()[1] is False  # nothing changed on disk
+
+    st = json.loads((root / "live-run" / "status.json").read_text())
+    st["step"] = 900
+    (root / "live-run" / "status.json").write_text(json.dumps(st))
+    rows, changed = scanner.scan()
+    assert changed and next(s for s in rows if s.name == "live-run").step == 900
+
+    write_run(root, "newcomer", step=10, max_iters=100)
+    rows, changed = scanner.scan()
+    assert changed and "newcomer" in {s.name for s in rows}
+
+
+def test_scanner_does_not_reread_unchanged_finished_runs(tmp_path, monkeypatch):
+    root = make_fixture_runs(tmp_path / "runs")
+    scanner = RunScanner(root)
+    scanner.scan()
+    reads = []
+    import gptbench.tui.runsdata as rd
+
+    real = rd.safe_summary
+    monkeypatch.setattr(rd, "safe_summary", lambda run, clock=time.time: reads.append(run.name) or real(run, clock))
+    scanner.scan()
+    assert reads == ["live-run"]  # only the live run is re-checked (pid / heartbeat)
+
+
+def test_scanner_on_missing_or_file_root(tmp_path):
+    assert RunScanner(tmp_path / "nope").scan() == ([], True)
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert RunScanner(f).scan()[0] == []
+
+
+def test_safe_summary_never_raises_and_explains(tmp_path):
+    run = tmp_path / "weird"
+    write_run(tmp_path, "weird")
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": "not-a-number"}))
+    s = safe_summary(Run(run))
+    assert s.state == "corrupt" and "ValueError" in s.error
+
+    (run / "status.json").write_text("{torn")
+    assert safe_summary(Run(run)).state == "corrupt"
+    assert "status.json unreadable" in safe_summary(Run(run)).error
+
+    (run / "status.json").unlink()
+    assert safe_summary(Run(run)).state == "new"  # config written, trainer not started yet
+
+    young = tmp_path / "young"
+    young.mkdir()
+    assert safe_summary(Run(young)).state == "starting"
+    assert safe_summary(Run(young), clock=lambda: time.time() + 3600).state == "corrupt"
+
+
+def test_metric_series_handles_resume_and_bad_records():
+    s = MetricSeries()
+    recs = [{"type": "train", "step": i, "loss": 3.0 - i / 100, "lr": 1e-3, "tokens_per_sec": 100.0, "time": i} for i in (10, 20, 30)]
+    recs += [{"type": "eval", "step": 20, "train_loss": 2.8, "val_loss": 2.9}, {"type": "sample", "step": 20, "text": "hi"}]
+    recs += [{"type": "train", "step": "x"}, {"type": "mystery"}, {"type": "eval"}]
+    assert s.extend(recs)
+    assert s.train_step == [10, 20, 30] and s.eval_step == [20] and s.sample_text == "hi"
+    # a resumed run re-logs from its checkpoint at step 20: the curve is cut, not doubled
+    s.extend([{"type": "train", "step": 20, "loss": 9.0, "lr": 1e-3, "tokens_per_sec": 1.0, "time": 100}])
+    assert s.train_step == [10, 20] and s.train_loss[-1] == 9.0
+    assert not s.extend([{"type": "nothing"}])
+
+
+def test_steps_per_sec_uses_wall_time():
+    s = MetricSeries()
+    s.extend([{"type": "train", "step": 10 * i, "loss": 1.0, "time": 100.0 + 2 * i} for i in range(1, 6)])
+    assert s.steps_per_sec() == pytest.approx(5.0)
+
+
+def test_text_tail_is_incremental_and_tolerates_partial_lines(tmp_path):
+    p = tmp_path / "log.txt"
+    tail = TextTail(p, max_lines=3)
+    assert tail.poll() == []
+    p.write_text("a\nb\npart")
+    assert tail.poll() == ["a", "b"]
+    with open(p, "a") as f:
+        f.write("ial\nc\nd\n")
+    assert tail.poll() == ["partial", "c", "d"]
+    assert list(tail.lines) == ["partial", "c", "d"] and tail.total == 5
+    p.write_text("new\n")  # replaced: start again
+    assert tail.poll() == ["new"]
+
+
+def test_watcher_snapshots_only_on_change(tmp_path):
+    run = write_run(tmp_path, "r", step=100, max_iters=200)
+    w = RunWatcher(Run(run))
+    snap = w.poll()
+    assert snap is not None and snap.state == "finished" and snap.series.train_step[-1] == 100
+    assert snap.config["name"] == "r" and snap.log_total == len(snap.log_lines) > 0
+    assert w.poll() is None
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"type": "train", "step": 110, "loss": 1.0}) + "\n" + '{"type": "tr')
+    snap2 = w.poll()
+    assert snap2.series.train_step[-1] == 110
+    assert snap.series.train_step[-1] == 100  # earlier snapshots are independent copies
+
+
+def test_config_diff_lists_only_differing_keys():
+    a = {"name": "a", "created": 1, "model": {"n_layer": 4, "n_head": 4}, "train": {"lr": 1e-3}, "backend": "torch"}
+    b = {"name": "b", "created": 2, "model": {"n_layer": 6, "n_head": 4}, "train": {"lr": 1e-3}, "backend": "mlx", "extra": 1}
+    rows = dict(config_diff({"a": a, "b": b}))
+    assert rows == {"model.n_layer": [4, 6], "backend": ["torch", "mlx"], "extra": [None, 1]}
+    assert config_diff({"a": a, "b": dict(a)}) == []
+    assert flatten({"x": {"y": {"z": 1}}, "e": {}}) == {"x.y.z": 1, "e": {}}
+
+
+def test_ema_matches_the_debiased_definition():
+    vals = [1.0, 2.0, 3.0]
+    w = 0.5
+    # debiased EMA: sum w^(t-i)(1-w) x_i / sum w^(t-i)(1-w)
+    expect = [1.0, (0.5 * 1 + 2) / 1.5, (0.25 * 1 + 0.5 * 2 + 3) / 1.75]
+    assert ema(vals, w) == pytest.approx(expect)
+    assert ema(vals, 0) == vals
+
+
+def test_downsample_keeps_bucket_means():
+    xs = list(range(10))
+    ys = [float(v) for v in range(10)]
+    dx, dy = downsample(xs, ys, 5)
+    assert dx == [1, 3, 5, 7, 9] and dy == [0.5, 2.5, 4.5, 6.5, 8.5]
+    assert downsample(xs, ys, 20) == (xs, ys)
+
+
+def test_formatting():
+    assert fmt_duration(59) == "59s" and fmt_duration(61) == "1m01s" and fmt_duration(3 * 3600 + 120) == "3h02m"
+    assert fmt_duration(None) == "-"
+    assert fmt_age(FROZEN_NOW - 10, FROZEN_NOW) == "just now"
+    assert fmt_age(FROZEN_NOW - 300, FROZEN_NOW) == "5m ago"
+    assert fmt_age(FROZEN_NOW - 2 * 86400, FROZEN_NOW) == "2d ago"
+
+
+def test_train_flags_round_trip_through_the_cli_parser(tmp_path):
+    """`gptbench train ...` (with the UI) launches `gptbench train --no-ui` with the same settings."""
+    from gptbench.cli import build_parser
+    from gptbench.commands.ui import train_flags_from_args
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello")
+    argv = ["train", "--name", "x1", "--data", str(corpus), "--tokenizer", "char", "--n-layer", "2", "--lr", "0.002",
+            "--max-iters", "50", "--no-bias", "--untied", "--backend", "torch"]
+    args = build_parser().parse_args(argv)
+    name, flags = train_flags_from_args(args)
+    assert name == "x1"
+    again = build_parser().parse_args(["train", "--no-ui", *flags])
+    for key in ("name", "data", "tokenizer", "n_layer", "lr", "max_iters", "bias", "tie_embeddings", "backend"):
+        assert getattr(again, key) == getattr(args, key), key
+
+    resume = build_parser().parse_args(["train", "--resume", "x1", "--max-iters", "80"])
+    name, flags = train_flags_from_args(resume)
+    assert name == "x1" and flags[:2] == ["--resume", "x1"] and "--name" not in flags
+
+
+def test_launcher_reports_the_trainers_error_line(tmp_path):
+    from gptbench.tui.launcher import Launcher
+
+    launcher = Launcher(tmp_path / "runs")
+    launch = launcher.start("bad", ["--name", "bad", "--preset", "no-such-preset"])
+    launch.proc.wait(timeout=60)
+    ended = launcher.reap()
+    assert ended == [launch] and launch.returncode == 2
+    assert "unknown preset" in launch.error_line()
+    assert launch.out_path.parent.name == ".launch" and not (tmp_path / "runs" / "bad").exists()
+    assert launcher.reap() == []
+    assert os.path.isdir(tmp_path / "runs")

@@ -1,0 +1,389 @@
+"""What the TUI knows about runs, read from the run directories (no Textual here).
+
+Everything in this module runs in worker threads, never on the UI thread, and is cheap to
+repeat: the scanner re-reads a run only when the `stat()` of its `config.json` /
+`status.json` changed (or when it is live and its pid/heartbeat must be re-checked), so
+polling a directory of hundreds of runs every second costs a few hundred `stat` calls.
+`metrics.jsonl` is only read for the one run whose details or dashboard is open, and then
+incrementally through `JsonlTail`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from gptbench.runstore import CheckpointInfo, JsonlTail, Run, RunSummary, read_json, summarize
+
+# States whose summary can change without any file changing (pid death, stale heartbeat).
+LIVE_STATES = frozenset({"running", "starting", "new"})
+# A run directory without config.json younger than this is being created, not corrupt.
+STARTING_GRACE_S = 30.0
+# Keys that always differ between runs and say nothing about how they differ.
+DIFF_IGNORED = frozenset({"name", "created", "format_version", "command"})
+DIFF_IGNORED_PREFIXES = ("param_breakdown.",)
+
+Clock = Callable[[], float]
+
+
+def _sig(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def safe_summary(run: Run, clock: Clock = time.time) -> RunSummary:
+    """`summarize` that never raises: a run with unreadable files is `corrupt` with the
+    reason; a directory still being created is `starting`; a run whose trainer has written
+    its config but not yet its status is `new`."""
+    try:
+        s = summarize(run)
+    except Exception as exc:  # malformed values in otherwise valid JSON
+        return RunSummary(run.name, "corrupt", error=f"unreadable run files: {type(exc).__name__}: {exc}")
+    if s.state == "corrupt" and not run.config_path.exists():
+        try:
+            age = clock() - run.path.stat().st_mtime
+        except OSError:
+            age = math.inf
+        if age < STARTING_GRACE_S:
+            s.state, s.error = "starting", ""
+        return s
+    if s.state == "unknown":
+        if run.status_path.exists():
+            try:
+                st = read_json(run.status_path)
+                reason = "status.json has no state" if not isinstance(st, dict) or "state" not in st else ""
+            except (OSError, ValueError) as exc:
+                reason = f"status.json unreadable: {exc}"
+            if reason:
+                s.state, s.error = "corrupt", reason
+        else:
+            s.state = "new"
+    return s
+
+
+class RunScanner:
+    """Stat-based change detection over a runs directory (thread-safe; one scan at a time)."""
+
+    def __init__(self, root: Path, clock: Clock = time.time) -> None:
+        self.root = Path(root)
+        self.clock = clock
+        self._cache: dict[str, tuple[tuple[Any, ...], RunSummary]] = {}
+        self._last: list[RunSummary] | None = None
+        self._lock = threading.Lock()
+
+    def invalidate(self, name: str | None = None) -> None:
+        with self._lock:
+            if name is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(name, None)
+
+    def scan(self) -> tuple[list[RunSummary], bool]:
+        """All runs sorted by name, and whether anything changed since the last scan."""
+        with self._lock:
+            try:
+                names = sorted(
+                    e.name for e in os.scandir(self.root) if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+                )
+            except OSError:  # missing or unreadable runs directory: no runs
+                names = []
+            out: list[RunSummary] = []
+            cache: dict[str, tuple[tuple[Any, ...], RunSummary]] = {}
+            for name in names:
+                path = self.root / name
+                sig = (_sig(path / "config.json"), _sig(path / "status.json"), _sig(path))
+                hit = self._cache.get(name)
+                if hit is not None and hit[0] == sig and hit[1].state not in LIVE_STATES:
+                    summary = hit[1]
+                else:
+                    summary = safe_summary(Run(path), self.clock)
+                cache[name] = (sig, summary)
+                out.append(summary)
+            self._cache = cache
+            changed = out != self._last
+            self._last = out
+            return out, changed
+
+
+@dataclass
+class MetricSeries:
+    """The curves of one run, grown incrementally from metrics.jsonl records."""
+
+    train_step: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    tokens_per_sec: list[float] = field(default_factory=list)
+    train_time: list[float] = field(default_factory=list)
+    eval_step: list[int] = field(default_factory=list)
+    eval_train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    sample_step: int | None = None
+    sample_text: str = ""
+    version: int = 0  # bumped on every change, so a viewer can tell "new data" cheaply
+
+    def extend(self, records: Iterable[dict[str, Any]]) -> bool:
+        changed = False
+        for r in records:
+            try:
+                kind = r.get("type")
+                if kind == "train":
+                    step, loss = int(r["step"]), float(r["loss"])
+                    if self.train_step and step <= self.train_step[-1]:
+                        self._truncate_train(step)  # a resumed run re-logs from its checkpoint
+                    self.train_step.append(step)
+                    self.train_loss.append(loss)
+                    self.lr.append(float(r.get("lr") or 0.0))
+                    tps = r.get("tokens_per_sec")
+                    self.tokens_per_sec.append(float(tps) if tps is not None else math.nan)
+                    self.train_time.append(float(r.get("time") or 0.0))
+                elif kind == "eval":
+                    step = int(r["step"])
+                    if self.eval_step and step <= self.eval_step[-1]:
+                        keep = sum(1 for s in self.eval_step if s < step)
+                        del self.eval_step[keep:], self.eval_train_loss[keep:], self.val_loss[keep:]
+                    self.eval_step.append(step)
+                    self.eval_train_loss.append(float(r["train_loss"]))
+                    self.val_loss.append(float(r["val_loss"]))
+                elif kind == "sample":
+                    self.sample_step, self.sample_text = int(r["step"]), str(r.get("text", ""))
+                else:
+                    continue
+            except (KeyError, TypeError, ValueError):
+                continue  # a malformed record is skipped, like a torn line
+            changed = True
+        if changed:
+            self.version += 1
+        return changed
+
+    def _truncate_train(self, step: int) -> None:
+        keep = sum(1 for s in self.train_step if s < step)
+        for lst in (self.train_step, self.train_loss, self.lr, self.tokens_per_sec, self.train_time):
+            del lst[keep:]
+
+    def steps_per_sec(self, window: int = 20) -> float | None:
+        """Recent wall-clock training speed (evaluations included), for the ETA."""
+        n = min(window, len(self.train_step) - 1)
+        if n < 1:
+            return None
+        ds = self.train_step[-1] - self.train_step[-1 - n]
+        dt = self.train_time[-1] - self.train_time[-1 - n]
+        return ds / dt if ds > 0 and dt > 0 else None
+
+
+class TextTail:
+    """The last `max_lines` lines of an append-only text file, read incrementally."""
+
+    def __init__(self, path: Path, max_lines: int = 400) -> None:
+        self.path = path
+        self.offset = 0
+        self.lines: deque[str] = deque(maxlen=max_lines)
+        self.total = 0  # lines ever read, so a consumer that missed a poll knows how many are new
+        self._partial = b""
+
+    def poll(self) -> list[str]:
+        """New complete lines since the last poll (also kept in `lines`)."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return []
+        if size < self.offset:  # replaced or truncated: start again
+            self.offset, self._partial = 0, b""
+            self.lines.clear()
+        if size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            if self.offset == 0 and size > 256 * 1024:  # only the tail of a long log matters
+                self.offset = size - 256 * 1024
+            f.seek(self.offset)
+            chunk = f.read(size - self.offset)
+        self.offset += len(chunk)
+        data = self._partial + chunk
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._partial = data
+            return []
+        self._partial = data[end + 1 :]
+        new = data[:end].decode("utf-8", errors="replace").split("\n")
+        self.lines.extend(new)
+        self.total += len(new)
+        return new
+
+
+@dataclass
+class WatchSnapshot:
+    """A consistent copy of what a `RunWatcher` knows, safe to hand to the UI thread while
+    the watcher keeps reading in its worker."""
+
+    name: str
+    state: str
+    status: dict[str, Any]
+    config: dict[str, Any] | None
+    config_error: str
+    checkpoints: list[CheckpointInfo]
+    series: MetricSeries
+    log_lines: list[str]
+    log_total: int
+
+
+class RunWatcher:
+    """Incremental view of one run for a dashboard or the details panel: status, curves,
+    log tail. `poll()` runs in a worker thread; it holds a lock so two overlapping polls
+    never read the same bytes twice, and returns a snapshot (or None if nothing changed)."""
+
+    def __init__(self, run: Run, clock: Clock = time.time) -> None:
+        self.run = run
+        self.clock = clock
+        self.series = MetricSeries()
+        self.metrics = JsonlTail(run.metrics_path)
+        self.log = TextTail(run.log_path)
+        self.status: dict[str, Any] = {}
+        self.state = "unknown"
+        self.config: dict[str, Any] | None = None
+        self.config_error = ""
+        self.checkpoints: list[CheckpointInfo] = []
+        self._ckpt_sig: tuple[int, int] | None = None
+        self._polled = False
+        self.lock = threading.Lock()
+
+    def poll(self, force: bool = False) -> WatchSnapshot | None:
+        with self.lock:
+            changed = force or not self._polled
+            self._polled = True
+            if self.config is None and self.run.config_path.exists():
+                try:
+                    cfg = self.run.config()
+                    if not isinstance(cfg, dict):
+                        raise ValueError("config.json is not a JSON object")
+                    self.config, self.config_error = cfg, ""
+                except (OSError, ValueError) as exc:
+                    self.config_error = f"config.json unreadable: {exc}"
+                changed = True
+            status = self.run.status()
+            state = safe_summary(self.run, self.clock).state if self.run.path.is_dir() else "missing"
+            if status != self.status or state != self.state:
+                self.status, self.state, changed = status, state, True
+            if self.series.extend(self.metrics.poll()):
+                changed = True
+            sig = _sig(self.run.index_path)
+            if sig != self._ckpt_sig:
+                self._ckpt_sig, self.checkpoints, changed = sig, self.run.checkpoints(), True
+            new_lines = self.log.poll()
+            if not (changed or new_lines):
+                return None
+            s = self.series
+            series = MetricSeries(
+                list(s.train_step), list(s.train_loss), list(s.lr), list(s.tokens_per_sec), list(s.train_time),
+                list(s.eval_step), list(s.eval_train_loss), list(s.val_loss), s.sample_step, s.sample_text, s.version,
+            )
+            return WatchSnapshot(
+                self.run.name, self.state, dict(self.status), self.config, self.config_error,
+                list(self.checkpoints), series, list(self.log.lines), self.log.total,
+            )
+
+
+# ---- config diff ------------------------------------------------------------------------
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"n_layer": 4}} -> {"model.n_layer": 4}; lists stay values."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and v:
+                out.update(flatten(v, key + "."))
+            else:
+                out[key] = v
+    return out
+
+
+def config_diff(configs: dict[str, dict[str, Any] | None]) -> list[tuple[str, list[Any]]]:
+    """Keys whose values differ between the given runs' configs (missing = None), sorted;
+    bookkeeping keys (name, created, command...) are left out."""
+    flat = {name: flatten(cfg or {}) for name, cfg in configs.items()}
+    keys = sorted(set().union(*(f.keys() for f in flat.values()))) if flat else []
+    rows = []
+    for key in keys:
+        if key in DIFF_IGNORED or key.startswith(DIFF_IGNORED_PREFIXES):
+            continue
+        values = [f.get(key) for f in flat.values()]
+        if any(json.dumps(v, sort_keys=True, default=str) != json.dumps(values[0], sort_keys=True, default=str) for v in values):
+            rows.append((key, values))
+    return rows
+
+
+# ---- formatting ---------------------------------------------------------------------------
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def fmt_age(created: float, now: float) -> str:
+    if not created:
+        return "-"
+    d = now - created
+    if d < 45:
+        return "just now"
+    if d < 3600:
+        return f"{int(d // 60)}m ago"
+    if d < 86400:
+        return f"{int(d // 3600)}h ago"
+    if d < 30 * 86400:
+        return f"{int(d // 86400)}d ago"
+    return time.strftime("%Y-%m-%d", time.localtime(created))
+
+
+def fmt_loss(v: float | None) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
+
+def fmt_rate(v: float | None) -> str:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "-"
+    return f"{v / 1000:.1f}k" if v >= 10_000 else f"{v:,.0f}"
+
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """TensorBoard-style debiased exponential moving average (weight 0 = raw)."""
+    if weight <= 0 or not values:
+        return list(values)
+    out, acc, norm = [], 0.0, 0.0
+    for v in values:
+        if not math.isfinite(v):
+            out.append(v)
+            continue
+        acc = acc * weight + (1 - weight) * v
+        norm = norm * weight + (1 - weight)
+        out.append(acc / norm)
+    return out
+
+
+def downsample(xs: list[float], ys: list[float], max_points: int) -> tuple[list[float], list[float]]:
+    """Bucket means, so a long run's curve keeps its shape at a chart's resolution."""
+    n = len(xs)
+    if n <= max_points or max_points < 2:
+        return list(xs), list(ys)
+    out_x, out_y = [], []
+    for i in range(max_points):
+        lo, hi = i * n // max_points, max((i + 1) * n // max_points, i * n // max_points + 1)
+        seg = [y for y in ys[lo:hi] if math.isfinite(y)]
+        if seg:
+            out_x.append(xs[hi - 1])
+            out_y.append(sum(seg) / len(seg))
+    return out_x, out_y

@@ -1,0 +1,265 @@
+"""The live dashboard of one run: loss / learning-rate / throughput charts, progress and
+ETA, the latest sample and the log tail. Works for new, running and finished runs alike,
+because it only reads the run directory (and, for a run this app just launched, the
+trainer's output file until the run directory exists)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Footer, Header, Log, ProgressBar, Static
+
+from gptbench.runstore import Run
+from gptbench.tui.runsdata import Clock, RunWatcher, WatchSnapshot, fmt_duration, fmt_loss, fmt_rate
+from gptbench.tui.widgets.charts import PALETTE, MetricChart, Series
+from gptbench.tui.widgets.runtable import state_text
+
+if TYPE_CHECKING:
+    from gptbench.tui.app import GPTBenchApp
+
+SMOOTHING_LEVELS = [0.0, 0.6, 0.8, 0.9, 0.95, 0.99]
+POLL_INTERVAL_S = 1.0
+CHART_INTERVAL_S = 1.0  # charts redraw at most this often (status and log follow every poll)
+SIDE_CHARTS_EVERY = 3  # learning rate and tokens/s: every 3rd loss-chart redraw
+
+
+class RunPolled(Message):
+    """A fresh snapshot of the watched run. Snapshots are cumulative, so a pending one can
+    be replaced by a newer one without losing anything: bursts of metrics coalesce."""
+
+    def __init__(self, snap: WatchSnapshot) -> None:
+        super().__init__()
+        self.snap = snap
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunPolled)
+
+
+class LaunchPolled(Message):
+    """Output of a trainer this app started whose run directory does not exist yet."""
+
+    def __init__(self, lines: list[str], returncode: int | None, error: str) -> None:
+        super().__init__()
+        self.lines, self.returncode, self.error = lines, returncode, error
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, LaunchPolled)
+
+
+class DashboardScreen(Screen):
+    TITLE = "gptbench"
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("l", "toggle_log", "Log scale"),
+        Binding("plus,equals_sign", "smooth(1)", "Smooth +"),
+        Binding("minus", "smooth(-1)", "Smooth -"),
+        Binding("s", "stop", "Stop"),
+        Binding("r", "resume", "Resume"),
+        Binding("c", "chat", "Chat with run"),
+    ]
+
+    def __init__(self, name: str, runs_dir: Path, clock: Clock) -> None:
+        super().__init__()
+        self.run_name = name
+        self.sub_title = f"Dashboard · {name}"
+        self.watcher = RunWatcher(Run(runs_dir / name), clock)
+        self.snap: WatchSnapshot | None = None
+        self.log_y = False
+        self.smoothing_index = 1
+        self._log_shown = 0
+        self._launch_shown = 0
+        self._busy = False
+        self._series_version = -1
+        self._charts_at = 0.0  # monotonic time of the last chart rebuild
+        self._charts_timer: Timer | None = None
+        self._chart_round = 0
+
+    @property
+    def gapp(self) -> "GPTBenchApp":
+        return self.app  # type: ignore[return-value]
+
+    @property
+    def smoothing(self) -> float:
+        return SMOOTHING_LEVELS[self.smoothing_index]
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        with Vertical(id="dash-status"):
+            with Horizontal(id="dash-status-row"):
+                yield Static(Text(self.run_name, style="bold"), id="dash-title")
+                yield Static(state_text("starting"), id="dash-state")
+                # a determinate bar from the start: an indeterminate one animates at 60 fps
+                yield ProgressBar(total=1, show_eta=False, id="dash-progress")
+            yield Static("", id="dash-eta")
+        with Horizontal(id="dash-charts"):
+            yield MetricChart("loss", xlabel="step", id="chart-loss", empty="waiting for the first metrics…")
+            with Vertical(id="dash-side"):
+                yield MetricChart("learning rate", id="chart-lr", empty="waiting…")
+                yield MetricChart("tokens/s", id="chart-tps", empty="waiting…")
+        with Horizontal(id="dash-bottom"):
+            with VerticalScroll(id="dash-sample"):
+                yield Static("", id="sample-text")
+            yield Log(id="dash-log", max_lines=500, auto_scroll=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#dash-sample").border_title = "latest sample"
+        self.query_one("#dash-log").border_title = "log"
+        self._apply_chart_options()
+        self.set_interval(POLL_INTERVAL_S, self.poll)
+        self.poll()
+
+    # ---- polling (worker thread) -------------------------------------------------------------
+    def poll(self) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        self._poll_worker()
+
+    @work(thread=True, exclusive=True, group="dashboard-poll", exit_on_error=False)
+    def _poll_worker(self) -> None:
+        try:
+            if self.watcher.run.path.is_dir():
+                snap = self.watcher.poll()
+                if snap is not None:
+                    self.post_message(RunPolled(snap))
+            else:
+                launch = self.gapp.launcher.get(self.run_name)
+                if launch is not None:
+                    rc = launch.proc.poll()
+                    self.post_message(LaunchPolled(launch.output_tail(50), rc, launch.error_line() if rc else ""))
+        finally:
+            self._busy = False
+
+    def on_launch_polled(self, msg: LaunchPolled) -> None:
+        log = self.query_one("#dash-log", Log)
+        if len(msg.lines) != self._launch_shown:
+            log.clear()
+            log.write_lines(msg.lines)
+            self._launch_shown = len(msg.lines)
+        state = self.query_one("#dash-state", Static)
+        if msg.returncode is not None and msg.returncode != 0:
+            state.update(Text("✖ failed to start", style="bold red"))
+            self.query_one("#dash-eta", Static).update(Text(msg.error, style="red"))
+        else:
+            state.update(state_text("starting"))
+
+    def on_run_polled(self, msg: RunPolled) -> None:
+        self.show_snapshot(msg.snap)
+
+    # ---- rendering (UI thread) -----------------------------------------------------------------
+    def show_snapshot(self, snap: WatchSnapshot) -> None:
+        self.snap = snap
+        st, s = snap.status, snap.series
+        self.query_one("#dash-state", Static).update(state_text(snap.state, self.gapp.frame()))
+        step = int(st.get("step", s.train_step[-1] if s.train_step else 0) or 0)
+        max_iters = int(st.get("max_iters") or (snap.config or {}).get("train", {}).get("max_iters") or 0)
+        bar = self.query_one("#dash-progress", ProgressBar)
+        if max_iters:
+            bar.update(total=max_iters, progress=min(step, max_iters))
+        self.query_one("#dash-eta", Static).update(self._eta_text(snap, step, max_iters))
+        if s.version != self._series_version:
+            self._schedule_charts()
+        if s.sample_step is not None:
+            self.query_one("#dash-sample").border_title = f"sample at step {s.sample_step:,}"
+            self.query_one("#sample-text", Static).update(Text(s.sample_text))
+        new = min(snap.log_total - self._log_shown, len(snap.log_lines))
+        if self._log_shown == 0 and self._launch_shown:
+            self.query_one("#dash-log", Log).clear()
+            self._launch_shown = 0
+        if new > 0:
+            self.query_one("#dash-log", Log).write_lines(snap.log_lines[-new:])
+        self._log_shown = snap.log_total
+
+    def _eta_text(self, snap: WatchSnapshot, step: int, max_iters: int) -> Text:
+        st, s = snap.status, snap.series
+        val = fmt_loss(st.get("best_val_loss"))
+        tps = st.get("tokens_per_sec")
+        if tps is None and s.tokens_per_sec:
+            tps = s.tokens_per_sec[-1]
+        parts = [f"step {step:,}/{max_iters:,}" if max_iters else f"step {step:,}", f"best val {val}", f"{fmt_rate(tps)} tok/s"]
+        if snap.state == "running":
+            sps = s.steps_per_sec()
+            eta = fmt_duration((max_iters - step) / sps) if sps and max_iters > step else "…"
+            parts.append(f"ETA {eta}")
+        elif snap.state in ("finished", "stopped", "failed"):
+            parts.append(f"{snap.state} after {fmt_duration(float(st.get('elapsed') or 0.0))}")
+        text = Text("  ·  ".join(parts))
+        if st.get("error"):
+            text.append(f"  {st['error']}", style="red")
+        return text
+
+    def _schedule_charts(self) -> None:
+        """Rebuild the charts now, or once CHART_INTERVAL_S after the last rebuild: plotting
+        is the app's main cost while a run trains, and the trainer needs the CPU more."""
+        if self._charts_timer is not None:
+            return
+        wait = CHART_INTERVAL_S - (time.monotonic() - self._charts_at)
+        if wait <= 0:
+            self._update_charts()
+        else:
+            self._charts_timer = self.set_timer(wait, self._update_charts)
+
+    def _update_charts(self) -> None:
+        self._charts_timer = None
+        if self.snap is None:
+            return
+        self._charts_at = time.monotonic()
+        self._series_version = self.snap.series.version
+        s = self.snap.series
+        self.query_one("#chart-loss", MetricChart).set_series(
+            [
+                Series("train", s.train_step, s.train_loss, PALETTE[0]),
+                Series("val", s.eval_step, s.val_loss, PALETTE[1], smooth=False),
+            ]
+        )
+        # the side charts change slowly: while a run trains they redraw every SIDE_CHARTS_EVERY-th time
+        self._chart_round += 1
+        if self._chart_round % SIDE_CHARTS_EVERY == 1 or self.snap.state != "running" or SIDE_CHARTS_EVERY == 1:
+            self.query_one("#chart-lr", MetricChart).set_series([Series("lr", s.train_step, s.lr, PALETTE[2], smooth=False)])
+            self.query_one("#chart-tps", MetricChart).set_series([Series("tok/s", s.train_step, s.tokens_per_sec, PALETTE[3])])
+
+    def _apply_chart_options(self) -> None:
+        title = f"loss · smoothing {self.smoothing:g}" if self.smoothing else "loss"
+        self.query_one("#chart-loss", MetricChart).set_options(log_y=self.log_y, smoothing=self.smoothing, title=title)
+        self.query_one("#chart-tps", MetricChart).set_options(smoothing=self.smoothing)
+
+    # ---- actions ------------------------------------------------------------------------------
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_toggle_log(self) -> None:
+        self.log_y = not self.log_y
+        self._apply_chart_options()
+
+    def action_smooth(self, delta: int) -> None:
+        self.smoothing_index = max(0, min(len(SMOOTHING_LEVELS) - 1, self.smoothing_index + delta))
+        self._apply_chart_options()
+
+    def action_stop(self) -> None:
+        state = self.snap.state if self.snap else "starting"
+        if state != "running":
+            self.notify(f"{self.run_name} is not running ({state})", severity="warning")
+            return
+        self.gapp.stop_run(self.run_name)
+
+    def action_resume(self) -> None:
+        if self.snap is None:
+            self.notify(f"{self.run_name} has not started yet", severity="warning")
+            return
+        st = self.snap.status
+        max_iters = int(st.get("max_iters") or (self.snap.config or {}).get("train", {}).get("max_iters") or 0)
+        self.gapp.ask_resume(self.run_name, int(st.get("step") or 0), max_iters, self.snap.state, open_dashboard=False)
+
+    def action_chat(self) -> None:
+        self.gapp.open_chat(self.run_name)
