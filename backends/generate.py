@@ -125,6 +125,8 @@ def generate_tokens(
         raise UserError(f"window stride must be in [1, block_size={T}], got {stride}")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("empty prompt: give at least one token of prompt text")
+    if params.max_new_tokens == 0:
+        return
     vocab = backend.config.vocab_size
     rows = [np.asarray(list(p)[-T:], dtype=np.int64) for p in prompts]  # crop from the left
     for r in rows:
@@ -177,43 +179,38 @@ def generate_tokens(
 
 
 class _StopMatcher:
-    """Finds stop strings in streamed text and holds back text that may start one."""
+    """Finds stop strings in streamed text and holds back text that may start one.
+
+    Only the held-back tail is kept (never longer than the longest stop string), so a long
+    generation costs no growing string: a stop cannot begin in text already emitted,
+    because any prefix of it would have been held back.
+    """
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = [s for s in stops if s]
-        self.longest = max((len(s) for s in self.stops), default=0)
-        self.text = ""
-        self.emitted = 0
+        self.pending = ""
 
     def feed(self, chunk: str) -> tuple[str, bool]:
         """Add text; return (text safe to emit now, whether a stop string was hit)."""
-        self.text += chunk
+        text = self.pending + chunk
         if not self.stops:
-            out = self.text[self.emitted :]
-            self.emitted = len(self.text)
-            return out, False
-        # No stop can start before `emitted` (its prefix would have been held back).
-        hits = [i for i in (self.text.find(s, self.emitted) for s in self.stops) if i >= 0]
+            self.pending = ""
+            return text, False
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if hits:
-            end = min(hits)
-            out = self.text[self.emitted : end]
-            self.emitted = len(self.text)
-            return out, True
+            self.pending = ""
+            return text[: min(hits)], True
         hold = 0
-        tail = self.text[-self.longest :]
         for s in self.stops:
-            for k in range(min(len(s) - 1, len(tail)), hold, -1):
-                if tail.endswith(s[:k]):
+            for k in range(min(len(s) - 1, len(text)), hold, -1):
+                if text.endswith(s[:k]):
                     hold = k
                     break
-        safe = max(self.emitted, len(self.text) - hold)
-        out = self.text[self.emitted : safe]
-        self.emitted = safe
-        return out, False
+        self.pending = text[len(text) - hold :]
+        return text[: len(text) - hold], False
 
     def flush(self) -> str:
-        out = self.text[self.emitted :]
-        self.emitted = len(self.text)
+        out, self.pending = self.pending, ""
         return out
 
 

@@ -11,6 +11,7 @@ Temperature 0 means greedy: argmax of the penalised logits, other filters skippe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +28,7 @@ class SamplingParams:
     top_p: float = 1.0  # 1 = off
     min_p: float = 0.0  # 0 = off
     repetition_penalty: float = 1.0  # 1 = off
-    repetition_window: int = 64  # how many recent tokens the penalty looks at
+    repetition_window: int = 64  # how many recent tokens (prompt included) the penalty looks at
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
@@ -35,22 +36,27 @@ class SamplingParams:
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
+        # Written as `not (valid)` so that NaN, which fails every comparison, is rejected too.
+        if not (0 <= self.temperature < math.inf):
             raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UserError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         if not 0.0 <= self.min_p < 1.0:
-            raise UserError(f"min_p must be in [0, 1), got {self.min_p}")
-        if self.top_k < 0:
+            raise UserError(f"min_p must be in [0, 1) (0 = off), got {self.min_p}")
+        if not self.top_k >= 0:
             raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if self.repetition_penalty <= 0:
+        if not (0 < self.repetition_penalty < math.inf):
             raise UserError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
-        if self.repetition_window < 0:
-            raise UserError(f"repetition_window must be >= 0, got {self.repetition_window}")
-        if self.max_new_tokens < 0:
+        if not self.repetition_window >= 0:
+            raise UserError(f"repetition_window must be >= 0 (0 = penalty off), got {self.repetition_window}")
+        if not self.max_new_tokens >= 0:
             raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        object.__setattr__(self, "top_k", int(self.top_k))
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
-        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        ids = tuple(int(t) for t in self.stop_token_ids)
+        if any(t < 0 for t in ids):
+            raise UserError(f"stop token ids must be >= 0, got {list(ids)}")
+        object.__setattr__(self, "stop_token_ids", ids)
 
     @property
     def greedy(self) -> bool:

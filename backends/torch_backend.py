@@ -9,6 +9,7 @@ so checkpoints never carry `_orig_mod.` prefixes.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,6 +22,27 @@ from gptbench.backends.torch_model import GPT, ModelCache
 from gptbench.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+THREADS_ENV = "GPTBENCH_TORCH_THREADS"
+
+
+def apply_thread_setting() -> None:
+    """Honour `$GPTBENCH_TORCH_THREADS` (set by `--threads`) for CPU intra-op threads.
+
+    Why: OpenMP threads spin at barriers, so when the CPU is shared (a TUI watching the run,
+    another job) a run using every core can slow down several-fold; the TUI starts its
+    trainers with one core left free. Unset means torch's default (all physical cores).
+    """
+    value = os.environ.get(THREADS_ENV)
+    if not value:
+        return
+    try:
+        n = int(value)
+    except ValueError:
+        raise UserError(f"{THREADS_ENV} must be a positive integer, got {value!r}") from None
+    if n < 1:
+        raise UserError(f"--threads must be >= 1, got {n}")
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def resolve_device(device: str) -> str:
@@ -53,6 +75,7 @@ class TorchBackend(Backend):
         dtype: str = "float32",
         compile: bool = False,
     ) -> None:
+        apply_thread_setting()
         self.config = config
         self.device = resolve_device(device)
         if dtype == "auto":
@@ -67,6 +90,7 @@ class TorchBackend(Backend):
         self._forward = torch.compile(self.model) if compile else self.model
         self.optimizer: torch.optim.Optimizer | None = None
         self.optim: OptimConfig | None = None
+        self._decode_layout = False  # see _use_decode_layout
         use_amp = dtype != "float32" and self.device.split(":")[0] in ("cuda", "mps")
         self._autocast = (
             (lambda: torch.autocast(device_type=self.device.split(":")[0], dtype=DTYPES[dtype]))
@@ -204,10 +228,31 @@ class TorchBackend(Backend):
     def new_cache(self, batch_size: int) -> ModelCache:
         return ModelCache(self.config.n_layer)
 
+    def _use_decode_layout(self) -> None:
+        """Store Linear weights column-major ([in, out] in memory) for CPU generation.
+
+        Decoding multiplies one row by every weight matrix, and on CPU that runs about 1.4x
+        faster against a column-major weight (the layout of GPT-2's Conv1D) than against a
+        row-major `[out, in]` one: measured 17-18 vs 12.5 GB/s for 124M-sized matrices.
+        Names, shapes and values are unchanged, only strides differ, so get/set_weights and
+        every op still work. Done once, and only for a backend that is not training.
+        """
+        self._decode_layout = True
+        if self.optimizer is not None or self.device != "cpu":
+            return
+        with torch.inference_mode(False), torch.no_grad():  # normal tensors: training may follow
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    w = module.weight
+                    if w.stride() != (1, w.shape[0]):
+                        w.data = w.data.t().contiguous().t()
+
     @torch.inference_mode()
     def forward_last(self, ids: np.ndarray | torch.Tensor, cache: ModelCache | None, pad: np.ndarray | None = None) -> torch.Tensor:
         if self.model.training:  # eval() walks every module: too slow to repeat per token
             self.model.eval()
+        if not self._decode_layout:
+            self._use_decode_layout()
         x = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
         if x.dim() == 1:
             x = x[:, None]

@@ -106,22 +106,31 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="timed steps (default: 300 tiny, 10 small)")
     ap.add_argument("--vocab", type=int, default=65, help="vocabulary size (65 = tinyshakespeare chars)")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--threads", default="", help="torch CPU thread counts to try, e.g. 1,2 (default: torch's default)")
     args = ap.parse_args()
 
+    # The MFU denominator is the machine's best matmul rate: measured with every core.
     peak, peak_n = matmul_peak_flops(args.backend, args.device)
+    thread_counts = [int(t) for t in args.threads.split(",") if t] or [None]
     rows = []
     for preset in args.presets.split(","):
-        steps = args.steps or {"tiny": 300, "small": 10}.get(preset, 5)
-        r = measure(preset, args.backend, args.device, steps, warmup=max(3, steps // 10), vocab=args.vocab, compile=args.compile)
-        r["peak_flops"] = peak
-        r["mfu"] = r["achieved_flops"] / peak
-        rows.append(r)
-    print(f"float32 matmul peak: {peak / 1e9:.1f} GFLOP/s (n={peak_n}), {args.backend} on {rows[0]['device']}")
-    print(f"{'preset':8} {'params':>9} {'tok/step':>9} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>9} {'MFU':>7}")
+        for threads in thread_counts:
+            if threads is not None and args.backend == "torch":
+                import torch
+
+                torch.set_num_threads(threads)
+            steps = args.steps or {"tiny": 300, "small": 10}.get(preset, 5)
+            r = measure(preset, args.backend, args.device, steps, warmup=max(3, steps // 10), vocab=args.vocab, compile=args.compile)
+            r["threads"] = threads
+            r["peak_flops"] = peak
+            r["mfu"] = r["achieved_flops"] / peak
+            rows.append(r)
+    print(f"float32 matmul peak (all cores): {peak / 1e9:.1f} GFLOP/s (n={peak_n}), {args.backend} on {rows[0]['device']}")
+    print(f"{'preset':8} {'threads':>7} {'params':>9} {'tok/step':>9} {'ms/step':>9} {'tokens/s':>10} {'GFLOP/s':>9} {'MFU':>7}")
     for r in rows:
         print(
-            f"{r['preset']:8} {r['params'] / 1e6:8.2f}M {r['tokens_per_step']:9d} {r['ms_per_step']:9.2f} "
-            f"{r['tokens_per_sec']:10.0f} {r['achieved_flops'] / 1e9:9.1f} {100 * r['mfu']:6.1f}%"
+            f"{r['preset']:8} {str(r['threads'] or 'default'):>7} {r['params'] / 1e6:8.2f}M {r['tokens_per_step']:9d} "
+            f"{r['ms_per_step']:9.2f} {r['tokens_per_sec']:10.0f} {r['achieved_flops'] / 1e9:9.1f} {100 * r['mfu']:6.1f}%"
         )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "train_throughput.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
@@ -58,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | mps (torch) | gpu (mlx) (default auto)")
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (auto = bf16 autocast on CUDA)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     bias = p.add_mutually_exclusive_group()
     bias.add_argument("--bias", dest="bias", action="store_true", default=None, help="biases in Linear and LayerNorm")
     bias.add_argument("--no-bias", dest="bias", action="store_false", help="no biases")
@@ -79,6 +81,10 @@ def run_train(args: argparse.Namespace) -> int:
     from gptbench.commands.progress import RichReporter
     from gptbench.train import Trainer
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        os.environ["GPTBENCH_TORCH_THREADS"] = str(args.threads)
     store = RunStore(args.runs_dir)
     model_keys = [k for _, k, _, _ in MODEL_FLAGS] + ["bias", "tie_embeddings"]
     train_keys = [k for _, k, _, _ in TRAIN_FLAGS]

@@ -22,7 +22,11 @@ LAUNCH_DIR = ".launch"
 
 
 def train_command(runs_dir: Path, flags: list[str]) -> list[str]:
-    return [sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs_dir), *flags]
+    """The headless trainer command. Unless the flags choose, it leaves one core free for
+    the UI: spinning OpenMP threads that share a core with the app slow training down far
+    more than one thread fewer does (measured in benchmarks/tui.py)."""
+    threads = [] if "--threads" in flags else ["--threads", str(max(1, (os.cpu_count() or 1) - 1))]
+    return [sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs_dir), *threads, *flags]
 
 
 @dataclass

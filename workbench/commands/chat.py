@@ -1,0 +1,232 @@
+"""`gptbench chat`: talk to a model in the terminal, without the TUI.
+
+The models here are base language models, so a "chat" is one running transcript: each line
+you type is appended to it, the model continues it, and its reply is appended too. The
+engine crops the transcript from the left to the model's context window; `/reset` clears it.
+
+Replies are generated on a worker thread and streamed; the main thread only waits, so
+Ctrl-C during a reply sets the cancel event (the reply stops within one token) instead of
+killing the program. Ctrl-C at the prompt is ignored; Ctrl-D (end of input) exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import queue
+import sys
+import threading
+from typing import TYPE_CHECKING, Callable
+
+from gptbench.backends.sampling import SamplingParams
+from gptbench.commands.sampling_args import add_model_args, add_sampling_args, params_from_args, unescape
+from gptbench.errors import UserError
+
+if TYPE_CHECKING:
+    from gptbench.loading import LoadedModel
+
+PROMPT = "> "
+
+# /command -> (SamplingParams field, parser); several spellings per field.
+_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {}
+for _names, _field, _parse in [
+    (("temp", "temperature", "t"), "temperature", float),
+    (("top_k", "top-k", "topk", "k"), "top_k", int),
+    (("top_p", "top-p", "topp", "p"), "top_p", float),
+    (("min_p", "min-p", "minp"), "min_p", float),
+    (("rep", "repetition_penalty", "repetition-penalty", "penalty"), "repetition_penalty", float),
+    (("window", "repetition_window", "repetition-window"), "repetition_window", int),
+    (("max", "max_new_tokens", "max-new-tokens", "n"), "max_new_tokens", int),
+    (("seed",), "seed", lambda v: None if v.lower() in ("none", "off", "random") else int(v)),
+]:
+    for _n in _names:
+        _FIELDS[_n] = (_field, _parse)
+
+HELP = """commands:
+  /temp X          temperature (0 = greedy)          /top_k N     keep the N most likely tokens (0 = off)
+  /top_p X         nucleus mass in (0, 1] (1 = off)  /min_p X     relative probability floor in [0, 1)
+  /rep X           repetition penalty (1 = off)      /window N    tokens the penalty looks at
+  /max N           tokens per reply                  /seed N|none sampling seed
+  /stop TEXT       add a stop string (\\n = newline); /stop alone clears them
+  /cache on|off    KV cache (off recomputes the whole context every token)
+  /params          show the sampling parameters      /history     show the transcript
+  /reset           clear the transcript              /help        this help
+  /quit            exit (or Ctrl-D); Ctrl-C stops a reply"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="chat with a model in the terminal",
+        description="Interactive generation: each line continues one running transcript. Type /help for commands.",
+    )
+    add_model_args(p)
+    add_sampling_args(p, max_new_tokens=200)
+    p.set_defaults(func=run_chat)
+
+
+@dataclasses.dataclass
+class ChatSession:
+    """Transcript and settings; `command()` and `reply()` are the two things a line does."""
+
+    loaded: "LoadedModel"
+    params: SamplingParams
+    use_cache: bool = True
+    transcript: list[int] = dataclasses.field(default_factory=list)
+
+    def describe(self) -> str:
+        p = self.params
+        return (
+            f"temperature={p.temperature} top_k={p.top_k} top_p={p.top_p} min_p={p.min_p} "
+            f"repetition_penalty={p.repetition_penalty} window={p.repetition_window} "
+            f"max_new_tokens={p.max_new_tokens} seed={p.seed} stop={list(p.stop)!r} cache={'on' if self.use_cache else 'off'}"
+        )
+
+    def command(self, line: str) -> str | None:
+        """Run a /command; return the text to print, or None to quit. UserError on bad input."""
+        name, _, value = line[1:].strip().partition(" ")
+        name, value = name.lower(), value.strip()
+        if name in ("quit", "exit", "q"):
+            return None
+        if name in ("help", "h", "?"):
+            return HELP
+        if name == "reset":
+            self.transcript = []
+            return "[transcript cleared]"
+        if name == "params":
+            return self.describe()
+        if name == "history":
+            return self.loaded.tokenizer.decode(self.transcript) if self.transcript else "[transcript is empty]"
+        if name == "stop":
+            stops = (*self.params.stop, unescape(value)) if value else ()
+            self.params = dataclasses.replace(self.params, stop=stops)
+            return f"stop={list(self.params.stop)!r}"
+        if name == "cache":
+            if value.lower() not in ("on", "off"):
+                raise UserError(f"/cache takes on or off, got {value!r}")
+            self.use_cache = value.lower() == "on"
+            return f"cache={value.lower()}"
+        if name not in _FIELDS:
+            raise UserError(f"unknown command /{name}; type /help for the list")
+        field, parse = _FIELDS[name]
+        if not value:
+            return f"{field}={getattr(self.params, field)}"
+        try:
+            parsed = parse(value)
+        except ValueError:
+            raise UserError(f"/{name} needs a number, got {value!r}") from None
+        self.params = dataclasses.replace(self.params, **{field: parsed})  # validates
+        return f"{field}={getattr(self.params, field)}"
+
+    def reply(self, line: str, write: Callable[[str], None], cancel: threading.Event):
+        """Append `line` to the transcript, stream the continuation through `write`, append it."""
+        from gptbench.backends.generate import stream_generate
+
+        tok = self.loaded.tokenizer
+        user = tok.encode(line + "\n")  # UserError (unknown characters) leaves the transcript as it was
+        context = self.transcript + user  # the engine crops it to the last block_size tokens
+        if not context:
+            raise UserError("empty prompt: type some text")
+        parts: list[str] = []
+        tokens: list[int] = []
+        last = None
+        for r in stream_generate(self.loaded.backend, tok, context, self.params, use_cache=self.use_cache, cancel=cancel):
+            if r.text:
+                write(r.text)
+                parts.append(r.text)
+            if r.token is not None and r.finish_reason != "eos":
+                tokens.append(r.token)
+            last = r
+        text = "".join(parts)
+        if last is not None and last.finish_reason == "stop":
+            tokens = _encode_or(tok, text, tokens)  # drop the stop string's tokens
+        if not text.endswith("\n"):
+            write("\n")
+            tokens = tokens + _encode_or(tok, "\n", [])
+        # Keep a few windows of history: the engine only ever reads the last block_size.
+        self.transcript = (context + tokens)[-4 * self.loaded.backend.config.block_size :]
+        return last
+
+
+def _encode_or(tok, text: str, fallback: list[int]) -> list[int]:
+    try:
+        return tok.encode(text)
+    except UserError:
+        return fallback
+
+
+def _reply_in_worker(session: ChatSession, line: str, out) -> None:
+    """Generate on a worker thread; Ctrl-C here cancels the reply, not the program."""
+    q: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+
+    def work() -> None:
+        try:
+            last = session.reply(line, lambda s: q.put(("text", s)), cancel)
+            q.put(("done", last))
+        except BaseException as exc:  # handed to the main thread
+            q.put(("error", exc))
+
+    worker = threading.Thread(target=work, name="gptbench-chat-reply", daemon=True)
+    worker.start()
+    last = None
+    while True:
+        try:
+            try:
+                kind, item = q.get(timeout=0.1)
+            except queue.Empty:
+                if not worker.is_alive() and q.empty():  # only if "done" was lost to a Ctrl-C
+                    break
+                continue
+            if kind == "text":
+                out.write(item)
+                out.flush()
+            elif kind == "error":
+                raise item
+            else:
+                last = item
+                break
+        except KeyboardInterrupt:
+            cancel.set()
+    worker.join()
+    if last is not None:
+        note = ", cancelled" if last.finish_reason == "cancelled" else ""
+        print(f"[{last.generation_tokens} tokens, {last.tokens_per_sec:.1f} tok/s{note}]", file=sys.stderr, flush=True)
+    if cancel.is_set():
+        out.write("[cancelled]\n")
+        out.flush()
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    from gptbench.loading import load_model
+    from gptbench.runstore import RunStore
+
+    params = params_from_args(args)
+    loaded = load_model(
+        RunStore(args.runs_dir), run=args.run, checkpoint=args.checkpoint, weights=args.weights,
+        tokenizer=args.tokenizer, backend=args.backend, device=args.device,
+    )
+    session = ChatSession(loaded, params, use_cache=args.kv_cache)
+    out = sys.stdout
+    print(f"chatting with {loaded.source} ({loaded.backend.describe()}, context {loaded.backend.config.block_size} tokens); /help for commands, Ctrl-D to exit", flush=True)
+    while True:
+        try:
+            line = input(PROMPT)
+        except EOFError:
+            out.write("\n")
+            return 0
+        except KeyboardInterrupt:
+            out.write("\n(Ctrl-D or /quit to exit)\n")
+            continue
+        if not line.strip():
+            continue
+        try:
+            if line.startswith("/"):
+                text = session.command(line)
+                if text is None:
+                    return 0
+                print(text, flush=True)
+            else:
+                _reply_in_worker(session, line, out)
+        except UserError as exc:
+            print(f"error: {exc}", flush=True)
