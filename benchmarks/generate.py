@@ -237,6 +237,29 @@ def bench_model(label: str, backend, lengths: list[int], reps: int, budget: floa
     return out
 
 
+def layout_ab(config: GPTConfig, n: int, reps: int) -> dict:
+    """Before/after of the CPU decode layout: the torch backend stores Linear weights
+    column-major when it generates; `_decode_layout = True` up front keeps them row-major
+    (the layout before that change). Interleaved with HF, same weights, greedy."""
+    new = create_backend(config, "torch", device="cpu", seed=0)
+    old = create_backend(config, "torch", device="cpu", seed=0)
+    old._decode_layout = True  # skip the conversion: row-major, the "before"
+    hf = hf_model(config, new.get_weights())
+    prompt = list(range(1, PROMPT_LEN + 1))
+    for be in (new, old):
+        run_engine(be, prompt, 4, True)
+    run_hf(hf, prompt, 4)
+    runs = []
+    for _ in range(reps):
+        a, b, c = run_engine(new, prompt, n, True), run_engine(old, prompt, n, True), run_hf(hf, prompt, n)
+        runs.append((a["decode_tps"], b["decode_tps"], c["decode_tps"]))
+        print(f"  layout A/B {n} tok: column-major {a['decode_tps']:.1f}, row-major {b['decode_tps']:.1f}, HF {c['decode_tps']:.1f} tok/s", flush=True)
+    med = lambda i: statistics.median(r[i] for r in runs)  # noqa: E731
+    return {"new_tokens": n, "runs": runs, "column_major_tps": med(0), "row_major_tps": med(1), "hf_tps": med(2),
+            "after_vs_before": statistics.median(r[0] / r[1] for r in runs),
+            "before_vs_hf": statistics.median(r[1] / r[2] for r in runs), "after_vs_hf": statistics.median(r[0] / r[2] for r in runs)}
+
+
 def print_row(label: str, r: dict) -> None:
     cut = "" if r["nocache_complete"] else f" (first {r['nocache_generated']} tok)"
     nc = f"{r['lockstep_cache_decode_tps']:.1f} vs {r['nocache_decode_tps']:.1f}{cut}"
@@ -302,6 +325,8 @@ def main() -> None:
         m = bench_model("gpt2-124M", be, lengths, reps, budget, not args.no_hf, 512)
         results["models"].append(m)
         del be
+        if not args.no_hf and not args.quick:
+            results["layout_ab"] = layout_ab(GPT2_124M, 256, reps)
     if not args.skip_tiny:
         label, be = tiny_backend(args)
         results["models"].append(bench_model(label, be, lengths, reps, None, False, 0))
@@ -326,6 +351,10 @@ def main() -> None:
             print(f"    max |logit(ours) - logit(HF)| = {m['hf_max_logit_diff']:.2e}")
     path = Path(args.output)
     atomic_write_json(path, results)
+    if "layout_ab" in results:
+        ab = results["layout_ab"]
+        print(f"  decode layout (256 tokens, median of {len(ab['runs'])}): column-major {ab['column_major_tps']:.1f} vs row-major "
+              f"{ab['row_major_tps']:.1f} tok/s = x{ab['after_vs_before']:.2f}; vs HF before x{ab['before_vs_hf']:.2f}, after x{ab['after_vs_hf']:.2f}")
     print(f"\nwrote {path}")
 
 

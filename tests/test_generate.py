@@ -135,6 +135,29 @@ def test_kv_cache_is_preallocated_and_grown_in_steps():
     assert cache.layers[0].k.shape[2] == 2 * CACHE_STEP and cache.offset == CACHE_STEP + 1
 
 
+def test_torch_decode_layout_keeps_weights_and_training_intact():
+    """Generation stores Linear weights column-major on CPU (faster one-row matmuls);
+    values, get_weights and a later training step are unaffected."""
+    from gptbench.backends.base import OptimConfig
+
+    from conftest import random_tokens
+
+    cfg = tiny_model_config()
+    a, b = (create_backend(cfg, "torch", device="cpu", seed=3) for _ in range(2))
+    before = a.get_weights()
+    list(generate_tokens(a, [[1, 2, 3]], SamplingParams(temperature=0, max_new_tokens=3)))
+    w = a.model.h[0].mlp.c_fc.weight
+    assert w.stride() == (1, w.shape[0]) and not w.is_inference()
+    after = a.get_weights()
+    assert all(np.array_equal(before[k], after[k]) and after[k].flags.c_contiguous for k in before)
+    x, y = random_tokens(cfg, 2, 16, seed=1), random_tokens(cfg, 2, 16, seed=2)
+    for be in (a, b):
+        be.setup_optimizer(OptimConfig())
+        be.train_step([(x, y)], 1e-3)
+    wa, wb = a.get_weights(), b.get_weights()
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-6
+
+
 # ---- batches ----------------------------------------------------------------------------
 @pytest.mark.parametrize("use_cache, penalty", [(True, 1.0), (False, 1.0), (True, 1.3)])
 def test_batched_rows_equal_one_at_a_time(backend, use_cache, penalty):

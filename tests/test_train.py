@@ -47,8 +47,8 @@ def test_headless_run_writes_the_run_directory(runs_dir, corpus_file, capsys):
     cfg = run.config()
     assert cfg["model"]["n_layer"] == 2 and cfg["train"]["max_iters"] == 60 and cfg["backend"] == "torch"
     assert cfg["tokenizer"]["kind"] == "char" and cfg["data"]["sha256"]
-    assert cfg["params"] == cfg["param_breakdown"]["blocks"] + cfg["param_breakdown"]["token_embeddings"] + \
-        cfg["param_breakdown"]["position_embeddings"] + cfg["param_breakdown"]["final_norm"]
+    b = cfg["param_breakdown"]
+    assert cfg["params"] == sum(b.values()) and b["blocks"] > 0 and b["lm_head"] > 0  # tiny is untied
     st = run.status()
     assert st["state"] == "finished" and st["step"] == 60 and st["best_val_loss"] < math.log(cfg["tokenizer"]["vocab_size"])
     m = run.metrics()
