@@ -88,11 +88,11 @@ def test_train_then_chat_in_a_real_terminal(tmp_path, corpus_file, request):
         # Tokenizer, Preset, Backend, Device, then the hyperparameters
         tmux.keys("Tab", "Tab", "Tab", "Tab", "Tab")
         # max iters, batch, lr, eval every, sample length, context, layers, heads, width
-        for value in ("60", "8", "", "30", "40", "32", "2", "2", "32"):
+        for value in ("600", "8", "", "300", "40", "32", "2", "2", "32"):
             if value:
                 tmux.type(value)
             tmux.keys("Tab")
-        tmux.wait_for(lambda s: "--max-iters 60 --batch-size 8 --eval-interval 30 --sample-tokens 40 --block-size 32" in " ".join(s.split()), 10, "the filled form")
+        tmux.wait_for(lambda s: "--max-iters 600 --batch-size 8 --eval-interval 300 --sample-tokens 40 --block-size 32" in " ".join(s.split()), 10, "the filled form")
         tmux.keys("C-s")
         phase("started training")
         # the dashboard of the new run: it starts and progresses
@@ -107,7 +107,7 @@ def test_train_then_chat_in_a_real_terminal(tmp_path, corpus_file, request):
         assert first != tmux.capture()  # the charts / progress moved
 
         tmux.keys("c")  # chat with this run
-        tmux.wait_for(lambda s: f"{name}@step-60" in s, 60, "the model to load")
+        tmux.wait_for(lambda s: f"{name}@step-600" in s, 60, "the model to load")
         # a long reply, so it is on screen while it streams: Max tokens is 5 stops before the
         # prompt (history, continue-transcript and KV-cache switches, seed)
         tmux.keys("BTab", "BTab", "BTab", "BTab", "BTab", "End", "BSpace", "BSpace", "BSpace")
