@@ -177,8 +177,17 @@ def screen_text(app: Any) -> str:
 
 async def settle(pilot: Any, rounds: int = 3) -> None:
     """Let workers finish and their results reach the screen."""
+    from textual.worker import WorkerCancelled
+
     for _ in range(rounds):
-        await pilot.app.workers.wait_for_complete()
+        for _attempt in range(10):
+            try:
+                await pilot.app.workers.wait_for_complete()
+                break
+            except WorkerCancelled:
+                # an exclusive worker (e.g. details of the selected run) was superseded by a
+                # newer one while we waited: the app working as designed, so wait again
+                await pilot.pause()
         await pilot.pause()
 
 
