@@ -3,14 +3,11 @@
     python benchmarks/tui.py                 # all three
     python benchmarks/tui.py --only startup  # one of: throughput, latency, startup
 
-1. Throughput with the dashboard open: the same small training run headless
-   (`gptbench train --no-ui`), then from `gptbench train` (the app launches the same command
-   and shows its live dashboard), then headless again; `--reps` times. Tokens/s is the median
-   of the trainer's own `tokens_per_sec` records in metrics.jsonl; the ratio is UI / mean of
-   the two headless runs around it. Target: >= 0.97.
-   Because CPU timings on a shared machine are noisy, the app's own CPU use while it watches
-   the run (CPU seconds of the app process / wall seconds) is reported too: it bounds what
-   the app can take from the trainer.
+1. Throughput with the dashboard open: one headless run (`gptbench train --no-ui`), watched
+   in the app's dashboard for a window, then not watched for a window, several times; the
+   trainer's steps/s in each watched window over the mean of the unwatched windows around it.
+   Same config and same run by construction. Target: >= 0.97. The app's own CPU use while it
+   watches (CPU seconds / wall seconds) is reported too: it bounds what it can take.
 2. Key-press-to-repaint latency while a run trains and its charts update: `l` (log scale)
    is sent with tmux and the pane is polled until the chart title changes. Median and p95.
    Includes tmux's own send/redraw/capture time. Target: p95 < 100 ms.
@@ -27,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -130,70 +128,93 @@ def write_corpus(path: Path) -> Path:
 
 
 # ---- 1. throughput ------------------------------------------------------------------------------
-def bench_throughput(work: Path, reps: int, iters: int, omp_threads: int | None) -> dict[str, Any]:
-    """`omp_threads` pins torch's intra-op threads in both arms (None = torch's default, one
-    per core). On a 2-core machine the default makes training extremely sensitive to any
-    other runnable process (OpenMP threads spin at barriers while one of them is preempted)."""
-    runs = work / f"runs-throughput-{omp_threads or 'default'}"
-    env = {"OMP_NUM_THREADS": str(omp_threads)} if omp_threads else {}
+def window_rate(records: list[dict[str, Any]], t0: float, t1: float) -> float:
+    """Steps per second of the train records logged inside [t0, t1] (wall time)."""
+    inside = [r for r in records if t0 <= r["time"] <= t1]
+    if len(inside) < 2 or inside[-1]["time"] <= inside[0]["time"]:
+        raise RuntimeError(f"too few metrics records in a {t1 - t0:.0f}s window; raise --window")
+    return (inside[-1]["step"] - inside[0]["step"]) / (inside[-1]["time"] - inside[0]["time"])
+
+
+def bench_throughput(work: Path, cycles: int, window: float, threads: int) -> dict[str, Any]:
+    """One headless run (`gptbench train --no-ui`, the trainer's `--threads` fixed), watched
+    in the app's dashboard for `window` seconds, then not watched for `window` seconds,
+    `cycles` times. Each watched window is compared with the mean of the two unwatched
+    windows around it, so the config is identical and slow drift in the machine's speed
+    cancels; two separate runs differ by up to 30% on this shared 2-core VM."""
+    runs = work / f"runs-throughput-{threads}"
     flags = list(TRAIN_FLAGS)
     flags[1] = str(write_corpus(work / "corpus.txt"))
-    flags += ["--max-iters", str(iters)]
-    rows = []
-
-    def headless(name: str) -> float:
-        subprocess.run([sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs), "--name", name, *flags],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env})
-        return run_tokens_per_sec(runs / name)
-
-    for rep in range(reps):
-        # headless, with the dashboard, headless again: the two headless runs bracket the UI
-        # run (drift in the machine's load cancels) and their ratio shows the noise floor
-        before = headless(f"headless-a{rep}")
-        name = f"ui-{rep}"
-        term = Term(f"tp{omp_threads or 0}-{rep}")
-        term.start([sys.executable, "-m", "gptbench", "train", "--runs-dir", str(runs), "--name", name, *flags], env)
+    flags += ["--max-iters", "100000000", "--threads", str(threads)]
+    name = "watched"
+    trainer = subprocess.Popen([sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs), "--name", name, *flags],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    closed: list[tuple[float, float]] = []
+    opened: list[tuple[float, float, float]] = []  # (t0, t1, app CPU share of a core)
+    try:
+        wait_state(runs / name, {"running"}, 120)
+        time.sleep(window)  # warm-up: allocator, caches, first eval
+        for cycle in range(cycles + 1):
+            t0 = time.time()
+            time.sleep(window)
+            closed.append((t0, time.time()))
+            if cycle == cycles:
+                break
+            term = Term(f"tp{threads}-{cycle}")
+            term.start([sys.executable, "-m", "gptbench", "--runs-dir", str(runs)])
+            try:
+                term.wait(lambda s: name in s and "1 run" in s, 60, "the run listed", poll=0.1)
+                term.keys("Enter")
+                term.wait(lambda s: f"Dashboard · {name}" in s and "ETA" in s, 60, "the live dashboard", poll=0.1)
+                time.sleep(1.0)  # the app's start-up and first full read are not "watching"
+                pid = term.pid()
+                cpu0, t0 = cpu_seconds(pid), time.time()
+                time.sleep(window)
+                t1 = time.time()
+                opened.append((t0, t1, (cpu_seconds(pid) - cpu0) / (t1 - t0)))
+            finally:
+                term.kill()
+            time.sleep(1.0)  # let the app's exit settle before the next unwatched window
+    finally:
+        trainer.send_signal(signal.SIGINT)
         try:
-            term.wait(lambda s: f"Dashboard · {name}" in s, 60, "the dashboard", poll=0.05)
-            app_pid, tmux_pid = term.pid(), term.server_pid()
-            wait_state(runs / name, {"running"}, 120)
-            term.wait(lambda s: "tok/s" in s and "ETA" in s, 120, "live metrics on the dashboard", poll=0.1)
-            cpu0, tmux0, t0 = cpu_seconds(app_pid), cpu_seconds(tmux_pid), time.monotonic()
-            wait_state(runs / name, {"finished", "failed", "stopped"}, 1800)
-            wall = time.monotonic() - t0
-            app_cpu = (cpu_seconds(app_pid) - cpu0) / wall
-            tmux_cpu = (cpu_seconds(tmux_pid) - tmux0) / wall
-            term.wait(lambda s: "finished" in s, 30, "the dashboard to show finished", poll=0.1)
-        finally:
-            term.kill()
-        ui = run_tokens_per_sec(runs / name)
-        after = headless(f"headless-b{rep}")
-        base = (before + after) / 2
-        rows.append({"rep": rep, "headless_before": before, "ui_tokens_per_sec": ui, "headless_after": after,
-                     "ratio": ui / base, "headless_control_ratio": after / before,
-                     "app_cpu_fraction_of_one_core": app_cpu, "terminal_cpu_fraction_of_one_core": tmux_cpu})
-        print(f"  rep {rep}: headless {before:,.0f} | dashboard {ui:,.0f} | headless {after:,.0f} tok/s: ratio {ui / base:.3f} "
-              f"(headless vs headless {after / before:.3f}); app CPU {100 * app_cpu:.1f}% of a core, tmux {100 * tmux_cpu:.1f}%",
-              flush=True)
+            trainer.wait(60)
+        except subprocess.TimeoutExpired:
+            trainer.kill()
+    recs = [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    recs = [r for r in recs if r.get("type") == "train" and "time" in r]
+    tokens_per_step = 8 * 64  # TRAIN_FLAGS: --batch-size 8 --block-size 64
+    rows = []
+    for i, (t0, t1, app_cpu) in enumerate(opened):
+        before, after = window_rate(recs, *closed[i]), window_rate(recs, *closed[i + 1])
+        watched = window_rate(recs, t0, t1)
+        rows.append({"cycle": i, "unwatched_before_tok_s": before * tokens_per_step, "watched_tok_s": watched * tokens_per_step,
+                     "unwatched_after_tok_s": after * tokens_per_step, "ratio": watched / ((before + after) / 2),
+                     "unwatched_control_ratio": after / before, "app_cpu_fraction_of_one_core": app_cpu})
+        print(f"  cycle {i}: unwatched {before * tokens_per_step:,.0f} | dashboard {watched * tokens_per_step:,.0f} | "
+              f"unwatched {after * tokens_per_step:,.0f} tok/s: ratio {rows[-1]['ratio']:.3f} "
+              f"(unwatched vs unwatched {after / before:.3f}); app CPU {100 * app_cpu:.1f}% of a core", flush=True)
     return {
-        "iters": iters,
-        "omp_threads": omp_threads or "default (one per core)",
-        "reps": rows,
+        "threads": threads,
+        "window_s": window,
+        "cycles": rows,
         "median_ratio": statistics.median(r["ratio"] for r in rows),
-        "median_headless_control_ratio": statistics.median(r["headless_control_ratio"] for r in rows),
+        "mean_ratio": statistics.fmean(r["ratio"] for r in rows),
+        "stderr_ratio": statistics.stdev(r["ratio"] for r in rows) / len(rows) ** 0.5 if len(rows) > 1 else float("nan"),
+        "median_control_ratio": statistics.median(r["unwatched_control_ratio"] for r in rows),
         "median_app_cpu_fraction": statistics.median(r["app_cpu_fraction_of_one_core"] for r in rows),
         "target_ratio": 0.97,
     }
 
 
 # ---- 2. latency ---------------------------------------------------------------------------------
-def bench_latency(work: Path, presses: int, omp_threads: int | None) -> dict[str, Any]:
-    runs = work / f"runs-latency-{omp_threads or 'default'}"
-    env = {"OMP_NUM_THREADS": str(omp_threads)} if omp_threads else {}
+def bench_latency(work: Path, presses: int, threads: int) -> dict[str, Any]:
+    runs = work / f"runs-latency-{threads}"
+    env: dict[str, str] = {}
     flags = list(TRAIN_FLAGS)
     flags[1] = str(write_corpus(work / "corpus.txt"))
-    flags += ["--max-iters", "1000000", "--log-interval", "2"]
-    term = Term(f"lat{omp_threads or 0}")
+    flags += ["--max-iters", "1000000", "--log-interval", "2", "--threads", str(threads)]
+    term = Term(f"lat{threads}")
     term.start([sys.executable, "-m", "gptbench", "train", "--runs-dir", str(runs), "--name", "latency", *flags], env)
     times = []
     try:
@@ -214,7 +235,7 @@ def bench_latency(work: Path, presses: int, omp_threads: int | None) -> dict[str
         term.kill()
     times.sort()
     p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
-    return {"omp_threads": omp_threads or "default (one per core)", "presses": presses, "median_ms": 1000 * statistics.median(times), "p95_ms": 1000 * p95,
+    return {"threads": threads, "presses": presses, "median_ms": 1000 * statistics.median(times), "p95_ms": 1000 * p95,
             "max_ms": 1000 * times[-1], "steps_trained_meanwhile": steps, "target_p95_ms": 100}
 
 
@@ -242,7 +263,7 @@ def bench_latency_idle(work: Path, presses: int) -> dict[str, Any]:
         term.kill()
     times.sort()
     p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
-    return {"omp_threads": "no training", "presses": presses, "median_ms": 1000 * statistics.median(times), "p95_ms": 1000 * p95,
+    return {"threads": "no training", "presses": presses, "median_ms": 1000 * statistics.median(times), "p95_ms": 1000 * p95,
             "max_ms": 1000 * times[-1]}
 
 
@@ -290,10 +311,10 @@ def bench_startup(work: Path, n_runs: int, reps: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["throughput", "latency", "startup"], action="append")
-    ap.add_argument("--reps", type=int, default=3, help="interleaved headless / dashboard pairs")
-    ap.add_argument("--iters", type=int, default=300, help="training steps per throughput run")
-    ap.add_argument("--omp-threads", type=int, nargs="+", default=[1, 0],
-                    help="torch threads of the trainer in the throughput and latency runs (0 = torch's default)")
+    ap.add_argument("--cycles", type=int, default=6, help="watched / unwatched window pairs in the throughput run")
+    ap.add_argument("--window", type=float, default=10.0, help="seconds per throughput window")
+    ap.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}),
+                    help="the trainer's --threads in the throughput and latency runs (default: 1 and all cores)")
     ap.add_argument("--presses", type=int, default=40)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--out", type=Path, default=RESULTS / "tui.json")
@@ -314,14 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" in which:
             print("latency ...", flush=True)
             out["latency_idle"] = bench_latency_idle(work, args.presses)
-            for threads in args.omp_threads:
-                key = f"latency_omp{threads}" if threads else "latency_default_threads"
-                out[key] = bench_latency(work, args.presses, threads or None)
+            for threads in args.threads:
+                out[f"latency_threads{threads}"] = bench_latency(work, args.presses, threads)
         if "throughput" in which:
             print("throughput ...", flush=True)
-            for threads in args.omp_threads:
-                key = f"throughput_omp{threads}" if threads else "throughput_default_threads"
-                out[key] = bench_throughput(work, args.reps, args.iters, threads or None)
+            for threads in args.threads:
+                out[f"throughput_threads{threads}"] = bench_throughput(work, args.cycles, args.window, threads)
     machine["load_avg_at_end"] = os.getloadavg()
     for result in out.values():
         result["machine"] = machine  # the load matters: these are CPU timings on a shared machine
@@ -334,15 +353,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{f'startup, {n} runs: all listed':<44} {s['all_listed_s']:>13.2f}s {'< 1.5s':>10}")
     for key, lat in out.items():
         if key.startswith("latency"):
-            t = lat["omp_threads"]
-            label = "nothing training" if t == "no training" else f"training, {t} thr" if isinstance(t, int) else "training, default thr"
+            t = lat["threads"]
+            label = "nothing training" if t == "no training" else f"training, {t} thr"
             print(f"{f'key -> repaint ({label}), median':<44} {lat['median_ms']:>12.1f}ms {'':>10}")
             print(f"{f'key -> repaint ({label}), p95':<44} {lat['p95_ms']:>12.1f}ms {'< 100ms':>10}")
     for key, tp in out.items():
         if key.startswith("throughput"):
-            label = f"{tp['omp_threads']} torch thread(s)" if isinstance(tp["omp_threads"], int) else "default torch threads"
+            label = f"{tp['threads']} torch thread(s)"
             print(f"{f'dashboard/headless tokens/s, {label}':<44} {tp['median_ratio']:>14.3f} {'>= 0.97':>10}")
-            print(f"{'  (noise floor: headless/headless)':<44} {tp['median_headless_control_ratio']:>14.3f} {'':>10}")
+            print(f"{'  mean ± standard error over cycles':<44} {tp['mean_ratio']:>7.3f} ± {tp['stderr_ratio']:.3f} {'':>10}")
+            print(f"{'  (noise floor: unwatched/unwatched)':<44} {tp['median_control_ratio']:>14.3f} {'':>10}")
             print(f"{'  app CPU while watching (share of a core)':<44} {100 * tp['median_app_cpu_fraction']:>13.1f}% {'':>10}")
     print(f"load average {machine['load_avg_at_start']} -> {machine['load_avg_at_end']} on {os.cpu_count()} CPUs")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -116,6 +116,26 @@ async def test_list_follows_runs_appearing_progressing_and_ending(fixture_runs):
         await wait_for(pilot, lambda: "from-elsewhere" not in table_names(app), what="run removed")
 
 
+async def test_runs_that_change_behind_another_screen_show_on_return(fixture_runs):
+    """The hidden run browser skips redraws while a dashboard is on top (the trainer needs
+    the CPU), so coming back must show what changed meanwhile."""
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        runs_screen = app.screen
+        assert isinstance(runs_screen, RunsScreen)
+        await select(pilot, table_names(app)[0])
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "Dashboard" in screen_text(app), what="the dashboard")
+        write_run(fixture_runs, "while-away", state="finished", step=400, max_iters=400, created=FROZEN_NOW - 5)
+        await wait_for(pilot, lambda: any(s.name == "while-away" for s in app.summaries), what="the scan to see it")
+        hidden_rows = [str(r.key.value) for r in runs_screen.query_one(RunTable).ordered_rows]
+        assert "while-away" not in hidden_rows  # not redrawn while hidden
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is runs_screen and "while-away" in table_names(app), what="the new run listed")
+        assert "400/400" in row_text(app, "while-away")
+
+
 async def test_filter_and_sort(fixture_runs):
     app = make_app(fixture_runs)
     async with app.run_test(size=(120, 40)) as pilot:

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 SMOOTHING_LEVELS = [0.0, 0.6, 0.8, 0.9, 0.95, 0.99]
 POLL_INTERVAL_S = 1.0
-CHART_INTERVAL_S = 1.0  # charts redraw at most this often (status and log follow every poll)
-SIDE_CHARTS_EVERY = 3  # learning rate and tokens/s: every 3rd loss-chart redraw
+CHART_INTERVAL_S = 2.0  # charts redraw at most this often (status and log follow every poll)
+SIDE_CHARTS_EVERY = 5  # learning rate and tokens/s: every 5th loss-chart redraw
 
 
 class RunPolled(Message):
@@ -83,6 +83,8 @@ class DashboardScreen(Screen):
         self._charts_at = 0.0  # monotonic time of the last chart rebuild
         self._charts_timer: Timer | None = None
         self._chart_round = 0
+        self._shown: dict[str, str] = {}  # selector -> markup last shown
+        self._sample_shown: tuple[int, str] | None = None
 
     @property
     def gapp(self) -> "GPTBenchApp":
@@ -147,30 +149,32 @@ class DashboardScreen(Screen):
             log.clear()
             log.write_lines(msg.lines)
             self._launch_shown = len(msg.lines)
-        state = self.query_one("#dash-state", Static)
         if msg.returncode is not None and msg.returncode != 0:
-            state.update(Text("✖ failed to start", style="bold red"))
-            self.query_one("#dash-eta", Static).update(Text(msg.error, style="red"))
+            self._set_static("#dash-state", Text("✖ failed to start", style="bold red"))
+            self._set_static("#dash-eta", Text(msg.error, style="red"))
         else:
-            state.update(state_text("starting"))
+            self._set_static("#dash-state", state_text("starting"))
 
     def on_run_polled(self, msg: RunPolled) -> None:
         self.show_snapshot(msg.snap)
 
     # ---- rendering (UI thread) -----------------------------------------------------------------
     def show_snapshot(self, snap: WatchSnapshot) -> None:
+        """Update only what changed: every widget update costs a repaint, and while a run
+        trains each millisecond the app spends is taken from the trainer."""
         self.snap = snap
         st, s = snap.status, snap.series
-        self.query_one("#dash-state", Static).update(state_text(snap.state, self.gapp.frame()))
+        self._set_static("#dash-state", state_text(snap.state, self.gapp.frame()))
         step = int(st.get("step", s.train_step[-1] if s.train_step else 0) or 0)
         max_iters = int(st.get("max_iters") or (snap.config or {}).get("train", {}).get("max_iters") or 0)
         bar = self.query_one("#dash-progress", ProgressBar)
-        if max_iters:
+        if max_iters and (bar.total, bar.progress) != (max_iters, min(step, max_iters)):
             bar.update(total=max_iters, progress=min(step, max_iters))
-        self.query_one("#dash-eta", Static).update(self._eta_text(snap, step, max_iters))
+        self._set_static("#dash-eta", self._eta_text(snap, step, max_iters))
         if s.version != self._series_version:
             self._schedule_charts()
-        if s.sample_step is not None:
+        if s.sample_step is not None and (s.sample_step, s.sample_text) != self._sample_shown:
+            self._sample_shown = (s.sample_step, s.sample_text)
             self.query_one("#dash-sample").border_title = f"sample at step {s.sample_step:,}"
             self.query_one("#sample-text", Static).update(Text(s.sample_text))
         new = min(snap.log_total - self._log_shown, len(snap.log_lines))
@@ -180,6 +184,11 @@ class DashboardScreen(Screen):
         if new > 0:
             self.query_one("#dash-log", Log).write_lines(snap.log_lines[-new:])
         self._log_shown = snap.log_total
+
+    def _set_static(self, selector: str, text: Text) -> None:
+        if self._shown.get(selector) != text.markup:
+            self._shown[selector] = text.markup
+            self.query_one(selector, Static).update(text)
 
     def _eta_text(self, snap: WatchSnapshot, step: int, max_iters: int) -> Text:
         st, s = snap.status, snap.series

@@ -116,6 +116,8 @@ class RunsScreen(Screen):
         self._watchers: OrderedDict[str, RunWatcher] = OrderedDict()
         self._details_name: str | None = None
         self._details_snap: WatchSnapshot | None = None
+        self._suspended = False
+        self._stale = False
 
     @property
     def gapp(self) -> "GPTBenchApp":
@@ -144,13 +146,23 @@ class RunsScreen(Screen):
         self._spinner = self.set_interval(0.5, self._tick_spinner)
 
     def on_screen_suspend(self) -> None:
-        self._spinner.pause()  # no wakeups while another screen is on top
+        # no wakeups or details reloads while another screen is on top: a watched run's
+        # trainer needs the CPU more (benchmarks/tui.py)
+        self._suspended = True
+        self._spinner.pause()
 
     def on_screen_resume(self) -> None:
+        self._suspended = False
         self._spinner.resume()
+        if self._stale:
+            self.set_summaries(self.gapp.summaries)
 
     # ---- data ---------------------------------------------------------------------------
     def set_summaries(self, summaries: list[RunSummary]) -> None:
+        if self._suspended:
+            self._stale = True  # shown on resume
+            return
+        self._stale = False
         self.summaries = summaries
         names = {s.name for s in summaries}
         self.marked &= names
