@@ -23,8 +23,9 @@ LAUNCH_DIR = ".launch"
 
 def train_command(runs_dir: Path, flags: list[str]) -> list[str]:
     """The headless trainer command. Unless the flags choose, it leaves one core free for
-    the UI: spinning OpenMP threads that share a core with the app slow training down far
-    more than one thread fewer does (measured in benchmarks/tui.py)."""
+    the app: watching costs only ~2% of a core, but a chat reply generated in the app while
+    the run trains is a full core of work, and torch's spinning OpenMP threads slow down
+    5-30x when one of them shares its core (measured on the 2-core dev VM)."""
     threads = [] if "--threads" in flags else ["--threads", str(max(1, (os.cpu_count() or 1) - 1))]
     return [sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs_dir), *threads, *flags]
 
