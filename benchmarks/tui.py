@@ -58,9 +58,8 @@ class Term:
             raise RuntimeError(f"tmux {' '.join(args[:2])} failed: {done.stderr.strip()}")
         return done.stdout
 
-    def start(self, command: list[str], env: dict[str, str] | None = None) -> None:
-        exports = " ".join(f"{k}={v}" for k, v in (env or {}).items())
-        cmd = f"env -u COLUMNS -u LINES TERM=xterm-256color {exports} " + " ".join(f"'{c}'" for c in command)
+    def start(self, command: list[str]) -> None:
+        cmd = "env -u COLUMNS -u LINES TERM=xterm-256color " + " ".join(f"'{c}'" for c in command)
         self.tmux("new-session", "-d", "-s", "b", "-x", str(self.width), "-y", str(self.height), "cat")
         self.tmux("resize-window", "-t", "b", "-x", str(self.width), "-y", str(self.height))
         self.tmux("respawn-pane", "-k", "-t", "b", cmd)
@@ -208,35 +207,40 @@ def bench_throughput(work: Path, cycles: int, window: float, threads: int) -> di
 
 
 # ---- 2. latency ---------------------------------------------------------------------------------
+def press_log_toggle(term: Term, presses: int) -> dict[str, Any]:
+    """Press `l` (log scale) on a dashboard `presses` times; each time, poll the pane until
+    the chart title shows the new state. Returns median / p95 / max in ms."""
+    times = []
+    for i in range(presses):
+        want_log = i % 2 == 0
+        t0 = time.perf_counter()
+        term.keys("l")
+        term.wait(lambda s: ("(log)" in s) == want_log, 10, "the chart to repaint", poll=0.003)
+        times.append(time.perf_counter() - t0)
+        time.sleep(0.15)
+    times.sort()
+    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    return {"presses": presses, "median_ms": 1000 * statistics.median(times), "p95_ms": 1000 * p95, "max_ms": 1000 * times[-1]}
+
+
 def bench_latency(work: Path, presses: int, threads: int) -> dict[str, Any]:
     runs = work / f"runs-latency-{threads}"
-    env: dict[str, str] = {}
     flags = list(TRAIN_FLAGS)
     flags[1] = str(write_corpus(work / "corpus.txt"))
     flags += ["--max-iters", "1000000", "--log-interval", "2", "--threads", str(threads)]
     term = Term(f"lat{threads}")
-    term.start([sys.executable, "-m", "gptbench", "train", "--runs-dir", str(runs), "--name", "latency", *flags], env)
-    times = []
+    term.start([sys.executable, "-m", "gptbench", "train", "--runs-dir", str(runs), "--name", "latency", *flags])
     try:
         wait_state(runs / "latency", {"running"}, 120)
         term.wait(lambda s: "tok/s" in s and "ETA" in s, 120, "live charts", poll=0.1)
         time.sleep(2)
-        for i in range(presses):
-            want_log = i % 2 == 0
-            t0 = time.perf_counter()
-            term.keys("l")
-            term.wait(lambda s: ("(log)" in s) == want_log, 10, "the chart to repaint", poll=0.003)
-            times.append(time.perf_counter() - t0)
-            time.sleep(0.15)
+        stats = press_log_toggle(term, presses)
         steps = json.loads((runs / "latency" / "status.json").read_text())["step"]
         term.keys("s")  # graceful stop
         wait_state(runs / "latency", {"stopped"}, 120)
     finally:
         term.kill()
-    times.sort()
-    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
-    return {"threads": threads, "presses": presses, "median_ms": 1000 * statistics.median(times), "p95_ms": 1000 * p95,
-            "max_ms": 1000 * times[-1], "steps_trained_meanwhile": steps, "target_p95_ms": 100}
+    return {"threads": threads, **stats, "steps_trained_meanwhile": steps, "target_p95_ms": 100}
 
 
 def bench_latency_idle(work: Path, presses: int) -> dict[str, Any]:
@@ -246,25 +250,15 @@ def bench_latency_idle(work: Path, presses: int) -> dict[str, Any]:
     make_runs(root, 1)
     term = Term("latidle")
     term.start([sys.executable, "-m", "gptbench", "--runs-dir", str(root)])
-    times = []
     try:
         term.wait(lambda s: "1 run" in s and "run-000" in s, 30, "the run listed", poll=0.05)
         term.keys("Enter")
         term.wait(lambda s: "Dashboard" in s and "loss" in s, 30, "the dashboard", poll=0.05)
         time.sleep(1)
-        for i in range(presses):
-            want_log = i % 2 == 0
-            t0 = time.perf_counter()
-            term.keys("l")
-            term.wait(lambda s: ("(log)" in s) == want_log, 10, "the chart to repaint", poll=0.003)
-            times.append(time.perf_counter() - t0)
-            time.sleep(0.15)
+        stats = press_log_toggle(term, presses)
     finally:
         term.kill()
-    times.sort()
-    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
-    return {"threads": "no training", "presses": presses, "median_ms": 1000 * statistics.median(times), "p95_ms": 1000 * p95,
-            "max_ms": 1000 * times[-1]}
+    return {"threads": "no training", **stats}
 
 
 # ---- 3. startup ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from gptbench.runstore import Run
 from gptbench.tui.runsdata import Clock, RunWatcher, WatchSnapshot, config_diff
-from gptbench.tui.widgets.charts import PALETTE, MetricChart, Series
+from gptbench.tui.widgets.charts import PALETTE, SMOOTHING_LEVELS, MetricChart, Series
 
 
 def _cell(value: object) -> str:
@@ -36,7 +36,6 @@ class CompareScreen(Screen):
         Binding("plus,equals_sign", "smooth(1)", "Smooth +"),
         Binding("minus", "smooth(-1)", "Smooth -"),
     ]
-    SMOOTHING = [0.0, 0.6, 0.8, 0.9, 0.95, 0.99]
 
     def __init__(self, names: list[str], runs_dir: Path, clock: Clock) -> None:
         super().__init__()
@@ -105,7 +104,7 @@ class CompareScreen(Screen):
         self.query_one("#compare-diff-title", Static).update(Text(title, style="bold"))
 
     def _apply_options(self) -> None:
-        sm = self.SMOOTHING[self.smooth_index]
+        sm = SMOOTHING_LEVELS[self.smooth_index]
         suffix = f" · smoothing {sm:g}" if sm else ""
         self.query_one("#compare-train", MetricChart).set_options(log_y=self.log_y, smoothing=sm, title=f"train loss{suffix}")
         self.query_one("#compare-val", MetricChart).set_options(log_y=self.log_y, title="val loss")
@@ -118,5 +117,5 @@ class CompareScreen(Screen):
         self._apply_options()
 
     def action_smooth(self, delta: int) -> None:
-        self.smooth_index = max(0, min(len(self.SMOOTHING) - 1, self.smooth_index + delta))
+        self.smooth_index = max(0, min(len(SMOOTHING_LEVELS) - 1, self.smooth_index + delta))
         self._apply_options()

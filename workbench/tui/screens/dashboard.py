@@ -21,13 +21,12 @@ from textual.widgets import Footer, Header, Log, ProgressBar, Static
 
 from gptbench.runstore import Run
 from gptbench.tui.runsdata import Clock, RunWatcher, WatchSnapshot, fmt_duration, fmt_loss, fmt_rate
-from gptbench.tui.widgets.charts import PALETTE, MetricChart, Series
+from gptbench.tui.widgets.charts import PALETTE, SMOOTHING_LEVELS, MetricChart, Series
 from gptbench.tui.widgets.runtable import state_text
 
 if TYPE_CHECKING:
     from gptbench.tui.app import GPTBenchApp
 
-SMOOTHING_LEVELS = [0.0, 0.6, 0.8, 0.9, 0.95, 0.99]
 POLL_INTERVAL_S = 1.0
 CHART_INTERVAL_S = 2.0  # charts redraw at most this often (status and log follow every poll)
 SIDE_CHARTS_EVERY = 5  # learning rate and tokens/s: every 5th loss-chart redraw

@@ -18,6 +18,9 @@ from textual_plotext import PlotextPlot
 
 from gptbench.tui.runsdata import downsample, ema
 
+# The smoothing steps the +/- keys walk through on every chart screen (EMA factor).
+SMOOTHING_LEVELS: list[float] = [0.0, 0.6, 0.8, 0.9, 0.95, 0.99]
+
 # Distinct line colours (plotext accepts RGB tuples); readable on dark and light themes.
 PALETTE: list[tuple[int, int, int]] = [
     (0, 175, 255),
