@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -65,6 +66,33 @@ class SamplingParams:
 
 # ---- float64 numpy references ---------------------------------------------------------
 NEG_INF = -np.inf
+
+
+Logits = TypeVar("Logits")
+
+
+def apply_filters(
+    logits: Logits,
+    params: SamplingParams,
+    history: np.ndarray | None,
+    *,
+    repetition_penalty: Callable[[Logits, np.ndarray, float], Logits],
+    top_k: Callable[[Logits, int], Logits],
+    top_p: Callable[[Logits, float], Logits],
+    min_p: Callable[[Logits, float], Logits],
+) -> Logits:
+    """The filter order above, for a backend's own tensors and filter functions, so every
+    backend applies them identically. (The float64 reference spells the order out on its
+    own: it is the oracle the backends are tested against.)"""
+    x = logits
+    if history is not None and params.repetition_penalty != 1.0 and history.size:
+        x = repetition_penalty(x, history, params.repetition_penalty)
+    if params.greedy:
+        return x
+    x = x / params.temperature
+    x = top_k(x, params.top_k)
+    x = top_p(x, params.top_p)
+    return min_p(x, params.min_p)
 
 
 def ref_repetition_penalty(logits: np.ndarray, history: np.ndarray, penalty: float) -> np.ndarray:

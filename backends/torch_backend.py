@@ -17,7 +17,7 @@ import torch
 
 from gptbench.backends.base import Backend, Batch, OptimConfig, StepResult
 from gptbench.backends.config import GPTConfig
-from gptbench.backends.sampling import SamplingParams
+from gptbench.backends.sampling import SamplingParams, apply_filters
 from gptbench.backends.torch_model import GPT, ModelCache
 from gptbench.errors import UserError
 
@@ -324,13 +324,6 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
 
 def filtered_logits(logits: torch.Tensor, params: SamplingParams, history: np.ndarray | None) -> torch.Tensor:
     """The fixed filter order of gptbench.backends.sampling, vectorised over the batch."""
-    x = logits
-    if history is not None and params.repetition_penalty != 1.0 and history.size:
-        x = repetition_penalty(x, history, params.repetition_penalty)
-    if params.greedy:
-        return x
-    x = x / params.temperature
-    x = top_k_filter(x, params.top_k)
-    x = top_p_filter(x, params.top_p)
-    return min_p_filter(x, params.min_p)
+    return apply_filters(logits, params, history, repetition_penalty=repetition_penalty,
+                         top_k=top_k_filter, top_p=top_p_filter, min_p=min_p_filter)
 
