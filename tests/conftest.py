@@ -7,7 +7,6 @@ works on any machine.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +95,24 @@ def trained_run(tmp_path_factory, corpus_file):
         return train_fixture_run(runs, corpus_file)
     finally:
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: intra-op threads only add contention.
+    Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained_model(trained_run):
+    """`trained_run` loaded on torch/CPU (a LoadedModel), for generation tests."""
+    from gptbench.loading import load_model
+    from gptbench.runstore import RunStore
+
+    return load_model(RunStore(trained_run.path.parent), run=trained_run.name, backend="torch", device="cpu")

@@ -13,27 +13,13 @@ import threading
 import time
 
 import pytest
-import torch
 
 from gptbench.backends.generate import generate
 from gptbench.backends.sampling import SamplingParams
 from gptbench.cli import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def loaded(trained_run):
-    from gptbench.loading import load_model
-    from gptbench.runstore import RunStore
-
-    return load_model(RunStore(trained_run.path.parent), run=trained_run.name, backend="torch", device="cpu")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def chat(trained_run, monkeypatch, capsys, lines: list[str], *args: str) -> tuple[int, str, str]:
@@ -43,20 +29,20 @@ def chat(trained_run, monkeypatch, capsys, lines: list[str], *args: str) -> tupl
     return code, out, err
 
 
-def expected_reply(loaded, context: list[int], n: int) -> tuple[str, list[int]]:
-    r = generate(loaded.backend, loaded.tokenizer, context, SamplingParams(temperature=0, max_new_tokens=n))
+def expected_reply(trained_model, context: list[int], n: int) -> tuple[str, list[int]]:
+    r = generate(trained_model.backend, trained_model.tokenizer, context, SamplingParams(temperature=0, max_new_tokens=n))
     return r.text, r.tokens
 
 
-def test_replies_continue_one_running_transcript(trained_run, loaded, monkeypatch, capsys):
-    tok = loaded.tokenizer
+def test_replies_continue_one_running_transcript(trained_run, trained_model, monkeypatch, capsys):
+    tok = trained_model.tokenizer
     code, out, err = chat(trained_run, monkeypatch, capsys, ["ROMEO: line 4", "JULIET: and", "/history"], "--temperature", "0", "--max-new-tokens", "12")
     assert code == 0
     context = tok.encode("ROMEO: line 4\n")
-    first, toks = expected_reply(loaded, context, 12)
+    first, toks = expected_reply(trained_model, context, 12)
     context += toks + ([] if first.endswith("\n") else tok.encode("\n"))
     context += tok.encode("JULIET: and\n")
-    second, toks2 = expected_reply(loaded, context, 12)
+    second, toks2 = expected_reply(trained_model, context, 12)
     transcript = "ROMEO: line 4\n" + first + ("" if first.endswith("\n") else "\n") + "JULIET: and\n" + second
     assert out.startswith("chatting with fixture@step-150")
     body = out.split("\n", 1)[1]

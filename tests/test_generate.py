@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from gptbench.backends.base import create_backend
 from gptbench.backends.generate import generate, generate_batch, generate_tokens, stream_generate
@@ -39,13 +38,7 @@ def lively_backend(seed: int = 1, backend: str = "torch", **arch):
     return be
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: intra-op threads only add contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=[(a, b) for b in ("torch", "mlx") for a in ARCHS], ids=lambda p: f"{p[1]}-{p[0]}")

@@ -10,27 +10,13 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from gptbench.backends.generate import generate
 from gptbench.backends.sampling import SamplingParams
 from gptbench.cli import main
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def loaded(trained_run):
-    from gptbench.loading import load_model
-    from gptbench.runstore import RunStore
-
-    return load_model(RunStore(trained_run.path.parent), run=trained_run.name, backend="torch", device="cpu")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sample(trained_run, capsys, *args: str) -> tuple[int, str, str]:
@@ -39,8 +25,8 @@ def sample(trained_run, capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_greedy_text_matches_the_engine(trained_run, loaded, capsys):
-    want = generate(loaded.backend, loaded.tokenizer, "ROMEO: line", SamplingParams(temperature=0, max_new_tokens=25)).text
+def test_greedy_text_matches_the_engine(trained_run, trained_model, capsys):
+    want = generate(trained_model.backend, trained_model.tokenizer, "ROMEO: line", SamplingParams(temperature=0, max_new_tokens=25)).text
     for extra in (["--no-stream"], ["--stream"], ["--no-stream", "--no-kv-cache"]):
         code, out, err = sample(trained_run, capsys, "--prompt", "ROMEO: line", "--temperature", "0", "--max-new-tokens", "25", *extra)
         assert code == 0 and out == "ROMEO: line" + want + "\n", extra
@@ -64,8 +50,8 @@ def test_same_seed_same_text(trained_run, capsys):
     assert a == b and a != c
 
 
-def test_stop_string_and_num_samples_text_output(trained_run, loaded, capsys):
-    full = generate(loaded.backend, loaded.tokenizer, "ROMEO:", SamplingParams(temperature=0, max_new_tokens=30)).text
+def test_stop_string_and_num_samples_text_output(trained_run, trained_model, capsys):
+    full = generate(trained_model.backend, trained_model.tokenizer, "ROMEO:", SamplingParams(temperature=0, max_new_tokens=30)).text
     stop = full[6:8]
     code, out, _ = sample(trained_run, capsys, "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "30", "--stop", stop, "--num-samples", "2")
     cut = full[: full.index(stop)]
@@ -144,11 +130,11 @@ def test_subprocess_exit_code_and_no_traceback(trained_run, tmp_path):
     assert ok.returncode == 0 and ok.stdout.startswith("ROMEO:") and len(ok.stdout) == len("ROMEO:") + 12 + 1
 
 
-def test_stop_token_id_ends_with_eos(trained_run, loaded, capsys):
-    full = generate(loaded.backend, loaded.tokenizer, "ROMEO:", SamplingParams(temperature=0, max_new_tokens=20))
+def test_stop_token_id_ends_with_eos(trained_run, trained_model, capsys):
+    full = generate(trained_model.backend, trained_model.tokenizer, "ROMEO:", SamplingParams(temperature=0, max_new_tokens=20))
     stop_id = full.tokens[3]
     first = full.tokens.index(stop_id)
     code, out, _ = sample(trained_run, capsys, "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "20", "--stop-token-id", str(stop_id), "--json")
     row = json.loads(out)
     assert code == 0 and row["finish_reason"] == "eos" and row["generation_tokens"] == first + 1
-    assert row["text"] == loaded.tokenizer.decode(full.tokens[:first])
+    assert row["text"] == trained_model.tokenizer.decode(full.tokens[:first])
