@@ -1,17 +1,27 @@
-"""The backend interface: model operations, not tensor operations.
+"""The backend contracts: what the trainer and the generation engine may ask of a model.
 
-The training loop, the generation engine, `convert` and the TUI talk to a model only
-through `Backend`. Everything crossing the boundary is numpy (weights, batches, logits for
-checks) or plain Python numbers, so a backend is free to keep its tensors on any device.
+There are two contracts because they have two different clients:
+
+- `TrainingBackend` serves the trainer, `convert` and the parity suite: weights in and out
+  as numpy by canonical name, one optimizer step over micro-batches, an evaluation loss,
+  and the optimizer and RNG state that make a resumed run continue exactly.
+- `GenerationBackend` serves the generation engine (`backends/generate.py`): a KV cache,
+  the logits of the last position, and sampling with its own RNG.
+
+`Backend` is both, and is what `torch_backend` and `mlx_backend` implement. Everything that
+crosses the boundary is numpy or plain Python, except the opaque cache, logits and sampling
+generator, which the engine only hands back to the backend that made them; so a backend
+keeps its tensors on any device.
 
 Frameworks are imported lazily: importing this module (or `gptbench.cli`) never imports
-torch or mlx. `create_backend("auto")` picks MLX on Apple Silicon, else torch.
+torch or mlx. `create_backend(config, "auto")` picks MLX on Apple Silicon, else torch.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import platform
 import sys
 from abc import ABC, abstractmethod
@@ -20,20 +30,22 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from gptbench.backends.config import GPTConfig
 from gptbench.backends.sampling import SamplingParams
+from gptbench.backends.spec import GPTConfig
 from gptbench.errors import UserError
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW hyperparameters; the learning rate itself is passed to every step."""
+    """AdamW hyperparameters. It has no defaults of its own: the run configuration
+    (`gptbench.config.TrainConfig.optim_config()`) is the one source of them. The learning
+    rate is not here: the schedule passes it to every `train_step`."""
 
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 = off
+    weight_decay: float
+    beta1: float
+    beta2: float
+    grad_clip: float  # 0 = off
+    eps: float = 1e-8  # not a training flag: AdamW's denominator guard
 
 
 class StepResult:
@@ -67,14 +79,18 @@ class StepResult:
 Batch = tuple[np.ndarray, np.ndarray]  # (x, y), int64 [B, T]
 
 
-class Backend(ABC):
-    """One GPT model on one framework and device, plus its optimizer and RNG.
+class TrainingBackend(ABC):
+    """One GPT model on one framework and device, with its optimizer and RNG.
 
-    Weight decay applies to tensors with 2 or more dimensions only (matrices and
-    embeddings), never to biases or norm gains: the same rule on every backend.
+    Construct with `(config, *, device, seed, dtype, compile)`: the model is initialised
+    with GPT-2's init from `seed` (the same numbers on every backend is not promised; the
+    same seed on the same backend is). Weight decay applies to tensors with 2 or more
+    dimensions only (matrices and embeddings), never to biases or norm gains.
     """
 
     name: ClassVar[str]
+    # What `compile=None` means: whether this framework's JIT pays off by default.
+    default_compile: ClassVar[bool] = False
 
     config: GPTConfig
     device: str  # resolved device, e.g. "cpu", "cuda:0", "mps", "gpu"
@@ -82,70 +98,149 @@ class Backend(ABC):
     # ---- weights --------------------------------------------------------------------
     @abstractmethod
     def get_weights(self) -> dict[str, np.ndarray]:
-        """All parameters by canonical name as float32 numpy arrays."""
+        """Every parameter by canonical name (`GPTConfig.canonical_shapes`).
+
+        Returns: float32 numpy arrays, copies (later steps do not change them)."""
 
     @abstractmethod
     def set_weights(self, tensors: dict[str, np.ndarray]) -> None:
-        """Load canonical tensors (already checked against the config)."""
+        """Replace every parameter.
+
+        Args: `tensors` by canonical name, already checked against `config` (names,
+        shapes, finite floats: `weights.check_tensors`); any float dtype."""
 
     @abstractmethod
     def forward_logits(self, idx: np.ndarray) -> np.ndarray:
-        """Full-sequence logits [B, T, V] as float32 numpy, eval mode, no cache."""
+        """Logits of every position, in eval mode (no dropout), without a cache.
+
+        Args: `idx` int [B, T] with T <= block_size. Returns: float32 numpy [B, T, V]."""
 
     # ---- training -------------------------------------------------------------------
     @abstractmethod
-    def setup_optimizer(self, optim: OptimConfig) -> None: ...
+    def setup_optimizer(self, optim: OptimConfig) -> None:
+        """Create AdamW over every parameter; must precede `train_step` and the state calls."""
 
     @abstractmethod
     def train_step(self, micro_batches: Sequence[Batch], lr: float) -> StepResult:
-        """Accumulate gradients over the micro-batches, clip, take one AdamW step."""
+        """One optimizer step: accumulate gradients of the mean loss over the micro-batches,
+        clip them by global norm (`grad_clip`, 0 = off), take one AdamW step at `lr`.
+
+        Returns: the mean loss and the gradient norm before clipping, possibly unevaluated.
+        Raises: RuntimeError if `setup_optimizer` was not called."""
 
     @abstractmethod
     def eval_loss(self, x: np.ndarray, y: np.ndarray) -> float:
-        """Mean cross-entropy on one batch, eval mode (no dropout), no gradients."""
+        """Mean cross-entropy of one batch in eval mode (no dropout), without gradients.
+
+        Args: `x`, `y` int [B, T]; targets of -1 are ignored."""
+
+    @abstractmethod
+    def optimizer_state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The tensors `get_optimizer_state` returns and `set_optimizer_state` needs, by
+        name and shape: `exp_avg.<param>` and `exp_avg_sq.<param>` for every parameter.
+        The checkpoint reader checks a saved state against this before installing it."""
 
     @abstractmethod
     def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Optimizer tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`) and JSON metadata."""
+        """The optimizer's tensors (every name of `optimizer_state_shapes`, zeros before the
+        first step) as float32 numpy, and JSON metadata (`{"step": int}`, plus the grad
+        scale under float16)."""
 
     @abstractmethod
-    def set_optimizer_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None: ...
+    def set_optimizer_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Install a state saved by either backend (already validated against
+        `optimizer_state_shapes`; `meta["step"]` a non-negative int)."""
+
+    @abstractmethod
+    def rng_state_shapes(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """The arrays of `get_rng_state` by name, as (numpy dtype name, shape)."""
 
     @abstractmethod
     def get_rng_state(self) -> dict[str, np.ndarray]:
-        """Framework RNG state (dropout), so a resumed run continues bit-identically."""
+        """The framework RNG state that dropout draws from, so a resumed run continues
+        bit-identically. Names are backend-specific: states do not cross backends."""
 
     @abstractmethod
-    def set_rng_state(self, state: dict[str, np.ndarray]) -> None: ...
-
-    # ---- generation (driven by gptbench.backends.generate) --------------------------
-    @abstractmethod
-    def new_cache(self, batch_size: int) -> Any:
-        """An empty per-layer KV cache for `batch_size` sequences."""
-
-    @abstractmethod
-    def forward_last(self, ids: np.ndarray, cache: Any | None, pad: np.ndarray | None = None) -> Any:
-        """Logits of the last position, [B, V], kept on the device.
-
-        With a cache, `ids` are the new tokens and are appended to it; without one, `ids`
-        is the whole context. `pad[b]` is the number of left-padding tokens in row b
-        (batched prompts of different lengths); positions start at 0 after the padding.
-        """
-
-    @abstractmethod
-    def sample(self, logits: Any, params: SamplingParams, history: np.ndarray | None, generator: Any) -> np.ndarray:
-        """Apply the filters of `gptbench.backends.sampling` and draw one token per row."""
-
-    @abstractmethod
-    def make_generator(self, seed: int | None) -> Any:
-        """A framework RNG for sampling, independent of the training RNG."""
+    def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore `get_rng_state`'s arrays (validated against `rng_state_shapes`)."""
 
     # ---- utilities ------------------------------------------------------------------
+    @classmethod
+    def available_memory(cls, device: str) -> int | None:
+        """Bytes free for a model on `device` (before building one), or None if unknown.
+        The default is the system's available memory: right for CPUs and for Apple's
+        unified memory."""
+        return system_available_memory()
+
     def num_params(self) -> int:
         return self.config.num_params()
 
     def describe(self) -> str:
         return f"{self.name} on {self.device}"
+
+
+class GenerationBackend(ABC):
+    """What `backends/generate.py` drives: prefill, one cached step, sampling.
+
+    The cache, the logits and the generator are the backend's own objects; the engine
+    only passes them back. Everything else (windows, stop strings, streaming) is the
+    engine's.
+    """
+
+    config: GPTConfig
+    device: str
+
+    @abstractmethod
+    def new_cache(self, pad: np.ndarray | None = None) -> Any:
+        """An empty KV cache for one batch.
+
+        Args: `pad[b]` = the number of left-padding tokens of row b in the prompt that
+        will be prefilled into it (batched prompts of different lengths): padded keys are
+        masked and positions restart at 0 after the padding. None = no padding."""
+
+    @abstractmethod
+    def forward_last(self, ids: np.ndarray, cache: Any | None) -> Any:
+        """Logits of the last position of each row, [B, V] float32, left on the device.
+
+        Args: `ids` int [B, T]. With a cache, `ids` are the new tokens and their keys and
+        values are appended to it (a prefill on an empty cache, or one decode step);
+        without one, `ids` is the whole context (no padding)."""
+
+    @abstractmethod
+    def sample(self, logits: Any, params: SamplingParams, history: np.ndarray | None, generator: Any) -> np.ndarray:
+        """One token per row, after the filters of `backends/sampling.py` in their order.
+
+        Args: `logits` from `forward_last`; `history` int [B, W] (-1 = padding) for the
+        repetition penalty; `generator` from `make_generator`. Returns: int64 numpy [B]."""
+
+    @abstractmethod
+    def make_generator(self, seed: int | None) -> Any:
+        """A sampling RNG, independent of the training RNG; None = seeded from the OS."""
+
+
+class Backend(TrainingBackend, GenerationBackend):
+    """A model that both trains and generates: what each framework implements."""
+
+
+def system_available_memory() -> int | None:
+    """MemAvailable on Linux, physical memory on macOS; None where neither is known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_memory(needed: int, available: int | None, what: str, fix: str) -> None:
+    """Refuse, before building anything, work that cannot fit in memory (UserError)."""
+    if available is not None and needed > available:
+        raise UserError(f"{what} needs about {needed / 2**30:,.1f} GiB but only {available / 2**30:,.1f} GiB is available; {fix}")
 
 
 # ---- registry ---------------------------------------------------------------------------
@@ -200,8 +295,11 @@ def create_backend(
     device: str = "auto",
     seed: int = 0,
     dtype: str = "float32",
-    compile: bool = False,
+    compile: bool | None = None,
 ) -> Backend:
-    """Build a freshly initialised model (GPT-2 init, seeded) on the chosen backend."""
+    """Build a freshly initialised model (GPT-2 init, seeded) on the chosen backend.
+
+    `compile` compiles the training step and evaluation with the framework's JIT
+    (`torch.compile`, `mx.compile`); None = the backend's `default_compile`."""
     cls = backend_class(backend)
-    return cls(config, device=device, seed=seed, dtype=dtype, compile=compile)
+    return cls(config, device=device, seed=seed, dtype=dtype, compile=cls.default_compile if compile is None else bool(compile))

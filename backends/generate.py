@@ -1,12 +1,13 @@
 """The generation engine: one token loop for every backend, streamed.
 
-The backend provides `forward_last` (prefill or one cached step) and `sample` (the filters
-of `sampling.py` on its own tensors); this module owns everything else: prompt cropping,
-the sliding window, the KV-cache life cycle, repetition history, stop strings, end-of-text,
-cancellation, timing and incremental UTF-8 decoding.
+The backend provides `new_cache`, `forward_last` (prefill or one cached step) and `sample`
+(the filters of `sampling.py` on its own tensors): the `GenerationBackend` contract. This
+module owns everything else: prompt cropping, left padding, the sliding window, the
+KV-cache life cycle, repetition history, stop strings, end-of-text, cancellation, timing
+and incremental UTF-8 decoding.
 
-KV cache. `backend.new_cache(B)` returns one cache object per layer, preallocated and grown
-in chunks (never concatenated per token). The prompt is prefilled in one forward pass; after
+KV cache. `backend.new_cache(pad)` returns one cache object per layer, preallocated and
+grown in chunks (never concatenated per token). The prompt is prefilled in one forward pass; after
 that each step feeds one token per row and appends its keys and values in place.
 
 Context window. The model has learned absolute positions, so a KV cache cannot simply roll
@@ -21,9 +22,15 @@ last block_size tokens every step" (at the cost of a full prefill per token); th
 re-prefill over many tokens. Prompts longer than `block_size` are cropped from the left.
 
 Batches. Prompts of different lengths are left-padded into one [B, T] array; each row keeps
-its own window start, and tokens before it (padding, or tokens that slid out) are passed to
-the backend as that row's `pad`: masked keys, positions restarting at 0 after them. Every row
-therefore sees exactly the context it would see generated alone, slides included.
+its own window start, and tokens before it (padding, or tokens that slid out) are given to
+the backend as that row's `pad` when the cache is made: masked keys, positions restarting at
+0 after them (without a KV cache, a throwaway cache carries the padding for one forward).
+Every row therefore sees exactly the context it would see generated alone, slides included.
+
+Stop strings. The returned text never contains a stop string and is cut where the
+earliest-*starting* match begins, as OpenAI's and Hugging Face's APIs do: when one stop
+completes while a longer one that starts earlier may still complete, the text is held back
+until that is decided.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from __future__ import annotations
 import codecs
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
@@ -40,10 +47,10 @@ from gptbench.backends.sampling import SamplingParams
 from gptbench.errors import UserError
 
 if TYPE_CHECKING:
-    from gptbench.backends.base import Backend
+    from gptbench.backends.base import GenerationBackend as Backend
     from gptbench.tokenizers.base import Tokenizer
 
-FINISH_REASONS = ("length", "stop", "eos", "cancelled")
+MAX_PENDING_TOKENS = 4096  # the token buffer grows in chunks of this many positions
 
 
 @dataclass
@@ -71,10 +78,10 @@ class GenerationResult:
     prompt_tokens_per_sec: float
     time_to_first_token: float
     finish_reason: str
-    extra: dict = field(default_factory=dict)
+    batch_tokens_per_sec: float | None = None  # the whole batch's throughput (batches of 2+)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "text": self.text,
             "prompt_tokens": self.prompt_tokens,
             "generation_tokens": len(self.tokens),
@@ -82,8 +89,10 @@ class GenerationResult:
             "prompt_tokens_per_sec": round(self.prompt_tokens_per_sec, 2),
             "time_to_first_token": round(self.time_to_first_token, 4),
             "finish_reason": self.finish_reason,
-            **self.extra,
         }
+        if self.batch_tokens_per_sec is not None:
+            out["batch_tokens_per_sec"] = round(self.batch_tokens_per_sec, 2)
+        return out
 
 
 class StreamDecoder:
@@ -135,7 +144,7 @@ def generate_tokens(
     B = len(rows)
     longest = max(len(r) for r in rows)
     pad = np.array([longest - len(r) for r in rows], dtype=np.int64)
-    seq = np.zeros((B, longest + params.max_new_tokens), dtype=np.int64)
+    seq = np.zeros((B, longest + min(params.max_new_tokens, MAX_PENDING_TOKENS)), dtype=np.int64)
     for b, r in enumerate(rows):
         seq[b, pad[b] : longest] = r
     L = longest
@@ -144,14 +153,17 @@ def generate_tokens(
     W = params.repetition_window if params.repetition_penalty != 1.0 else 0
     keep = T - stride + 1  # window length right after a slide
 
-    def window_logits(cache: Any) -> Any:
+    def prefill() -> tuple[Any, Any]:
+        """Forward every row's window; returns (the cache, now holding it, or None; logits)."""
         lo = int(start.min())
         row_pad = start - lo
-        return backend.forward_last(seq[:, lo:L], cache, row_pad if row_pad.any() else None)
+        cache = None
+        if use_cache or row_pad.any():  # without a KV cache, a throwaway one carries the padding
+            cache = backend.new_cache(row_pad if row_pad.any() else None)
+        return cache, backend.forward_last(seq[:, lo:L], cache)
 
     t0 = time.perf_counter()
-    cache = backend.new_cache(B) if use_cache else None
-    logits = window_logits(cache)
+    cache, logits = prefill()
     for step in range(params.max_new_tokens):
         history = None
         if W:
@@ -162,6 +174,8 @@ def generate_tokens(
         if step == 0 and timing is not None:
             timing["prompt_tokens"] = int(sum(len(r) for r in rows))
             timing["prefill_seconds"] = time.perf_counter() - t0
+        if L == seq.shape[1]:  # grow the token buffer (never all of max_new_tokens up front)
+            seq = np.concatenate([seq, np.zeros((B, MAX_PENDING_TOKENS), dtype=np.int64)], axis=1)
         seq[:, L] = tok
         L += 1
         yield tok
@@ -170,65 +184,83 @@ def generate_tokens(
         full = L - start > T
         if full.any():  # some row's window is full: slide it and re-prefill every row
             start[full] = L - keep
-            cache = backend.new_cache(B) if use_cache else None
-            logits = window_logits(cache)
+            cache, logits = prefill()
         elif use_cache:
             logits = backend.forward_last(seq[:, L - 1 : L], cache)
         else:
-            logits = window_logits(None)
+            _, logits = prefill()
 
 
 class _StopMatcher:
     """Finds stop strings in streamed text and holds back text that may start one.
 
-    Only the held-back tail is kept (never longer than the longest stop string), so a long
-    generation costs no growing string: a stop cannot begin in text already emitted,
-    because any prefix of it would have been held back.
+    Only a tail that could still begin a stop is held (never longer than the longest stop
+    string), so a long generation costs no growing string. A completed stop is acted on
+    only when no earlier-starting stop is still possible; otherwise the text from that
+    earlier start is held until more text (or the end) decides.
     """
 
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = [s for s in stops if s]
         self.pending = ""
 
-    def feed(self, chunk: str) -> tuple[str, bool]:
-        """Add text; return (text safe to emit now, whether a stop string was hit)."""
+    def feed(self, chunk: str, final: bool = False) -> tuple[str, bool]:
+        """Add text (`final`: no more will come); return (text safe to emit, stop hit)."""
         text = self.pending + chunk
+        self.pending = ""
         if not self.stops:
-            self.pending = ""
             return text, False
         hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.pending = ""
-            return text[: min(hits)], True
-        hold = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(text)), hold, -1):
-                if text.endswith(s[:k]):
-                    hold = k
-                    break
-        self.pending = text[len(text) - hold :]
-        return text[: len(text) - hold], False
+        hit = min(hits) if hits else -1
+        # The earliest position from which a stop may still complete: the longest tail of
+        # `text` that is a proper prefix of some stop. Nothing can start before it.
+        held_from = len(text)
+        if not final:
+            for s in self.stops:
+                for k in range(min(len(s) - 1, len(text)), 0, -1):
+                    if text.endswith(s[:k]):
+                        held_from = min(held_from, len(text) - k)
+                        break
+        if hit >= 0 and hit <= held_from:
+            return text[:hit], True
+        self.pending = text[held_from:]
+        return text[:held_from], False
 
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
 
+class _Row:
+    """One sequence being generated: its tokens, its text (UTF-8 assembly, then stop
+    strings) and why it ended. `stream_generate` and `generate_batch` share it, so a row
+    ends the same way alone or in a batch."""
 
-class _RowText:
-    """Bytes of one sequence's tokens -> emitted text: UTF-8 assembly, then stop strings."""
-
-    def __init__(self, tokenizer: "Tokenizer", stops: Sequence[str]) -> None:
+    def __init__(self, tokenizer: "Tokenizer", params: SamplingParams, eos: set[int]) -> None:
         self.tokenizer = tokenizer
+        self.eos = eos
         self.decoder = StreamDecoder()
-        self.stops = _StopMatcher(stops)
+        self.stops = _StopMatcher(params.stop)
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None
 
-    def push(self, token: int) -> tuple[str, bool]:
-        return self.stops.feed(self.decoder.push(self.tokenizer.decode_bytes([token])))
+    def push(self, token: int) -> str:
+        """Add a sampled token; return the text it releases. Ends the row on end-of-text
+        (its text is not emitted) or on a stop string (neither is it nor what follows)."""
+        self.tokens.append(token)
+        if token in self.eos:
+            return self.end("eos")
+        text, hit = self.stops.feed(self.decoder.push(self.tokenizer.decode_bytes([token])))
+        if hit:
+            self.finish_reason = "stop"
+        return text
 
-    def finish(self) -> str:
-        """Everything still held back (an unfinished character becomes U+FFFD)."""
-        text, hit = self.stops.feed(self.decoder.flush())
-        return text if hit else text + self.stops.flush()
+    def end(self, reason: str) -> str:
+        """End the row (unless it already ended); return the text still held back (an
+        unfinished character becomes U+FFFD; a stop string found in it still cuts)."""
+        if self.finish_reason is not None:
+            return ""
+        self.finish_reason = reason
+        text, hit = self.stops.feed(self.decoder.flush(), final=True)
+        if hit:  # a stop completed earlier but waited on a longer, earlier-starting one
+            self.finish_reason = "stop"
+        return text
 
 
 def encode_prompt(tokenizer: "Tokenizer", prompt: str | Sequence[int]) -> list[int]:
@@ -271,7 +303,7 @@ def stream_generate(
     t_call = time.perf_counter()
     ids = encode_prompt(tokenizer, prompt)
     eos = _eos_ids(tokenizer, params)
-    row = _RowText(tokenizer, params.stop)
+    row = _Row(tokenizer, params, eos)
     timing: dict = {}
     t_first = 0.0
     n = 0
@@ -304,20 +336,14 @@ def stream_generate(
             n += 1
             if n == 1:
                 t_first = time.perf_counter()
-            if token in eos:
-                yield response(row.finish(), token, "eos")
+            text = row.push(token)
+            if row.finish_reason is None and cancel is not None and cancel.is_set():
+                text += row.end("cancelled")
+            elif row.finish_reason is None and n == params.max_new_tokens:
+                text += row.end("length")
+            yield response(text, token, row.finish_reason)
+            if row.finish_reason is not None:
                 return
-            text, hit = row.push(token)
-            if hit:
-                yield response(text, token, "stop")
-                return
-            if cancel is not None and cancel.is_set():
-                yield response(text + row.finish(), token, "cancelled")
-                return
-            if n == params.max_new_tokens:
-                yield response(text + row.finish(), token, "length")
-                return
-            yield response(text, token, None)
     finally:
         tokens.close()
 
@@ -367,16 +393,14 @@ def generate_batch(
 
     Each row ends on its own eos/stop (later tokens of that row are discarded); the batch
     stops when every row has ended. A row's `tokens_per_sec` is its own tokens over its own
-    decode time; `extra["batch_tokens_per_sec"]` is the whole batch's throughput.
+    decode time; `batch_tokens_per_sec` (batches of 2+) is the whole batch's throughput.
     """
     t_call = time.perf_counter()
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     eos = _eos_ids(tokenizer, params)
     B = len(encoded)
-    rows = [_RowText(tokenizer, params.stop) for _ in range(B)]
+    rows = [_Row(tokenizer, params, eos) for _ in range(B)]
     texts: list[list[str]] = [[] for _ in range(B)]
-    toks: list[list[int]] = [[] for _ in range(B)]
-    reasons: list[str | None] = [None] * B
     ended_at = [0.0] * B
     timing: dict = {}
     t_first = t_call
@@ -389,48 +413,39 @@ def generate_batch(
                 now = time.perf_counter()
                 if n == 1:
                     t_first = now
-                for b in range(B):
-                    if reasons[b] is not None:
-                        continue
-                    token = int(arr[b])
-                    toks[b].append(token)
-                    if token in eos:
-                        reasons[b] = "eos"
-                    else:
-                        text, hit = rows[b].push(token)
-                        texts[b].append(text)
-                        if hit:
-                            reasons[b] = "stop"
-                    if reasons[b] is not None:
-                        ended_at[b] = now
+                for b, row in enumerate(rows):
+                    if row.finish_reason is None:
+                        texts[b].append(row.push(int(arr[b])))
+                        if row.finish_reason is not None:
+                            ended_at[b] = now
                 if cancel is not None and cancel.is_set():
-                    for b in range(B):
-                        if reasons[b] is None:
-                            reasons[b], ended_at[b] = "cancelled", now
-                if all(r is not None for r in reasons):
+                    for b, row in enumerate(rows):
+                        if row.finish_reason is None:
+                            texts[b].append(row.end("cancelled"))
+                            ended_at[b] = now
+                if all(row.finish_reason is not None for row in rows):
                     break
         finally:
             it.close()
     now = time.perf_counter()
     prefill = timing.get("prefill_seconds", 0.0)
-    total = sum(len(t) for t in toks)
+    total = sum(len(row.tokens) for row in rows)
     batch_tps = (total - B) / (now - t_first) if n > 1 and now > t_first else 0.0
     results = []
-    for b in range(B):
-        if reasons[b] != "stop":
-            texts[b].append(rows[b].finish())
+    for b, row in enumerate(rows):
+        texts[b].append(row.end("length"))
         end = ended_at[b] or now
-        k = len(toks[b])
+        k = len(row.tokens)
         results.append(
             GenerationResult(
                 text="".join(texts[b]),
-                tokens=toks[b],
+                tokens=row.tokens,
                 prompt_tokens=min(len(encoded[b]), backend.config.block_size),
                 tokens_per_sec=(k - 1) / (end - t_first) if k > 1 and end > t_first else 0.0,
                 prompt_tokens_per_sec=timing.get("prompt_tokens", 0) / prefill if prefill else 0.0,
                 time_to_first_token=t_first - t_call if n else 0.0,
-                finish_reason=reasons[b] or "length",
-                extra={"batch_tokens_per_sec": round(batch_tps, 2)} if B > 1 else {},
+                finish_reason=row.finish_reason or "length",
+                batch_tokens_per_sec=batch_tps if B > 1 else None,
             )
         )
     return results

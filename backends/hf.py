@@ -23,7 +23,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from gptbench.backends.config import ConfigError, GPTConfig
+from gptbench.backends.spec import GPTConfig
+from gptbench.errors import ConfigError
 from gptbench.backends.weights import load_tensors, read_header
 from gptbench.errors import UserError
 

@@ -1,4 +1,4 @@
-"""MLX implementation of the Backend protocol (Apple GPU, or CPU anywhere `mlx` installs).
+"""The MLX backend (Apple GPU, or CPU anywhere `mlx` installs): `Backend` over `mlx_model.GPT`.
 
 Same spec, names and layouts as the torch backend, and the same optimisation:
 `mlx.optimizers.AdamW` with `bias_correction=True` (MLX defaults to False; torch always
@@ -8,9 +8,9 @@ the mean loss over micro-batches. Optimizer moments are exported as `exp_avg.<na
 `exp_avg_sq.<name>` with meta `{"step"}` exactly like torch, so a run resumes on either.
 
 The whole training step (every micro-batch's forward/backward, accumulation, clipping and
-the AdamW update) is one `mx.compile`d function over (weights, optimizer state, batch, key);
-MLX evaluates lazily, so the step returns unevaluated scalars and the loop syncs only when
-it logs. Precision: parameters, moments and compute are float32 (MLX has no autocast); an
+the AdamW update) is one function over (weights, optimizer state, batch, key), compiled
+with `mx.compile` unless `compile=False`; MLX evaluates lazily, so the step returns
+unevaluated scalars and the loop syncs only when it logs. Precision: parameters, moments and compute are float32 (MLX has no autocast); an
 explicit `--dtype bfloat16|float16` is refused rather than silently ignored.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from gptbench.backends.base import Backend, Batch, OptimConfig, StepResult
-from gptbench.backends.config import GPTConfig
+from gptbench.backends.spec import GPTConfig
 from gptbench.backends.sampling import SamplingParams, apply_filters
 from gptbench.errors import UserError
 
@@ -76,10 +76,10 @@ class _KeyStream:
 
 class MLXBackend(Backend):
     name = "mlx"
-    # The training step is compiled: MLX documents the fusion gains on its GPU; on a CPU
-    # it measured within noise of eager here (benchmarks/backends.py has both rows).
-    # Set to False before setup_optimizer() to run the step eagerly.
-    compile_step: bool = True
+    # The training step (every micro-batch's forward and backward, clipping and the AdamW
+    # update) compiles into one function, traced once per run: MLX documents the fusion
+    # gains on its GPU, and on a CPU it measured within noise of eager.
+    default_compile = True
 
     def __init__(
         self,
@@ -88,7 +88,7 @@ class MLXBackend(Backend):
         device: str = "auto",
         seed: int = 0,
         dtype: str = "float32",
-        compile: bool = False,
+        compile: bool = True,
     ) -> None:
         self.config = config
         self._device = resolve_device(device)
@@ -98,7 +98,7 @@ class MLXBackend(Backend):
                 raise UserError(f"the mlx backend computes in float32 only; drop --dtype {dtype} (or use auto / float32)")
             raise UserError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
         self.dtype = "float32"
-        self.compile = compile  # training is always compiled; `compile` also compiles eval
+        self.compile = compile  # compiles the training step and the evaluation loss
         with mx.stream(self._device):
             self.model = GPT(config)
             self.model.init_weights(seed)
@@ -106,21 +106,22 @@ class MLXBackend(Backend):
             # Dropout key: a plain array, so it is checkpointed and restored exactly.
             self._key = mx.random.key((seed + 1) % (1 << 64))
         self.optimizer: _AdamW | None = None
-        self.optim: OptimConfig | None = None
+        self.optim_config: OptimConfig | None = None
         self._step_fn: Any = None
         self._eval_fn: Any = None
 
     # ---- weights --------------------------------------------------------------------
-    def _flat_params(self) -> dict[str, mx.array]:
+    def _named_params(self) -> dict[str, mx.array]:
+        """Canonical name -> parameter (a tied head is the embedding, listed once)."""
         return dict(tree_flatten(self.model.parameters()))
 
     def get_weights(self) -> dict[str, np.ndarray]:
-        params = self._flat_params()
+        params = self._named_params()
         mx.eval(list(params.values()))
         return {n: np.array(p.astype(mx.float32), copy=True) for n, p in params.items()}
 
     def set_weights(self, tensors: dict[str, np.ndarray]) -> None:
-        names = self._flat_params()
+        names = self._named_params()
         with mx.stream(self._device):
             new = [(n, mx.array(np.ascontiguousarray(tensors[n], dtype=np.float32))) for n in names]
             self.model.update(tree_unflatten(new))
@@ -132,13 +133,13 @@ class MLXBackend(Backend):
             return np.array(logits.astype(mx.float32))
 
     # ---- training -------------------------------------------------------------------
-    def setup_optimizer(self, optim_cfg: OptimConfig) -> None:
-        self.optim = optim_cfg
+    def setup_optimizer(self, optim: OptimConfig) -> None:
+        self.optim_config = optim
         self.optimizer = _AdamW(
             learning_rate=0.0,
-            betas=[optim_cfg.beta1, optim_cfg.beta2],
-            eps=optim_cfg.eps,
-            weight_decay=optim_cfg.weight_decay,
+            betas=[optim.beta1, optim.beta2],
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
             bias_correction=True,
         )
         with mx.stream(self._device):
@@ -146,11 +147,11 @@ class MLXBackend(Backend):
         self._build_step()
 
     def _build_step(self) -> None:
-        """Compile the training step over the current model and optimizer state objects
-        (rebuilt whenever `set_optimizer_state` replaces the optimizer's state tree)."""
-        assert self.optimizer is not None and self.optim is not None
+        """Build (and compile) the training step over the current model and optimizer
+        state objects; rebuilt whenever `set_optimizer_state` replaces the state tree."""
+        assert self.optimizer is not None and self.optim_config is not None
         model, optimizer = self.model, self.optimizer
-        clip = float(self.optim.grad_clip)
+        clip = float(self.optim_config.grad_clip)
 
         def loss_fn(x: mx.array, y: mx.array, key: mx.array) -> mx.array:
             return cross_entropy(model(x, key=key), y)
@@ -174,7 +175,7 @@ class MLXBackend(Backend):
             optimizer.update(model, grads)
             return total / n, norm
 
-        self._step_fn = mx.compile(step, inputs=state, outputs=state) if self.compile_step else step
+        self._step_fn = mx.compile(step, inputs=state, outputs=state) if self.compile else step
 
     def train_step(self, micro_batches: Sequence[Batch], lr: float) -> StepResult:
         if self.optimizer is None or self._step_fn is None:
@@ -195,12 +196,19 @@ class MLXBackend(Backend):
             if self._eval_fn is None:
                 model = self.model
 
-                def fn(xa: mx.array, ya: mx.array) -> mx.array:
+                def batch_loss(xa: mx.array, ya: mx.array) -> mx.array:
                     return cross_entropy(model(xa), ya)
 
-                self._eval_fn = mx.compile(fn, inputs=[model.state]) if self.compile else fn
+                self._eval_fn = mx.compile(batch_loss, inputs=[model.state]) if self.compile else batch_loss
             loss = self._eval_fn(mx.array(np.asarray(x, dtype=np.int32)), mx.array(np.asarray(y, dtype=np.int32)))
             return float(loss)
+
+    def optimizer_state_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name, p in self._named_params().items():
+            shapes[f"exp_avg.{name}"] = tuple(p.shape)
+            shapes[f"exp_avg_sq.{name}"] = tuple(p.shape)
+        return shapes
 
     def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         assert self.optimizer is not None
@@ -215,15 +223,12 @@ class MLXBackend(Backend):
         return tensors, {"step": int(state["step"].item())}
 
     def set_optimizer_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        """Install moments saved by either backend. Parameters without saved moments (a
-        torch run checkpointed before its first step) start from zeros, as in torch."""
         assert self.optimizer is not None
         flat = []
         with mx.stream(self._device):
-            for name, p in self._flat_params().items():
-                m, v = tensors.get(f"exp_avg.{name}"), tensors.get(f"exp_avg_sq.{name}")
-                flat.append((f"{name}.m", mx.array(m.astype(np.float32)) if m is not None else mx.zeros_like(p)))
-                flat.append((f"{name}.v", mx.array(v.astype(np.float32)) if v is not None else mx.zeros_like(p)))
+            for name in self._named_params():
+                flat.append((f"{name}.m", mx.array(np.asarray(tensors[f"exp_avg.{name}"], dtype=np.float32))))
+                flat.append((f"{name}.v", mx.array(np.asarray(tensors[f"exp_avg_sq.{name}"], dtype=np.float32))))
             state = tree_unflatten(flat)
             state["step"] = mx.array(int(meta.get("step", 0)), dtype=mx.uint64)
             state["learning_rate"] = mx.array(0.0, dtype=mx.float32)
@@ -231,6 +236,9 @@ class MLXBackend(Backend):
             self.optimizer.init(self.model.trainable_parameters())  # marks it initialised
             mx.eval(self.optimizer.state)
         self._build_step()
+
+    def rng_state_shapes(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        return {"mlx_key": ("uint32", tuple(self._key.shape))}
 
     def get_rng_state(self) -> dict[str, np.ndarray]:
         return {"mlx_key": np.array(self._key, copy=True)}
@@ -240,18 +248,13 @@ class MLXBackend(Backend):
             self._key = mx.array(np.asarray(state["mlx_key"], dtype=np.uint32))
 
     # ---- generation -----------------------------------------------------------------
-    def new_cache(self, batch_size: int) -> ModelCache:
-        return ModelCache(self.config.n_layer)
+    def new_cache(self, pad: np.ndarray | None = None) -> ModelCache:
+        rows = None if pad is None else mx.array(np.asarray(pad, dtype=np.int32))
+        return ModelCache(self.config.n_layer, rows)
 
-    def forward_last(self, ids: np.ndarray | mx.array, cache: ModelCache | None, pad: np.ndarray | None = None) -> mx.array:
+    def forward_last(self, ids: np.ndarray | mx.array, cache: ModelCache | None) -> mx.array:
         with mx.stream(self._device):
             x = ids if isinstance(ids, mx.array) else mx.array(np.asarray(ids, dtype=np.int32))
-            if x.ndim == 1:
-                x = x[:, None]
-            if cache is None and pad is not None and np.any(pad):
-                cache = ModelCache(self.config.n_layer)  # a throwaway cache carries the padding
-            if cache is not None and pad is not None and cache.offset == 0:
-                cache.pad = mx.array(np.asarray(pad, dtype=np.int32)) if np.any(pad) else None
             logits = self.model(x, cache=cache, last_only=True)[:, -1, :].astype(mx.float32)
             mx.async_eval(logits)
             return logits
@@ -282,6 +285,10 @@ def repetition_penalty(logits: mx.array, history: np.ndarray, penalty: float) ->
     return mx.where(counts > 0, penalised, logits)
 
 
+def center(logits: mx.array) -> mx.array:
+    return logits - mx.max(logits, axis=-1, keepdims=True)
+
+
 def top_k_filter(logits: mx.array, k: int) -> mx.array:
     if k <= 0 or k >= logits.shape[-1]:
         return logits
@@ -309,5 +316,5 @@ def min_p_filter(logits: mx.array, min_p: float) -> mx.array:
 
 def filtered_logits(logits: mx.array, params: SamplingParams, history: np.ndarray | None) -> mx.array:
     """The fixed filter order of gptbench.backends.sampling, vectorised over the batch."""
-    return apply_filters(logits, params, history, repetition_penalty=repetition_penalty,
+    return apply_filters(logits, params, history, repetition_penalty=repetition_penalty, center=center,
                          top_k=top_k_filter, top_p=top_p_filter, min_p=min_p_filter)

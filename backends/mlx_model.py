@@ -1,15 +1,14 @@
-"""The GPT spec in MLX.
+"""The GPT spec in MLX. Read it beside `torch_model.py`: the same classes, in the same
+order, with the same names, line for line where the frameworks allow.
 
 Module attribute names are the canonical tensor names (`wte`, `wpe`, `h.N.attn.c_attn`, ...)
 and MLX `Linear` stores `[out, in]` like torch, so `tree_flatten(model.parameters())` keys
-are already canonical and no tensor is ever transposed between the backends.
-
-Dropout takes an explicit PRNG key instead of MLX's global random state, so the backend can
-checkpoint and restore it exactly (MLX offers no way to set the global state from an array)
-and so a compiled training step is a pure function of (weights, optimizer state, key, batch).
-
-Generation appends to a per-layer `KVCache` that is preallocated and grown in `CACHE_STEP`
-chunks, as in mlx-lm's `KVCache.update_and_fetch`.
+are already canonical and no tensor is transposed between the backends. The model returns
+logits; the loss is `cross_entropy` below, outside the model. Dropout takes an explicit
+PRNG `key` (the one difference in the forward signature): MLX cannot restore its global
+random state from an array, and an explicit key keeps a compiled training step a pure
+function of (weights, optimizer state, key, batch). Generation appends to a per-layer
+`KVCache`, as in mlx-lm's `KVCache.update_and_fetch`.
 """
 
 from __future__ import annotations
@@ -17,24 +16,26 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
-import os
 import sys
+
+from gptbench import paths
 
 
 def _preload_cblas() -> str | None:
-    """Opt-in: make MLX's CPU matmuls use a fast CBLAS instead of the reference BLAS.
+    """Make MLX's CPU matmuls use a fast CBLAS instead of the reference BLAS.
 
     The Linux `mlx[cpu]` wheel links netlib's reference BLAS (single-threaded, unblocked:
     ~3 GFLOP/s for sgemm on a modern core). Loading an optimised CBLAS with RTLD_GLOBAL
     *before* `mlx.core` is imported makes the dynamic linker resolve MLX's `cblas_sgemm`
-    to it (OpenBLAS: ~15x faster here). Set `GPTBENCH_MLX_BLAS` to a library path, or to
-    `auto` to look for the system OpenBLAS (Debian: `apt-get install libopenblas0-pthread`).
-    Returns the library loaded, or None (not requested, not found, or mlx already imported).
+    to it (OpenBLAS: ~8-15x faster training here). `$GPTBENCH_MLX_BLAS` is `auto` by
+    default (the system OpenBLAS when present; Debian: `apt-get install
+    libopenblas0-pthread`), `off` to keep the reference BLAS, or a library path.
+    Returns the library loaded, or None (off, not found, not Linux, or mlx already loaded).
     """
-    want = os.environ.get("GPTBENCH_MLX_BLAS", "").strip()
-    if not want or want in ("0", "off") or sys.platform != "linux" or "mlx.core" in sys.modules:
+    want = paths.env(paths.MLX_BLAS) or "auto"
+    if want.lower() in ("0", "off", "none") or sys.platform != "linux" or "mlx.core" in sys.modules:
         return None
-    path = ctypes.util.find_library("openblas") if want == "auto" else want
+    path = ctypes.util.find_library("openblas") if want.lower() == "auto" else want
     if not path:
         return None
     try:
@@ -49,9 +50,9 @@ BLAS = _preload_cblas()  # must run before the first `import mlx.core`
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
-from gptbench.backends.config import GPTConfig
+from gptbench.backends.spec import GPTConfig  # noqa: E402
 
-CACHE_STEP = 256  # the KV cache grows in chunks of this many positions (as the torch one)
+CACHE_STEP = 256  # the KV cache grows in chunks of this many positions
 
 
 class KVCache:
@@ -86,13 +87,23 @@ class KVCache:
 class ModelCache:
     """One KVCache per layer plus the left padding of each row (batched prompts)."""
 
-    def __init__(self, n_layer: int) -> None:
+    def __init__(self, n_layer: int, pad: mx.array | None = None) -> None:
         self.layers = [KVCache() for _ in range(n_layer)]
-        self.pad: mx.array | None = None  # [B] int32, set at prefill
+        self.pad = pad  # [B] int32: left-padding tokens per row, or None
 
     @property
     def offset(self) -> int:
         return self.layers[0].offset
+
+
+def padding_mask(start: int, T: int, pad: mx.array) -> mx.array:
+    """[B, 1, T, start+T] boolean attention mask for left-padded rows: causal, padded keys
+    masked out, and a padded query still sees itself (its output is never used)."""
+    keys = mx.arange(start + T)
+    queries = mx.arange(start, start + T)[:, None]
+    allowed = (keys[None, :] <= queries)[None] & (keys[None, None, :] >= pad[:, None, None])
+    allowed = allowed | (keys[None, :] == queries)[None]
+    return allowed[:, None]
 
 
 def dropout(x: mx.array, p: float, key: mx.array | None) -> mx.array:
@@ -118,13 +129,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
-    def __call__(
-        self,
-        x: mx.array,
-        cache: KVCache | None = None,
-        mask: mx.array | None = None,
-        key: mx.array | None = None,
-    ) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None = None, mask: mx.array | None = None, key: mx.array | None = None) -> mx.array:
         B, T, C = x.shape
         H, D = self.n_head, C // self.n_head
         q, k, v = mx.split(self.c_attn(x), 3, axis=-1)
@@ -137,18 +142,17 @@ class CausalSelfAttention(nn.Module):
         attn_key = resid_key = None
         if key is not None and self.dropout > 0:
             attn_key, resid_key = mx.random.split(key)
-        if attn_key is not None:
+        if mask is not None:
+            y = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+        elif attn_key is not None:
             # Training with attention dropout: the fused kernel has no dropout, so spell it out.
             scores = (q * scale) @ k.transpose(0, 1, 3, 2)
             causal = mx.tril(mx.ones((T, k.shape[2]), dtype=mx.bool_), k=k.shape[2] - T)
             scores = mx.where(causal, scores, mx.array(-mx.inf, dtype=scores.dtype))
-            probs = dropout(mx.softmax(scores, axis=-1, precise=True), self.dropout, attn_key)
-            y = probs @ v
-        elif mask is not None:
-            y = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+            y = dropout(mx.softmax(scores, axis=-1, precise=True), self.dropout, attn_key) @ v
         elif T > 1:
-            # "causal" is aligned lower-right in MLX: correct both for a full sequence and
-            # for several new tokens on top of a cache.
+            # A training step, a prefill, or several new tokens on top of a cache: MLX's
+            # "causal" aligns lower-right, which is right in every case.
             y = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
         else:  # one new token attends to everything cached
             y = mx.fast.scaled_dot_product_attention(q, k, v, scale=scale)
@@ -160,11 +164,11 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.kind = config.mlp
-        self.dropout = config.dropout
         self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
         if config.mlp == "swiglu":
             self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
         self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
 
     def __call__(self, x: mx.array, key: mx.array | None = None) -> mx.array:
         if self.kind == "gelu":
@@ -184,18 +188,10 @@ class Block(nn.Module):
         self.ln_2 = _norm(config)
         self.mlp = MLP(config)
 
-    def __call__(
-        self,
-        x: mx.array,
-        cache: KVCache | None = None,
-        mask: mx.array | None = None,
-        key: mx.array | None = None,
-    ) -> mx.array:
-        k_attn = k_mlp = None
-        if key is not None:
-            k_attn, k_mlp = mx.random.split(key)
-        x = x + self.attn(self.ln_1(x), cache, mask, k_attn)
-        return x + self.mlp(self.ln_2(x), k_mlp)
+    def __call__(self, x: mx.array, cache: KVCache | None = None, mask: mx.array | None = None, key: mx.array | None = None) -> mx.array:
+        attn_key, mlp_key = mx.random.split(key) if key is not None else (None, None)
+        x = x + self.attn(self.ln_1(x), cache, mask, attn_key)
+        return x + self.mlp(self.ln_2(x), mlp_key)
 
 
 class GPT(nn.Module):
@@ -211,8 +207,8 @@ class GPT(nn.Module):
 
     def init_weights(self, seed: int) -> None:
         """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2·n_layer),
-        biases 0, norm gains 1. One key per tensor, derived from the seed and the name's
-        position, so the init is reproducible and independent of the global RNG."""
+        biases 0, norm gains 1, from one key per tensor derived from the seed (not the
+        global RNG)."""
         from mlx.utils import tree_flatten, tree_unflatten
 
         proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
@@ -226,42 +222,25 @@ class GPT(nn.Module):
                 value = mx.random.normal(p.shape, key=keys[i]) * 0.02
             elif name.endswith(".bias"):
                 value = mx.zeros(p.shape)
-            else:
+            else:  # norm gains
                 value = mx.ones(p.shape)
             new.append((name, value.astype(mx.float32)))
         self.update(tree_unflatten(new))
 
-    def __call__(
-        self,
-        idx: mx.array,
-        cache: ModelCache | None = None,
-        last_only: bool = False,
-        key: mx.array | None = None,
-    ) -> mx.array:
-        """Logits [B, T, V] (or [B, 1, V] with `last_only`). `key` enables dropout."""
+    def __call__(self, idx: mx.array, cache: ModelCache | None = None, last_only: bool = False, key: mx.array | None = None) -> mx.array:
+        """Logits [B, T, V] (or [B, 1, V] with `last_only`). A `key` turns dropout on."""
         B, T = idx.shape
         start = cache.offset if cache is not None else 0
         pad = cache.pad if cache is not None else None
         pos = mx.arange(start, start + T)
         mask = None
-        if pad is not None:
-            # Left-padded rows: positions restart at 0 after the padding, padded keys are
-            # masked out, and a padded query still sees itself (its output is never used).
-            pos_b = mx.maximum(pos[None, :] - pad[:, None], 0)
-            x = self.wte(idx) + self.wpe(pos_b)
-            keys = mx.arange(start + T)
-            q_abs = pos[:, None]
-            allowed = (keys[None, :] <= q_abs)[None] & (keys[None, None, :] >= pad[:, None, None])
-            allowed = allowed | (keys[None, :] == q_abs)[None]
-            mask = allowed[:, None]  # [B, 1, T, S]
-        else:
-            x = self.wte(idx) + self.wpe(pos)
-        keys_ = None
-        if key is not None and self.config.dropout > 0:
-            keys_ = mx.random.split(key, self.config.n_layer + 1)
-            x = dropout(x, self.config.dropout, keys_[0])
+        if pad is not None:  # positions restart at 0 after each row's padding
+            pos = mx.maximum(pos[None, :] - pad[:, None], 0)
+            mask = padding_mask(start, T, pad)
+        keys = mx.random.split(key, self.config.n_layer + 1) if key is not None and self.config.dropout > 0 else None
+        x = dropout(self.wte(idx) + self.wpe(pos), self.config.dropout, keys[0] if keys is not None else None)
         for i, block in enumerate(self.h):
-            x = block(x, cache.layers[i] if cache is not None else None, mask, keys_[i + 1] if keys_ is not None else None)
+            x = block(x, cache.layers[i] if cache is not None else None, mask, keys[i + 1] if keys is not None else None)
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:, :]

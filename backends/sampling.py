@@ -12,7 +12,7 @@ Temperature 0 means greedy: argmax of the penalised logits, other filters skippe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -34,7 +34,6 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Written as `not (valid)` so that NaN, which fails every comparison, is rejected too.
@@ -77,19 +76,24 @@ def apply_filters(
     history: np.ndarray | None,
     *,
     repetition_penalty: Callable[[Logits, np.ndarray, float], Logits],
+    center: Callable[[Logits], Logits],
     top_k: Callable[[Logits, int], Logits],
     top_p: Callable[[Logits, float], Logits],
     min_p: Callable[[Logits, float], Logits],
 ) -> Logits:
     """The filter order above, for a backend's own tensors and filter functions, so every
     backend applies them identically. (The float64 reference spells the order out on its
-    own: it is the oracle the backends are tested against.)"""
+    own: it is the oracle the backends are tested against.)
+
+    `center` subtracts each row's maximum before the temperature divides: the softmax and
+    every filter are unchanged by a shift, and a tiny temperature (1e-40) then sends the
+    other logits to -inf instead of overflowing float32 into inf - inf = NaN."""
     x = logits
     if history is not None and params.repetition_penalty != 1.0 and history.size:
         x = repetition_penalty(x, history, params.repetition_penalty)
     if params.greedy:
         return x
-    x = x / params.temperature
+    x = center(x) / params.temperature
     x = top_k(x, params.top_k)
     x = top_p(x, params.top_p)
     return min_p(x, params.min_p)

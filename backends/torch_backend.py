@@ -1,28 +1,28 @@
-"""PyTorch implementation of the Backend protocol (CUDA, MPS, CPU).
+"""The PyTorch backend (CUDA, MPS, CPU): `Backend` over `torch_model.GPT`.
 
 Mixed precision: parameters and optimizer state stay float32; on CUDA the forward pass runs
 under bfloat16 autocast by default (`dtype="float16"` adds a GradScaler). `compile=True`
-wraps the model with `torch.compile`; weights are always read from the uncompiled module,
-so checkpoints never carry `_orig_mod.` prefixes.
+compiles the batch loss (model and cross-entropy) with `torch.compile`; weights are always
+read from the uncompiled module, so checkpoints never carry `_orig_mod.` prefixes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from gptbench.backends.base import Backend, Batch, OptimConfig, StepResult
-from gptbench.backends.config import GPTConfig
+from gptbench.backends.spec import GPTConfig
 from gptbench.backends.sampling import SamplingParams, apply_filters
-from gptbench.backends.torch_model import GPT, ModelCache
+from gptbench.backends.torch_model import GPT, ModelCache, cross_entropy
+from gptbench import paths
 from gptbench.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-THREADS_ENV = "GPTBENCH_TORCH_THREADS"
+THREADS_ENV = paths.TORCH_THREADS
 
 
 def _torch_at_least(major: int, minor: int) -> bool:
@@ -37,7 +37,7 @@ def apply_thread_setting() -> None:
     another job) a run using every core can slow down several-fold; the TUI starts its
     trainers with one core left free. Unset means torch's default (all physical cores).
     """
-    value = os.environ.get(THREADS_ENV)
+    value = paths.env(THREADS_ENV)
     if not value:
         return
     try:
@@ -88,13 +88,16 @@ class TorchBackend(Backend):
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
         self.dtype = dtype
+        self.compile = compile
         torch.manual_seed(seed)
         self.model = GPT(config)
         self.model.init_weights(seed)
         self.model.to(self.device)
-        self._forward = torch.compile(self.model) if compile else self.model
+        # The loss of a batch, compiled whole (model and cross-entropy) when asked to;
+        # weights are always read from `self.model`, so checkpoints never carry `_orig_mod.`.
+        self._loss = torch.compile(self._batch_loss) if compile else self._batch_loss
         self.optimizer: torch.optim.Optimizer | None = None
-        self.optim: OptimConfig | None = None
+        self.optim_config: OptimConfig | None = None
         self._decode_layout = False  # see _use_decode_layout
         use_amp = dtype != "float32" and self.device.split(":")[0] in ("cuda", "mps")
         self._autocast = (
@@ -104,9 +107,20 @@ class TorchBackend(Backend):
         )
         self._scaler = torch.amp.GradScaler("cuda") if use_amp and dtype == "float16" and self.device.startswith("cuda") else None
 
+    @classmethod
+    def available_memory(cls, device: str) -> int | None:
+        resolved = resolve_device(device)
+        if resolved.startswith("cuda"):
+            free, _ = torch.cuda.mem_get_info(torch.device(resolved))
+            return int(free)
+        return super().available_memory(resolved)
+
+    def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(self.model(x), y)
+
     # ---- weights --------------------------------------------------------------------
     def _named_params(self) -> dict[str, torch.nn.Parameter]:
-        """Canonical name -> parameter; a tied head is the embedding, listed once."""
+        """Canonical name -> parameter (a tied head is the embedding, listed once)."""
         return dict(self.model.named_parameters())
 
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -123,7 +137,7 @@ class TorchBackend(Backend):
         self.model.eval()
         x = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.device)
         with self._autocast():
-            logits, _ = self.model(x)
+            logits = self.model(x)
         return logits.float().cpu().numpy()
 
     # ---- training -------------------------------------------------------------------
@@ -143,7 +157,7 @@ class TorchBackend(Backend):
         else:
             kwargs["foreach"] = True
         self.optimizer = torch.optim.AdamW(groups, **kwargs)
-        self.optim = optim
+        self.optim_config = optim
         self._param_list = list(params.values())
 
     def _to_device(self, a: np.ndarray) -> torch.Tensor:
@@ -153,7 +167,7 @@ class TorchBackend(Backend):
         return t.pin_memory().to(self.device, non_blocking=True) if self.device.startswith("cuda") else t.to(self.device)
 
     def train_step(self, micro_batches: Sequence[Batch], lr: float) -> StepResult:
-        if self.optimizer is None or self.optim is None:
+        if self.optimizer is None or self.optim_config is None:
             raise RuntimeError("setup_optimizer() must be called before train_step()")
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -163,7 +177,7 @@ class TorchBackend(Backend):
         for x_np, y_np in micro_batches:
             x, y = self._to_device(x_np), self._to_device(y_np)
             with self._autocast():
-                _, loss = self._forward(x, y)
+                loss = self._loss(x, y)
             scaled = loss / n
             if self._scaler is not None:
                 self._scaler.scale(scaled).backward()
@@ -172,7 +186,7 @@ class TorchBackend(Backend):
             total += loss.detach()
         if self._scaler is not None:
             self._scaler.unscale_(self.optimizer)
-        clip = self.optim.grad_clip if self.optim.grad_clip > 0 else float("inf")
+        clip = self.optim_config.grad_clip if self.optim_config.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self._param_list, clip, foreach=True)
         if self._scaler is not None:
             self._scaler.step(self.optimizer)
@@ -186,8 +200,15 @@ class TorchBackend(Backend):
     def eval_loss(self, x: np.ndarray, y: np.ndarray) -> float:
         self.model.eval()
         with self._autocast():
-            _, loss = self._forward(self._to_device(x), self._to_device(y))
+            loss = self._loss(self._to_device(x), self._to_device(y))
         return float(loss)
+
+    def optimizer_state_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name, p in self._named_params().items():
+            shapes[f"exp_avg.{name}"] = tuple(p.shape)
+            shapes[f"exp_avg_sq.{name}"] = tuple(p.shape)
+        return shapes
 
     def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         assert self.optimizer is not None
@@ -195,11 +216,13 @@ class TorchBackend(Backend):
         step = 0
         for name, p in self._named_params().items():
             st = self.optimizer.state.get(p)
-            if not st:
-                continue
-            tensors[f"exp_avg.{name}"] = st["exp_avg"].detach().cpu().numpy().copy()
-            tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].detach().cpu().numpy().copy()
-            step = int(st["step"])
+            if st:
+                tensors[f"exp_avg.{name}"] = st["exp_avg"].detach().float().cpu().numpy().copy()
+                tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].detach().float().cpu().numpy().copy()
+                step = int(st["step"])
+            else:  # before the first step: AdamW's moments start at zero
+                tensors[f"exp_avg.{name}"] = np.zeros(tuple(p.shape), dtype=np.float32)
+                tensors[f"exp_avg_sq.{name}"] = np.zeros(tuple(p.shape), dtype=np.float32)
         meta: dict[str, Any] = {"step": step}
         if self._scaler is not None:
             meta["grad_scale"] = float(self._scaler.get_scale())
@@ -208,16 +231,23 @@ class TorchBackend(Backend):
     def set_optimizer_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         assert self.optimizer is not None
         step = int(meta.get("step", 0))
+        self.optimizer.state.clear()
+        if step == 0:
+            return  # nothing has moved yet: a fresh AdamW is exactly this state
         for name, p in self._named_params().items():
-            if f"exp_avg.{name}" not in tensors:
-                continue
             self.optimizer.state[p] = {
                 "step": torch.tensor(float(step)),
-                "exp_avg": torch.from_numpy(tensors[f"exp_avg.{name}"].copy()).to(self.device),
-                "exp_avg_sq": torch.from_numpy(tensors[f"exp_avg_sq.{name}"].copy()).to(self.device),
+                "exp_avg": torch.from_numpy(np.asarray(tensors[f"exp_avg.{name}"], dtype=np.float32).copy()).to(self.device),
+                "exp_avg_sq": torch.from_numpy(np.asarray(tensors[f"exp_avg_sq.{name}"], dtype=np.float32).copy()).to(self.device),
             }
         if self._scaler is not None and "grad_scale" in meta:
             self._scaler.update(float(meta["grad_scale"]))
+
+    def rng_state_shapes(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        shapes = {"torch_cpu": ("uint8", tuple(torch.get_rng_state().shape))}
+        if self.device.startswith("cuda"):
+            shapes["torch_cuda"] = ("uint8", tuple(torch.cuda.get_rng_state().shape))
+        return shapes
 
     def get_rng_state(self) -> dict[str, np.ndarray]:
         state = {"torch_cpu": torch.get_rng_state().numpy().copy()}
@@ -232,8 +262,9 @@ class TorchBackend(Backend):
             torch.cuda.set_rng_state(torch.from_numpy(np.asarray(state["torch_cuda"], dtype=np.uint8).copy()))
 
     # ---- generation -----------------------------------------------------------------
-    def new_cache(self, batch_size: int) -> ModelCache:
-        return ModelCache(self.config.n_layer)
+    def new_cache(self, pad: np.ndarray | None = None) -> ModelCache:
+        rows = None if pad is None else torch.as_tensor(np.asarray(pad, dtype=np.int64), device=self.device)
+        return ModelCache(self.config.n_layer, rows)
 
     def _use_decode_layout(self) -> None:
         """Store Linear weights column-major ([in, out] in memory) for CPU generation.
@@ -247,28 +278,23 @@ class TorchBackend(Backend):
         self._decode_layout = True
         if self.optimizer is not None or self.device != "cpu":
             return
+        weights = [m.weight for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
+        if self.config.tie_embeddings:
+            weights.append(self.model.wte.weight)  # the tied head is the biggest matrix of all
         with torch.inference_mode(False), torch.no_grad():  # normal tensors: training may follow
-            for module in self.model.modules():
-                if isinstance(module, torch.nn.Linear):
-                    w = module.weight
-                    if w.stride() != (1, w.shape[0]):
-                        w.data = w.data.t().contiguous().t()
+            for w in weights:
+                if w.stride() != (1, w.shape[0]):
+                    w.data = w.data.t().contiguous().t()
 
     @torch.inference_mode()
-    def forward_last(self, ids: np.ndarray | torch.Tensor, cache: ModelCache | None, pad: np.ndarray | None = None) -> torch.Tensor:
+    def forward_last(self, ids: np.ndarray | torch.Tensor, cache: ModelCache | None) -> torch.Tensor:
         if self.model.training:  # eval() walks every module: too slow to repeat per token
             self.model.eval()
         if not self._decode_layout:
             self._use_decode_layout()
         x = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
-        if x.dim() == 1:
-            x = x[:, None]
-        if cache is None and pad is not None and np.any(pad):
-            cache = ModelCache(self.config.n_layer)  # a throwaway cache carries the padding
-        if cache is not None and pad is not None and cache.offset == 0:
-            cache.pad = torch.as_tensor(np.asarray(pad, dtype=np.int64), device=self.device) if np.any(pad) else None
         with self._autocast():
-            logits, _ = self.model(x, cache=cache, last_only=True)
+            logits = self.model(x, cache=cache, last_only=True)
         return logits[:, -1, :].float()
 
     def make_generator(self, seed: int | None) -> torch.Generator:
@@ -298,6 +324,10 @@ def repetition_penalty(logits: torch.Tensor, history: np.ndarray, penalty: float
     return torch.where(counts > 0, penalised, logits)
 
 
+def center(logits: torch.Tensor) -> torch.Tensor:
+    return logits - logits.max(dim=-1, keepdim=True).values
+
+
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     if k <= 0 or k >= logits.shape[-1]:
         return logits
@@ -324,6 +354,6 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
 
 def filtered_logits(logits: torch.Tensor, params: SamplingParams, history: np.ndarray | None) -> torch.Tensor:
     """The fixed filter order of gptbench.backends.sampling, vectorised over the batch."""
-    return apply_filters(logits, params, history, repetition_penalty=repetition_penalty,
+    return apply_filters(logits, params, history, repetition_penalty=repetition_penalty, center=center,
                          top_k=top_k_filter, top_p=top_p_filter, min_p=min_p_filter)
 

@@ -1,9 +1,11 @@
-"""The GPT spec in PyTorch.
+"""The GPT spec in PyTorch. Read it beside `mlx_model.py`: the same classes, in the same
+order, with the same names, line for line where the frameworks allow.
 
-Module attribute names are the canonical tensor names (`wte`, `wpe`, `h.N.attn.c_attn`, ...),
-so `state_dict()` keys are already canonical and Linear weights are `[out, in]`.
-Attention uses `scaled_dot_product_attention` (flash / memory-efficient kernels where the
-device has them). Generation appends to a preallocated per-layer `KVCache`.
+Module attribute names are the canonical tensor names (`wte`, `wpe`, `h.N.attn.c_attn`, ...)
+and torch `Linear` stores `[out, in]`, so `state_dict()` keys are already canonical and no
+tensor is transposed between the backends. The model returns logits; the loss is
+`cross_entropy` below, outside the model. Dropout draws from torch's global RNG (the
+backend checkpoints it). Generation appends to a per-layer `KVCache`.
 """
 
 from __future__ import annotations
@@ -14,50 +16,60 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptbench.backends.config import GPTConfig
+from gptbench.backends.spec import GPTConfig
 
 CACHE_STEP = 256  # the KV cache grows in chunks of this many positions
 
 
 class KVCache:
-    """Keys and values of one layer, preallocated and grown in `CACHE_STEP` chunks.
+    """Keys and values of one layer, `[B, H, capacity, D]`, grown in `CACHE_STEP` chunks.
 
-    `update_and_fetch` writes the new positions in place and returns views of everything
-    cached so far, so decoding one token costs no concatenation of the whole history.
+    `update_and_fetch` writes the new positions into the preallocated buffer and returns
+    views of everything cached so far, so a decode step never concatenates the history.
     """
 
     def __init__(self) -> None:
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
         self.offset = 0
 
     def update_and_fetch(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, H, T, D = k.shape
-        need = self.offset + T
-        if self.k is None or need > self.k.shape[2]:
+        prev, need = self.offset, self.offset + T
+        if self.keys is None or need > self.keys.shape[2]:
             capacity = ((need + CACHE_STEP - 1) // CACHE_STEP) * CACHE_STEP
-            new_k = k.new_empty(B, H, capacity, D)
+            new_k = k.new_empty(B, H, capacity, D)  # never read past `offset`: no need to zero
             new_v = v.new_empty(B, H, capacity, D)
-            if self.k is not None and self.offset:
-                new_k[:, :, : self.offset] = self.k[:, :, : self.offset]
-                new_v[:, :, : self.offset] = self.v[:, :, : self.offset]
-            self.k, self.v = new_k, new_v
-        self.k[:, :, self.offset : need] = k
-        self.v[:, :, self.offset : need] = v
+            if self.keys is not None and prev:
+                new_k[:, :, :prev, :] = self.keys[:, :, :prev, :]
+                new_v[:, :, :prev, :] = self.values[:, :, :prev, :]
+            self.keys, self.values = new_k, new_v
+        self.keys[:, :, prev:need, :] = k
+        self.values[:, :, prev:need, :] = v
         self.offset = need
-        return self.k[:, :, :need], self.v[:, :, :need]
+        return self.keys[:, :, :need, :], self.values[:, :, :need, :]
 
 
 class ModelCache:
     """One KVCache per layer plus the left padding of each row (batched prompts)."""
 
-    def __init__(self, n_layer: int) -> None:
+    def __init__(self, n_layer: int, pad: torch.Tensor | None = None) -> None:
         self.layers = [KVCache() for _ in range(n_layer)]
-        self.pad: torch.Tensor | None = None  # [B] int64, set at prefill
+        self.pad = pad  # [B] int64: left-padding tokens per row, or None
 
     @property
     def offset(self) -> int:
         return self.layers[0].offset
+
+
+def padding_mask(start: int, T: int, pad: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, start+T] boolean attention mask for left-padded rows: causal, padded keys
+    masked out, and a padded query still sees itself (its output is never used)."""
+    keys = torch.arange(start + T, device=pad.device)
+    queries = torch.arange(start, start + T, device=pad.device)[:, None]
+    allowed = (keys[None, :] <= queries)[None] & (keys[None, None, :] >= pad[:, None, None])
+    allowed = allowed | (keys[None, :] == queries)[None]
+    return allowed[:, None]
 
 
 def _norm(config: GPTConfig) -> nn.Module:
@@ -78,10 +90,11 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
+        H, D = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, H, D).transpose(1, 2)
+        k = k.view(B, T, H, D).transpose(1, 2)
+        v = v.view(B, T, H, D).transpose(1, 2)
         start = 0
         if cache is not None:
             start = cache.offset
@@ -89,14 +102,15 @@ class CausalSelfAttention(nn.Module):
         if mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         elif start == 0 and T > 1:
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
-        elif T == 1:  # one new token attends to everything cached
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # several new tokens on top of a cache: causal with an offset
+            # Training (attention dropout is fused) or a prefill: plain causal attention.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        elif T > 1:
+            # Several new tokens on top of a cache: torch's is_causal aligns upper-left, so
+            # spell out the lower-right causal mask.
             causal = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=start)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal)
+        else:  # one new token attends to everything cached
+            y = F.scaled_dot_product_attention(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -113,7 +127,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "gelu":
-            h = F.gelu(self.c_fc(x), approximate="tanh")
+            h = F.gelu(self.c_fc(x), approximate="tanh")  # the tanh approximation, GPT-2's gelu_new
         elif self.kind == "relu2":
             h = F.relu(self.c_fc(x)).square()
         else:
@@ -143,12 +157,12 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = _norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.wte.weight
+        if not config.tie_embeddings:
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 
     def init_weights(self, seed: int) -> None:
-        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2·n_layer)."""
+        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2·n_layer),
+        biases 0, norm gains 1, drawn from a generator seeded here (not the global RNG)."""
         gen = torch.Generator().manual_seed(seed)
         proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         with torch.no_grad():
@@ -162,38 +176,27 @@ class GPT(nn.Module):
                 else:  # norm gains
                     p.fill_(1.0)
 
-    def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        cache: ModelCache | None = None,
-        last_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, cache: ModelCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits [B, T, V] (or [B, 1, V] with `last_only`). Dropout follows `self.training`."""
         B, T = idx.shape
         start = cache.offset if cache is not None else 0
         pad = cache.pad if cache is not None else None
         pos = torch.arange(start, start + T, device=idx.device)
         mask = None
-        if pad is not None:
-            # Left-padded rows: positions restart at 0 after the padding, padded keys are
-            # masked out, and a padded query still sees itself (its output is never used).
-            pos_b = (pos[None, :] - pad[:, None]).clamp(min=0)
-            x = self.wte(idx) + self.wpe(pos_b)
-            keys = torch.arange(start + T, device=idx.device)
-            q_abs = pos[:, None]
-            allowed = (keys[None, :] <= q_abs)[None] & (keys[None, None, :] >= pad[:, None, None])
-            allowed |= (keys[None, :] == q_abs)[None]
-            mask = allowed[:, None]  # [B, 1, T, S]
-        else:
-            x = self.wte(idx) + self.wpe(pos)
-        x = self.drop(x)
+        if pad is not None:  # positions restart at 0 after each row's padding
+            pos = (pos[None, :] - pad[:, None]).clamp(min=0)
+            mask = padding_mask(start, T, pad)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
         for i, block in enumerate(self.h):
             x = block(x, cache.layers[i] if cache is not None else None, mask)
         x = self.ln_f(x)
-        if targets is not None:
-            logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
         if last_only:
             x = x[:, -1:, :]
-        return self.lm_head(x), None
+        if self.config.tie_embeddings:
+            return F.linear(x, self.wte.weight)
+        return self.lm_head(x)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy in float32; targets of -1 are ignored."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1)

@@ -6,12 +6,17 @@ alone is enough to rebuild the model on either backend. Files are written throug
 temporary file and renamed, so a crash never leaves half a checkpoint.
 
 Reading is framework-neutral (numpy); bfloat16 tensors are widened to float32 on load
-because numpy has no bfloat16.
+because numpy has no bfloat16. Writing can narrow float tensors to float16 or bfloat16
+(`dtype`). Loading checks what a file promises: a complete header, the config's names and
+shapes, floating-point dtypes and finite values; each failure is one `WeightsError` line.
+This module is the only reader and writer of safetensors in gptbench (the `safetensors`
+package is a test-only reference: it cannot hand numpy a bfloat16).
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -19,7 +24,8 @@ from typing import Mapping
 
 import numpy as np
 
-from gptbench.backends.config import ConfigError, GPTConfig
+from gptbench.backends.spec import GPTConfig
+from gptbench.errors import ConfigError
 from gptbench.errors import UserError
 from gptbench.fsutil import atomic_path
 
@@ -41,6 +47,8 @@ _DTYPES = {
     "BOOL": np.bool_,
 }
 _NP_TO_ST = {np.dtype(v).str: k for k, v in _DTYPES.items()}
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")  # what `save_tensors(dtype=...)` can write
+_FLOAT_ST = ("F64", "F32", "F16", "BF16")
 
 
 class WeightsError(UserError):
@@ -87,45 +95,89 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict, dict[str, str], int
 
 
 def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Load every tensor of a safetensors file as numpy (bf16 widened to float32)."""
+    """Load every tensor of a safetensors file as numpy (bf16 widened to float32).
+
+    The file is memory-mapped and each tensor copied out once, so loading costs one copy
+    of the weights in memory, not two."""
     header, meta, offset = read_header(path)
     out: dict[str, np.ndarray] = {}
     with open(path, "rb") as f:
-        buf = memoryview(f.read())
-    for name, entry in header.items():
-        start, stop = (offset + int(o) for o in entry["data_offsets"])
-        dtype, shape = entry["dtype"], tuple(entry["shape"])
-        raw = buf[start:stop]
-        if dtype == "BF16":
-            u16 = np.frombuffer(raw, dtype=np.uint16)
-            arr = (u16.astype(np.uint32) << 16).view(np.float32)
-        elif dtype in _DTYPES:
-            arr = np.frombuffer(raw, dtype=_DTYPES[dtype])
-        else:
-            raise WeightsError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-        expected = int(np.prod(shape)) if shape else 1
-        if arr.size != expected:
-            raise WeightsError(f"{path}: tensor {name!r} has {arr.size} values, shape {shape} needs {expected}")
-        out[name] = arr.reshape(shape).copy()
+        size = os.fstat(f.fileno()).st_size
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    try:
+        for name, entry in header.items():
+            try:
+                start, stop = (offset + int(o) for o in entry["data_offsets"])
+                dtype, shape = entry["dtype"], tuple(int(d) for d in entry["shape"])
+            except (KeyError, TypeError, ValueError):
+                raise WeightsError(f"{path}: malformed entry for tensor {name!r}") from None
+            if not 0 <= start <= stop <= size or any(d < 0 for d in shape):
+                raise WeightsError(f"{path}: tensor {name!r} points outside the file; is it damaged?")
+            with memoryview(buf)[start:stop] as raw:  # released even when a check raises
+                arr = _decode(raw, dtype, name, path)
+            expected = int(np.prod(shape)) if shape else 1
+            if arr.size != expected:
+                raise WeightsError(f"{path}: tensor {name!r} has {arr.size} values, shape {list(shape)} needs {expected}")
+            out[name] = arr.reshape(shape)
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
     return out, dict(meta)
+
+
+def _decode(raw: memoryview, dtype: str, name: str, path: object) -> np.ndarray:
+    """One tensor's bytes as a numpy array that owns its memory (bf16 widened to float32)."""
+    if dtype not in _DTYPES and dtype != "BF16":
+        raise WeightsError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+    np_dtype = np.dtype(np.uint16 if dtype == "BF16" else _DTYPES[dtype])
+    if len(raw) % np_dtype.itemsize:
+        raise WeightsError(f"{path}: tensor {name!r} has a byte length that is not a whole number of {dtype} values")
+    if dtype == "BF16":
+        return (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return np.frombuffer(raw, dtype=np_dtype).copy()
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even; NaN stays NaN."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)  # keep a quiet NaN
+    return rounded
+
+
+def _encode(name: str, arr: np.ndarray, dtype: str | None) -> tuple[str, bytes]:
+    """(safetensors dtype, bytes) of a tensor; `dtype` narrows float tensors."""
+    arr = np.ascontiguousarray(arr)
+    if dtype is not None and arr.dtype.kind == "f":
+        if dtype == "bfloat16":
+            return "BF16", bf16_bits(arr).tobytes()
+        arr = arr.astype(np.float16 if dtype == "float16" else np.float32)
+    st = _NP_TO_ST.get(arr.dtype.str)
+    if st is None:
+        raise WeightsError(f"cannot save tensor {name!r} of dtype {arr.dtype}")
+    return st, arr.tobytes()
 
 
 def save_tensors(
     path: str | os.PathLike[str],
     tensors: Mapping[str, np.ndarray],
     metadata: Mapping[str, str] | None = None,
-) -> None:
-    """Write numpy tensors as safetensors, atomically. Keys are sorted for stable files."""
+    *,
+    dtype: str | None = None,
+) -> int:
+    """Write numpy tensors as safetensors, atomically; returns the file size. Keys are
+    sorted for stable files; `dtype` (float32 | float16 | bfloat16) converts float tensors."""
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise WeightsError(f"unknown dtype {dtype!r}; choose one of {', '.join(FLOAT_DTYPES)}")
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     header: dict[str, object] = {"__metadata__": meta} if meta else {}
     blobs: list[bytes] = []
     offset = 0
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
-        st = _NP_TO_ST.get(arr.dtype.str)
-        if st is None:
-            raise WeightsError(f"cannot save tensor {name!r} of dtype {arr.dtype}")
-        data = arr.tobytes()
+        st, data = _encode(name, tensors[name], dtype)
+        arr = tensors[name]
         header[name] = {"dtype": st, "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
@@ -137,10 +189,12 @@ def save_tensors(
             f.write(raw)
             for blob in blobs:
                 f.write(blob)
+    return 8 + len(raw) + offset
 
 
 def check_tensors(config: GPTConfig, tensors: Mapping[str, object], source: str = "weights") -> None:
-    """Raise WeightsError listing every missing, unexpected or mis-shaped tensor."""
+    """Raise WeightsError listing every missing, unexpected or mis-shaped tensor, then the
+    first one that is not floating point or holds NaN or infinite values."""
     want = config.canonical_shapes()
     problems: list[str] = []
     missing = [n for n in want if n not in tensors]
@@ -156,6 +210,13 @@ def check_tensors(config: GPTConfig, tensors: Mapping[str, object], source: str 
                 problems.append(f"{name} has shape {list(got)}, config needs {list(shape)}")
     if problems:
         raise WeightsError(f"{source} does not match its config: " + "; ".join(problems[:6]))
+    for name in want:
+        arr = np.asarray(tensors[name])
+        if arr.dtype.kind != "f":
+            raise WeightsError(f"{source}: tensor {name} has dtype {arr.dtype.name}; weights must be floating point")
+        if not np.isfinite(arr).all():
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            raise WeightsError(f"{source}: tensor {name} holds {bad} NaN or infinite values (a diverged run or a damaged file)")
 
 
 def _few(names: list[str], limit: int = 4) -> str:
@@ -171,11 +232,14 @@ def save_weights(
     path: str | os.PathLike[str],
     config: GPTConfig,
     tensors: Mapping[str, np.ndarray],
+    *,
+    dtype: str = "float32",
     **extra_meta: str,
-) -> None:
-    """Validate against the config, then write a self-describing gptbench weights file."""
+) -> int:
+    """Validate against the config, then write a self-describing gptbench weights file
+    (float tensors stored as `dtype`, which the header records too); returns its size."""
     check_tensors(config, tensors)
-    save_tensors(path, tensors, weights_metadata(config, **extra_meta))
+    return save_tensors(path, tensors, weights_metadata(config, dtype=dtype, **extra_meta), dtype=dtype)
 
 
 def read_config(path: str | os.PathLike[str]) -> GPTConfig:

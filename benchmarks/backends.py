@@ -66,7 +66,7 @@ def run_case(case: dict) -> dict:
     import numpy as np
 
     from gptbench.backends.base import OptimConfig, create_backend
-    from gptbench.backends.config import GPTConfig
+    from gptbench.backends.spec import GPTConfig
     from gptbench.backends.generate import generate_tokens
     from gptbench.backends.sampling import SamplingParams
     from gptbench.config import PRESETS

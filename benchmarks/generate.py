@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from gptbench.backends.base import create_backend
-from gptbench.backends.config import GPTConfig
+from gptbench.backends.spec import GPTConfig
 from gptbench.backends.generate import generate_tokens
 from gptbench.backends.sampling import SamplingParams
 from gptbench.fsutil import atomic_write_json

@@ -1,29 +1,24 @@
-"""Shared fixtures: small configs, temporary run stores and one tiny trained run.
+"""Pytest fixtures: isolation from the user's files, temporary run stores, one trained run.
 
-Tests never touch the network or the user's runs directory. `../shared/data` (beside the
-repo) is used where it exists; the trained fixture run uses a small built-in text so it
-works on any machine.
+Tests never touch the network, the user's runs directory or anything outside the clone
+(helpers.py holds the shared functions and the paths of the committed fixture files).
+Property tests run under a derandomized hypothesis profile without an example database
+when `$CI` is set, so CI is deterministic; locally they explore new examples each run.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+from hypothesis import settings
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-TINYSHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
-GPT2_RANKS = SHARED_DATA / "gpt2.tiktoken"
+from helpers import FIXTURE_TEXT, GPT2_RANKS, train_fixture_run
 
-# A small, deterministic corpus: enough structure for a model to learn something quickly.
-_PAIRS = [("king", "queen"), ("cat", "dog"), ("sun", "moon")]
-FIXTURE_TEXT = "".join(
-    f"ROMEO: line {i} of the play, said the {_PAIRS[i % 3][0]} to the {_PAIRS[i % 3][1]}.\n"
-    f"JULIET: and so it goes, {_PAIRS[i % 3][0]}.\n\n"
-    for i in range(400)
-)
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +29,7 @@ def _isolate(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GPTBENCH_RUNS_DIR", str(tmp_path_factory.getbasetemp() / "default-runs"))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    if GPT2_RANKS.is_file():
-        monkeypatch.setenv("GPTBENCH_GPT2_RANKS", str(GPT2_RANKS))
+    monkeypatch.setenv("GPTBENCH_GPT2_RANKS", str(GPT2_RANKS))
 
 
 @pytest.fixture
@@ -50,38 +44,6 @@ def corpus_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("corpus") / "play.txt"
     p.write_text(FIXTURE_TEXT, encoding="utf-8")
     return p
-
-
-def tiny_model_config(**overrides):
-    from gptbench.backends.config import GPTConfig
-
-    base = dict(vocab_size=67, block_size=32, n_layer=2, n_head=2, n_embd=32, bias=True)
-    base.update(overrides)
-    return GPTConfig(**base)
-
-
-def random_tokens(config, batch=2, length=None, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, config.vocab_size, size=(batch, length or config.block_size), dtype=np.int64)
-
-
-def train_fixture_run(runs_dir: Path, corpus: Path, name: str = "fixture", max_iters: int = 150, backend: str = "torch", **train):
-    """Train a tiny char-level run through the real Trainer (about a second or two)."""
-    from gptbench.config import resolve_run_config
-    from gptbench.runstore import RunStore
-    from gptbench.train import Trainer
-
-    cfg = resolve_run_config(
-        "tiny",
-        None,
-        {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
-        {"max_iters": max_iters, "eval_interval": 50, "eval_iters": 4, "batch_size": 8, "log_interval": 10,
-         "warmup_iters": 10, "sample_tokens": 40, **train},
-        {"data": str(corpus), "tokenizer": "char", "backend": backend, "device": "cpu", "name": name},
-    )
-    trainer = Trainer.new_run(RunStore(runs_dir), cfg)
-    trainer.fit()
-    return trainer.run
 
 
 @pytest.fixture(scope="session")

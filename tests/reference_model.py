@@ -69,10 +69,39 @@ def reference_logits(cfg, weights: dict[str, np.ndarray], idx: np.ndarray) -> np
 
 
 def reference_loss(cfg, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy over the targets that are not -1 (ignored), in float64."""
     logits = reference_logits(cfg, weights, x)
     m = logits.max(axis=-1, keepdims=True)
     logp = logits - m - np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
-    return float(-np.take_along_axis(logp, y[..., None], axis=-1).mean())
+    valid = y >= 0
+    picked = np.take_along_axis(logp, np.maximum(y, 0)[..., None], axis=-1)[..., 0]
+    return float(-picked[valid].mean())
+
+
+def reference_gradients(cfg, weights: dict[str, np.ndarray], batches) -> tuple[list[float], dict[str, np.ndarray]]:
+    """(loss of each micro-batch, gradient of their mean loss) in float64.
+
+    Autograd through the torch model run in float64: its forward is held to
+    `reference_logits` above by the contract suite, and torch's autograd is the trusted
+    part, so this is a float64 oracle for every backend's gradients (MLX's included)."""
+    import torch
+
+    import torch.nn.functional as F
+
+    from gptbench.backends.torch_model import GPT
+
+    model = GPT(cfg).double()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(torch.from_numpy(np.asarray(weights[name], dtype=np.float64)))
+    losses = []
+    for x, y in batches:
+        logits = model(torch.from_numpy(x))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1), ignore_index=-1)
+        (loss / len(batches)).backward()
+        losses.append(loss.item())
+    return losses, {name: p.grad.numpy().copy() for name, p in params.items()}
 
 
 def perturbed_weights(cfg, seed: int = 0, scale: float = 0.5) -> dict[str, np.ndarray]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gptbench.backends.config import ConfigError, GPTConfig
+from gptbench.backends.spec import GPTConfig
+from gptbench.errors import ConfigError
 from gptbench.config import PRESETS, TrainConfig, load_toml, resolve_run_config
 
 

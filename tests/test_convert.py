@@ -10,12 +10,12 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import GPT2_RANKS, random_tokens, tiny_model_config
+from helpers import GPT2_RANKS, random_tokens, tiny_model_config
 from reference_model import perturbed_weights
 from gptbench.backends.base import create_backend
 from gptbench.backends.weights import load_weights, read_header, save_tensors, save_weights
 from gptbench.cli import main
-from gptbench.convert import bf16_bits
+from gptbench.backends.weights import bf16_bits
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -165,7 +165,7 @@ def _hf_model(vocab_size=50257, seed=0):
 def test_hf_import_to_run_matches_transformers_and_samples(tmp_path, capsys):
     import torch
 
-    assert GPT2_RANKS.is_file(), "tests need ../shared/data/gpt2.tiktoken for the gpt2 tokenizer"
+    assert GPT2_RANKS.is_file()
     model = _hf_model()
     model.save_pretrained(tmp_path / "hf")
     runs = tmp_path / "runs"

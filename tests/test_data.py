@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datapaths import GPT2_RANKS, TINYSHAKESPEARE, TINYSHAKESPEARE_SHA256
+from helpers import GPT2_RANKS, TINYSHAKESPEARE, TINYSHAKESPEARE_SHA256
 
-import gptbench.data as data_mod
-from gptbench.data import PreparedData, default_cache_dir, get_batch, load_corpus, prepare_data
+import gptbench.data.cache as cache_mod
+import gptbench.data.sources as sources_mod
+from gptbench.data import PreparedData, get_batch, load_corpus, prepare_data
+from gptbench.paths import default_cache_dir
 from gptbench.errors import UserError
 from gptbench.tokenizers.byte import ByteTokenizer
 from gptbench.tokenizers.char import CharTokenizer
@@ -171,8 +173,8 @@ def test_max_tokens_truncates(text_file, cache):
 
 def test_many_pieces_and_threads_give_the_same_ids(text_file, cache, monkeypatch):
     one = prepare_data(str(text_file), GPT2, block_size=8, cache_dir=cache / "1")
-    monkeypatch.setattr(data_mod, "PIECE_CHARS", 97)
-    monkeypatch.setattr(data_mod, "BATCH_CHARS", 500)
+    monkeypatch.setattr(cache_mod, "PIECE_CHARS", 97)
+    monkeypatch.setattr(cache_mod, "BATCH_CHARS", 500)
     many = prepare_data(str(text_file), GPT2, block_size=8, cache_dir=cache / "2", num_proc=2)
     assert np.concatenate([one.train, one.val]).tolist() == np.concatenate([many.train, many.val]).tolist()
 
@@ -198,11 +200,11 @@ def test_default_corpus_file_selection(tmp_path, monkeypatch):
     for rel, text in files.items():
         (lib / rel).parent.mkdir(parents=True, exist_ok=True)
         (lib / rel).write_text(text)
-    monkeypatch.setattr(data_mod.sysconfig, "get_paths", lambda: {"stdlib": str(lib)})
-    monkeypatch.setattr(data_mod, "PYSTDLIB_CAP_BYTES", 25)
+    monkeypatch.setattr(sources_mod.sysconfig, "get_paths", lambda: {"stdlib": str(lib)})
+    monkeypatch.setattr(sources_mod, "PYSTDLIB_CAP_BYTES", 25)
     corpus = load_corpus(None)
     assert corpus.name == "pystdlib" and corpus.docs_list == ["A" * 10, "J" * 10, "D" * 10]  # sorted, capped
-    monkeypatch.setattr(data_mod, "PYSTDLIB_CAP_BYTES", 1000)
+    monkeypatch.setattr(sources_mod, "PYSTDLIB_CAP_BYTES", 1000)
     assert load_corpus("default").docs_list == ["A" * 10, "J" * 10, "D" * 10, "Z" * 10]
 
 

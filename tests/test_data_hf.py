@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import gptbench.data as data_mod
-from gptbench.data import parse_hf_spec, prepare_data
+import gptbench.data.hub as hub_mod
+from gptbench.data import prepare_data
+from gptbench.data.hub import parse_hf_spec
 from gptbench.errors import UserError
 
 RECORDS = [{"text": f"record {i} says hello to the world", "body": f"body number {i}", "n": i} for i in range(60)]
@@ -66,7 +67,7 @@ def test_json_array_parquet_and_csv(tmp_path, cache):
 
 
 def test_records_are_separated_by_eot_with_gpt2(tmp_path, cache):
-    from datapaths import GPT2_RANKS
+    from helpers import GPT2_RANKS
 
     d = prepare_data(str(_jsonl(tmp_path / "r.jsonl")), f"gpt2:{GPT2_RANKS}", block_size=8, cache_dir=cache)
     ids = np.concatenate([d.train, d.val])
@@ -86,7 +87,7 @@ def test_glob_of_jsonl_files_and_max_docs(tmp_path, cache):
 def test_records_cache_reuse(tmp_path, cache, monkeypatch):
     p = _jsonl(tmp_path / "r.jsonl")
     prepare_data(str(p), "byte", block_size=8, cache_dir=cache)
-    monkeypatch.setattr(data_mod, "_iter_records", lambda *a, **k: pytest.fail("read the records again"))
+    monkeypatch.setattr(hub_mod, "_iter_records", lambda *a, **k: pytest.fail("read the records again"))
     assert prepare_data(str(p), "byte", block_size=8, cache_dir=cache).info["cached"] is True
 
 
@@ -157,7 +158,7 @@ class _FakeHub:
         self.calls = []
         monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        monkeypatch.setattr(data_mod, "_probe_hub", lambda where, timeout=5.0: None)
+        monkeypatch.setattr(hub_mod, "_probe_hub", lambda where, timeout=5.0: None)
         monkeypatch.setattr(datasets, "load_dataset", self)
 
     def __call__(self, name, config=None, *, split, streaming=False, **_):

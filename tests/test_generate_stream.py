@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gptbench.backends.base import Backend
-from gptbench.backends.config import GPTConfig
+from gptbench.backends.base import GenerationBackend
+from gptbench.backends.spec import GPTConfig
 from gptbench.backends.generate import StreamDecoder, _StopMatcher, generate, generate_batch, generate_tokens, stream_generate
 from gptbench.backends.sampling import SamplingParams
 from gptbench.tokenizers.base import Tokenizer
@@ -43,10 +43,9 @@ class BytesEot(Tokenizer):
         return {"kind": "test"}
 
 
-class ScriptedBackend(Backend):
-    """Emits scripted tokens (one script per row) and records every forward call."""
-
-    name = "scripted"
+class ScriptedBackend(GenerationBackend):
+    """Emits scripted tokens (one script per row) and records every forward call. Only the
+    generation contract: the engine needs nothing of training."""
 
     def __init__(self, scripts: Sequence[Sequence[int]], block_size: int = 64, on_sample=None) -> None:
         self.config = GPTConfig(vocab_size=257, block_size=block_size, n_layer=1, n_head=1, n_embd=8)
@@ -56,17 +55,18 @@ class ScriptedBackend(Backend):
         self.step = 0
         self.on_sample = on_sample
 
-    def new_cache(self, batch_size: int) -> Any:
-        return {"len": 0}
+    def new_cache(self, pad=None) -> Any:
+        return {"len": 0, "pad": None if pad is None else list(pad)}
 
-    def forward_last(self, ids, cache, pad=None):
+    def forward_last(self, ids, cache):
         ids = np.asarray(ids)
         fresh = cache is None or cache["len"] == 0
+        pad = cache["pad"] if cache is not None and fresh else None
         if cache is not None:
             cache["len"] += ids.shape[1]
             assert cache["len"] <= self.config.block_size
         assert ids.shape[1] <= self.config.block_size
-        self.calls.append((ids.shape[1], fresh, None if pad is None else list(pad)))
+        self.calls.append((ids.shape[1], fresh, pad))
         return None
 
     def sample(self, logits, params, history, generator):
@@ -78,12 +78,6 @@ class ScriptedBackend(Backend):
 
     def make_generator(self, seed):
         return None
-
-    def _unused(self, *a, **k):
-        raise NotImplementedError
-
-    get_weights = set_weights = forward_logits = setup_optimizer = train_step = eval_loss = _unused
-    get_optimizer_state = set_optimizer_state = get_rng_state = set_rng_state = _unused
 
 
 def stream(script: Sequence[int], prompt="hi", **params):
@@ -262,8 +256,16 @@ def test_empty_batch_or_prompt_is_a_user_error(bad):
     cuts=st.lists(st.integers(0, 40), max_size=12),
 )
 def test_stop_matcher_equals_cutting_at_the_first_stop(text, stops, cuts):
+    """However the text is streamed, the result is the whole text cut where the
+    earliest-*starting* stop begins (what OpenAI and Hugging Face return)."""
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
     want = text[: min(found)] if found else text
+    got, hit = _stream_through_matcher(text, stops, cuts)
+    assert got == want
+    assert hit == bool(found)
+
+
+def _stream_through_matcher(text, stops, cuts):
     m = _StopMatcher(stops)
     bounds = sorted({0, len(text), *[c for c in cuts if c <= len(text)]})
     out, hit = [], False
@@ -273,5 +275,14 @@ def test_stop_matcher_equals_cutting_at_the_first_stop(text, stops, cuts):
         if hit:
             break
     if not hit:
-        out.append(m.flush())
-    assert "".join(out) == want and hit == bool(found)
+        piece, hit = m.feed("", final=True)
+        out.append(piece)
+    return "".join(out), hit
+
+
+def test_a_longer_stop_that_starts_earlier_wins_over_one_that_completes_first():
+    """The counterexample hypothesis once found: 'a' completes at index 1 while '\naa',
+    which starts at 0, is still incomplete; the text must be held until it is decided."""
+    assert _stream_through_matcher("\naa", ["a", "\naa"], [2]) == ("", True)
+    assert _stream_through_matcher("\nab", ["a", "\naa"], [2]) == ("\n", True)  # '\naa' failed: 'a' at 1 wins
+    assert _stream_through_matcher("\na", ["a", "\naa"], [2]) == ("\n", True)  # the end decides

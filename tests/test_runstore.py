@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from gptbench.errors import UserError
-from gptbench.runstore import JsonlTail, Run, RunLock, RunStore, iter_jsonl, summarize, validate_run_name
+from gptbench.runstore import JsonlTail, Run, RunStore, RunWriter, iter_jsonl, read_summary, validate_run_name
 
 
 def test_jsonl_readers_tolerate_a_torn_last_line(tmp_path):
@@ -48,7 +48,7 @@ def test_running_run_with_dead_pid_is_crashed(tmp_path, trained_run):
     st = run.status()
     st.update(state="running", pid=2**22 + 12345, host=os.uname().nodename)
     run.status_path.write_text(json.dumps(st))
-    assert summarize(run).state == "crashed"
+    assert read_summary(run).state == "crashed"
 
 
 def test_delete_only_inside_the_store(tmp_path, trained_run):
@@ -76,11 +76,10 @@ def test_rename_updates_config(tmp_path, trained_run):
 
 def test_lock_is_exclusive_and_released(tmp_path, trained_run):
     shutil.copytree(trained_run.path, tmp_path / "r")
-    run = Run(tmp_path / "r")
-    with RunLock(run):
-        with pytest.raises(UserError, match="locked by another trainer"):
-            RunLock(run).acquire()
-    RunLock(run).acquire().release()
+    with RunWriter.open(tmp_path, "r"):
+        with pytest.raises(UserError, match="locked by another"):
+            RunWriter.open(tmp_path, "r")
+    RunWriter.open(tmp_path, "r").close()
 
 
 def test_checkpoint_selection(trained_run):

@@ -21,7 +21,7 @@ from gptbench.backends.torch_backend import TorchBackend, filtered_logits
 from gptbench.errors import UserError
 from sampling_vectors import CASES, MIN_MARGIN, check_backend_filters, decision_margin
 
-from conftest import tiny_model_config
+from helpers import tiny_model_config
 
 LOG_P = np.log([[0.5, 0.3, 0.15, 0.05]])
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datapaths import GPT2_RANKS, TINYSHAKESPEARE
+from helpers import GPT2_RANKS, TINYSHAKESPEARE
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from datapaths import GPT2_RANKS, TINYSHAKESPEARE
+from helpers import GPT2_RANKS, TINYSHAKESPEARE
 
 from gptbench.cli import main
 from gptbench.tokenizers.bpe import BPETokenizer

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import train_fixture_run
+from helpers import train_fixture_run
 from gptbench.cli import main
 from gptbench.config import TrainConfig
-from gptbench.runstore import RunLock, RunStore
+from gptbench.runstore import RunStore, RunWriter
 from gptbench.train import lr_at
 
 SMALL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
@@ -143,7 +143,7 @@ def test_second_trainer_on_a_locked_run_is_refused(runs_dir, trained_run, capsys
     shutil.copytree(trained_run.path, runs_dir / "locked")
     run = RunStore(runs_dir).existing("locked")
     before = run.metrics_path.read_bytes()
-    with RunLock(run):
+    with RunWriter.open(runs_dir, "locked"):
         rc = train_cli(runs_dir, "--resume", "locked", "--max-iters", "300")
     err = capsys.readouterr().err
     assert rc == 2 and "is locked by another trainer" in err and err.count("\n") == 1

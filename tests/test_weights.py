@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from conftest import tiny_model_config
+from helpers import tiny_model_config
 from reference_model import perturbed_weights
 from gptbench.backends.weights import WeightsError, load_weights, read_config, save_tensors, save_weights
 

@@ -18,7 +18,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from gptbench import paths
 from gptbench.errors import UserError
+from gptbench.paths import default_cache_dir
 from gptbench.tokenizers.tiktoken_bpe import (
     ENDOFTEXT,
     GPT2_PAT_STR,
@@ -31,7 +33,7 @@ from gptbench.tokenizers.tiktoken_bpe import (
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 GPT2_N_RANKS = 50256
 GPT2_EOT = 50256
-ENV_RANKS = "GPTBENCH_GPT2_RANKS"
+ENV_RANKS = paths.GPT2_RANKS
 R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
 FETCH_TIMEOUT_S = 20.0
 
@@ -68,8 +70,6 @@ def _checked(blob: bytes, where: str) -> dict[bytes, int]:
 
 
 def _gptbench_cache_file() -> Path:
-    from gptbench.data import default_cache_dir
-
     return default_cache_dir() / "gpt2.tiktoken"
 
 
@@ -112,7 +112,7 @@ def gpt2_ranks(path: str | os.PathLike[str] | None = None) -> dict[bytes, int]:
     if path is not None and str(path) != "":
         blob = read_file_bytes(Path(path).expanduser(), where=f"gpt2:{path}")
         return _checked(blob, f"gpt2:{path}")
-    env = os.environ.get(ENV_RANKS)
+    env = paths.env(ENV_RANKS)
     if env:
         p = Path(env).expanduser()
         if not p.is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,40 +30,71 @@ def parse_bpe_size(arg: str) -> int | None:
     return int(a) if a.isdigit() else None
 
 
-def build_tokenizer(spec: str, corpus_text: Callable[[], str] | None = None) -> Tokenizer:
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A parsed `--tokenizer` value: the one place the spec grammar is read.
+
+    `kind` is char | byte | gpt2 | bpe; `path` is set for gpt2:PATH and bpe:PATH, `size`
+    for bpe:N. `trains_on_corpus` says whether building it needs the corpus (char, bpe:N).
+    """
+
+    text: str
+    kind: str
+    path: Path | None = None
+    size: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str | None) -> "TokenizerSpec":
+        text = (spec or "").strip()
+        kind, sep, arg = text.partition(":")
+        kind = kind.lower()
+        if kind in ("char", "byte") and not sep:
+            return cls(text, kind)
+        if kind == "gpt2":
+            if sep and not arg:
+                raise UserError("gpt2: needs a path after the colon (gpt2:PATH), or use plain gpt2")
+            return cls(text, kind, path=Path(arg).expanduser() if arg else None)
+        if kind == "bpe" and sep and arg:
+            size = parse_bpe_size(arg)
+            if size is not None:
+                from gptbench.tokenizers.bpe import check_vocab_size
+
+                check_vocab_size(size)
+                return cls(text, kind, size=size)
+            return cls(text, kind, path=Path(arg).expanduser())
+        raise _unknown(text)
+
+    @property
+    def trains_on_corpus(self) -> bool:
+        return self.kind == "char" or self.size is not None
+
+
+def build_tokenizer(spec: "str | TokenizerSpec", corpus_text: Callable[[], str] | None = None) -> Tokenizer:
     """A tokenizer from its spec; `char` and `bpe:N` read the corpus through `corpus_text()`."""
-    spec = (spec or "").strip()
-    kind, sep, arg = spec.partition(":")
-    kind = kind.lower()
-    if kind == "char" and not sep:
+    s = spec if isinstance(spec, TokenizerSpec) else TokenizerSpec.parse(spec)
+    if s.kind == "char":
         if corpus_text is None:
             raise UserError("the char tokenizer builds its vocabulary from the corpus, but none was given; pass --data")
         from gptbench.tokenizers.char import CharTokenizer
 
         return CharTokenizer.from_text(corpus_text())
-    if kind == "byte" and not sep:
+    if s.kind == "byte":
         from gptbench.tokenizers.byte import ByteTokenizer
 
         return ByteTokenizer()
-    if kind == "gpt2":
+    if s.kind == "gpt2":
         from gptbench.tokenizers.gpt2 import load_gpt2
 
-        if sep and not arg:
-            raise UserError("gpt2: needs a path after the colon (gpt2:PATH), or use plain gpt2")
-        return load_gpt2(arg or None)
-    if kind == "bpe" and sep and arg:
-        size = parse_bpe_size(arg)
-        if size is not None:
-            from gptbench.tokenizers.bpe import check_vocab_size, train_bpe
+        return load_gpt2(s.path)
+    if s.size is not None:
+        if corpus_text is None:
+            raise UserError(f"bpe:{s.size} trains on the corpus, but none was given; pass --data or bpe:PATH")
+        from gptbench.tokenizers.bpe import train_bpe
+        from gptbench.tokenizers.pieces import split_text
 
-            check_vocab_size(size)
-            if corpus_text is None:
-                raise UserError(f"bpe:{size} trains on the corpus, but none was given; pass --data or bpe:PATH")
-            from gptbench.tokenizers.pieces import split_text
-
-            return train_bpe(split_text(corpus_text(), 1 << 16), size)
-        return load_bpe_path(Path(arg).expanduser(), shown=f"bpe:{arg}")
-    raise _unknown(spec)
+        return train_bpe(split_text(corpus_text(), 1 << 16), s.size)
+    assert s.path is not None
+    return load_bpe_path(s.path, shown=s.text)
 
 
 def load_bpe_path(path: Path, *, shown: str | None = None) -> Tokenizer:

@@ -7,13 +7,15 @@ resumed, compared or reproduced without the command line that started it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from gptbench.backends.config import ConfigError, GPTConfig
-from gptbench.errors import UserError
+from gptbench.backends.base import OptimConfig
+from gptbench.backends.spec import GPTConfig
+from gptbench.errors import ConfigError, UserError, reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,17 @@ class TrainConfig:
     val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{f.name.replace('_', '-')} must be true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{f.name.replace('_', '-')} must be a number, got {value!r}")
+            elif f.type == "int" and not isinstance(value, int):
+                raise ConfigError(f"{f.name.replace('_', '-')} must be an integer, got {value!r}")
+            elif not math.isfinite(value):
+                raise ConfigError(f"{f.name.replace('_', '-')} must be a finite number, got {value!r}")
         positive = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval")
         for name in positive:
             v = getattr(self, name)
@@ -61,20 +74,23 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown train config key(s): {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}"
-            )
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a train config must be a JSON/TOML table, got {type(data).__name__}")
+        reject_unknown_keys("train config", data, TRAIN_KEYS)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def optim_config(self) -> OptimConfig:
+        """The optimizer's hyperparameters, taken from here: the one source of their defaults."""
+        return OptimConfig(weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2, grad_clip=self.grad_clip)
+
     def tokens_per_step(self, block_size: int) -> int:
         return self.batch_size * self.grad_accum * block_size
 
+
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 # Presets set model shape and training hyperparameters; vocab_size always comes from the
 # tokenizer. `tiny` is nanoGPT's CPU shakespeare_char command, `small` its GPU config.
@@ -127,22 +143,15 @@ class RunConfig:
     backend: str = "auto"
     device: str = "auto"
     dtype: str = "auto"
-    compile: bool = False
+    compile: bool | None = None  # None = the backend's default (see Backend.default_compile)
     name: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    command: str | None = None  # the command line that created the run, for the record
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig.from_dict({**self.model, "vocab_size": vocab_size})
 
 
-def _check_keys(section: str, data: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"unknown {section} key(s): {', '.join(unknown)}; valid keys are {', '.join(sorted(allowed))}")
-
-
 MODEL_KEYS = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
-TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -153,9 +162,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot parse {p}: {exc}") from None
-    _check_keys("config-file", data, {"preset", "model", "train", *RUN_KEYS})
-    _check_keys("[model]", data.get("model", {}), MODEL_KEYS)
-    _check_keys("[train]", data.get("train", {}), TRAIN_KEYS)
+    reject_unknown_keys("config-file", data, {"preset", "model", "train", *RUN_KEYS})
+    reject_unknown_keys("[model]", data.get("model", {}), MODEL_KEYS)
+    reject_unknown_keys("[train]", data.get("train", {}), TRAIN_KEYS)
     return data
 
 
@@ -177,8 +186,8 @@ def resolve_run_config(
     train.update(PRESETS[preset]["train"])
     model.update(toml.get("model", {}))
     train.update(toml.get("train", {}))
-    _check_keys("model", model_flags or {}, MODEL_KEYS)
-    _check_keys("train", train_flags or {}, TRAIN_KEYS)
+    reject_unknown_keys("model", model_flags or {}, MODEL_KEYS)
+    reject_unknown_keys("train", train_flags or {}, TRAIN_KEYS)
     model.update({k: v for k, v in (model_flags or {}).items() if v is not None})
     train.update({k: v for k, v in (train_flags or {}).items() if v is not None})
     run = {k: toml[k] for k in RUN_KEYS if k in toml}

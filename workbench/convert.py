@@ -12,18 +12,16 @@ Targets:
                tokenizer, so `gptbench sample --run DST` works.
   hf           a folder loadable by `transformers.GPT2LMHeadModel.from_pretrained`.
 
-Every output is staged beside its destination, verified by reloading it and comparing its
-logits with the source's on a fixed batch, and only then renamed into place; an existing
-destination is replaced only with `force`. Nothing is left behind on failure.
+Every output is staged beside its destination (`fsutil.atomic_path` / `atomic_dir`, or a
+staged run from `RunWriter.stage`), verified by reloading it and comparing its logits with
+the source's on a fixed batch, and only then renamed into place; an existing destination
+is replaced only with `force`. Nothing is left behind on failure. Files are written by
+`backends/weights.py`, the one owner of the safetensors format.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import struct
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,20 +29,21 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from gptbench.backends.config import GPTConfig, format_params
+from gptbench.backends.spec import GPTConfig, format_params
+from gptbench.backends.weights import FLOAT_DTYPES
 from gptbench.errors import UserError
+from gptbench.fsutil import atomic_dir, atomic_path, atomic_write_json
 
 if TYPE_CHECKING:
     from gptbench.runstore import Run, RunStore
     from gptbench.tokenizers.base import Tokenizer
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = FLOAT_DTYPES
 TARGETS = ("torch", "mlx", "hf")
 SOURCE_KINDS = ("auto", "run", "weights", "hf")
 # Largest allowed |logit difference| after a round trip, relative to max(1, max |logit|):
 # float32 must reproduce the source; the half types only have to be close.
 TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
-_ST_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
 @dataclass
@@ -138,99 +137,6 @@ def _f32(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
 
 
-# ---- writing --------------------------------------------------------------------------
-def bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even; NaN stays NaN."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = np.isnan(x)
-    if nan.any():
-        rounded[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)  # keep a quiet NaN
-    return rounded
-
-
-def write_safetensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str], dtype: str) -> int:
-    """Write float tensors as `dtype` (F32, F16 or BF16) and fsync; returns the size.
-
-    Not atomic by itself: callers write into a staging location and rename it.
-    """
-    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
-    blobs, offset = [], 0
-    for name in sorted(tensors):
-        arr = np.asarray(tensors[name], dtype=np.float32)
-        if dtype == "bfloat16":
-            data = bf16_bits(arr).tobytes()
-        else:
-            data = np.ascontiguousarray(arr.astype(np.float16 if dtype == "float16" else np.float32)).tobytes()
-        header[name] = {"dtype": _ST_DTYPE[dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)))
-        f.write(raw)
-        for blob in blobs:
-            f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    return 8 + len(raw) + offset
-
-
-def _write_json(path: Path, obj: object) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fix_modes(stage: Path) -> None:
-    """mkstemp/mkdtemp create owner-only entries; give the output the usual umask modes."""
-    mask = _umask()
-    if stage.is_dir():
-        os.chmod(stage, 0o777 & ~mask)
-        for sub in stage.rglob("*"):
-            os.chmod(sub, (0o777 if sub.is_dir() else 0o666) & ~mask)
-    else:
-        os.chmod(stage, 0o666 & ~mask)
-
-
-def _install(stage: Path, dst: Path) -> None:
-    """Move a verified staging file or folder onto `dst`, replacing it if it exists."""
-    _fix_modes(stage)
-    if dst.is_dir() and not dst.is_symlink():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.rename(dst, old)
-        try:
-            os.rename(stage, dst)
-        except BaseException:
-            os.rename(old, dst)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(stage, dst)
-    _fsync_dir(dst.parent)
-
-
 # ---- verification ---------------------------------------------------------------------
 def fixed_batch(config: GPTConfig, batch: int = 2, length: int = 32) -> np.ndarray:
     rng = np.random.default_rng(0)
@@ -313,54 +219,52 @@ def _check_target(dst: Path, force: bool, what: str) -> None:
             raise UserError(f"{dst} exists and is not a folder; remove it or choose another destination")
 
 
-def _stage_dir(dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+def _weights_meta(source: Source, dtype: str) -> dict[str, str]:
+    return {"converted_from": source.label, "step": str(source.step)}
 
 
-def _weights_meta(config: GPTConfig, source: Source, dtype: str) -> dict[str, str]:
-    from gptbench.backends.weights import weights_metadata
+def _writable(dst: Path) -> None:
+    """One line for an output folder that cannot be written, before any work is done."""
+    parent = dst.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK) or _read_only_mount(parent):
+        raise UserError(f"cannot write to {parent} (read-only or no permission); choose another destination")
 
-    return weights_metadata(config, converted_from=source.label, dtype=dtype, step=str(source.step))
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _to_weights(source: Source, dst: Path, dtype: str, force: bool, to: str, verify_on: str, device: str) -> ConvertResult:
-    from gptbench.backends.weights import load_weights
+    from gptbench.backends.weights import load_weights, save_weights
 
     _check_target(dst, force, "file")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    stage = Path(tmp)
-    try:
-        size = write_safetensors(stage, source.tensors, _weights_meta(source.config, source, dtype), dtype)
-        config, tensors = load_weights(stage)
+    _writable(dst)
+    with atomic_path(dst) as staged:  # renamed onto dst only after verification passes
+        size = save_weights(staged, source.config, source.tensors, dtype=dtype, **_weights_meta(source, dtype))
+        config, tensors = load_weights(staged)
         diff, where, shape = _verify(source, config, tensors, dtype, verify_on, device)
-        _install(stage, dst)
-    except BaseException:
-        stage.unlink(missing_ok=True)
-        raise
     return ConvertResult(dst, to, "weights file", dtype, diff, where, len(tensors), size, shape)
 
 
 def _to_hf(source: Source, dst: Path, dtype: str, force: bool, verify_on: str, device: str) -> ConvertResult:
     from gptbench.backends.hf import config_to_hf, load_hf_folder, to_hf
+    from gptbench.backends.weights import save_tensors
 
     _check_target(dst, force, "folder")
-    stage = _stage_dir(dst)
-    try:
+    _writable(dst)
+    with atomic_dir(dst, replace=force) as stage:
         hf_tensors = to_hf(source.config, source.tensors)
-        size = write_safetensors(stage / "model.safetensors", hf_tensors, {"format": "pt"}, dtype)
-        _write_json(stage / "config.json", config_to_hf(source.config, dtype))
+        size = save_tensors(stage / "model.safetensors", hf_tensors, {"format": "pt"}, dtype=dtype)
+        atomic_write_json(stage / "config.json", config_to_hf(source.config, dtype))
         config, tensors, _ = load_hf_folder(stage)
         # The HF config has no dropout; compare like with like.
         config = config.replace(dropout=source.config.dropout)
         diff, where, shape = _verify(source, config, tensors, dtype, verify_on, device)
-        _fsync_dir(stage)
-        _install(stage, dst)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return ConvertResult(dst, "hf", "Hugging Face folder", dtype, diff, where, len(hf_tensors), size, shape)
 
 
@@ -395,34 +299,30 @@ def _preset_of(config: GPTConfig) -> str:
 
 
 def _to_run(source: Source, name: str, dtype: str, force: bool, to: str, verify_on: str, device: str, store: "RunStore", tokenizer: str | None) -> ConvertResult:
+    from gptbench.backends.base import create_backend
     from gptbench.backends.weights import load_weights
     from gptbench.config import TrainConfig
-    from gptbench.runstore import RUN_FORMAT_VERSION, Run, validate_run_name
+    from gptbench.runstore import RUN_FORMAT_VERSION, RunState, RunWriter, validate_run_name
+    from gptbench.runstore.format import software_versions
     from gptbench.tokenizers.registry import load_tokenizer
-    from gptbench.train import package_versions
 
     if os.sep in name or (os.altsep and os.altsep in name):
         raise UserError(f"destination {name!r} is neither a run name nor a .safetensors file; give a run name or a path ending in .safetensors")
     run = store.run(validate_run_name(name))
-    if run.path.exists():
-        if not force:
-            raise UserError(f"run {name!r} already exists in {store.root}; pass --force to overwrite it or choose another name")
-        if run.live_state() == "running":
-            raise UserError(f"run {name!r} is training; stop it before overwriting it")
+    if run.path.exists() and not force:
+        raise UserError(f"run {name!r} already exists in {store.root}; pass --force to overwrite it or choose another name")
     tok = _run_tokenizer(source, tokenizer)
-    store.root.mkdir(parents=True, exist_ok=True)
-    stage = _stage_dir(run.path)
+    _writable(store.root / name)
+    writer = RunWriter.stage(store.root, name)
     try:
-        staged = Run(stage)
-        staged.checkpoints_dir.mkdir()
-        step = source.step
-        ckpt = staged.checkpoints_dir / f"step-{step}.safetensors"
-        size = write_safetensors(ckpt, source.tensors, _weights_meta(source.config, source, dtype), dtype)
-        _write_json(staged.index_path, [{"step": step, "val_loss": None}])
-        tok.save(stage)
-        now = time.time()
-        cfg = source.config
-        _write_json(staged.config_path, {
+        step, cfg, now = source.step, source.config, time.time()
+        writer.save_tokenizer(tok)
+        ckpt = writer.save_checkpoint(step, cfg, source.tensors, None, None, val_loss=None, keep_last=1, dtype=dtype,
+                                      converted_from=source.label)
+        config, tensors = load_weights(ckpt.path)
+        load_tokenizer(writer.path)  # the run's tokenizer reloads on its own
+        diff, where, shape = _verify(source, config, tensors, dtype, verify_on, device)
+        writer.write_config({
             "format_version": RUN_FORMAT_VERSION,
             "name": name,
             "created": now,
@@ -430,34 +330,27 @@ def _to_run(source: Source, name: str, dtype: str, force: bool, to: str, verify_
             "model": cfg.to_dict(),
             "train": TrainConfig(max_iters=max(1, step)).to_dict(),
             "data": {"spec": None, "name": f"converted from {source.label}"},
-            "tokenizer": {"spec": tok.spec, "kind": tok.kind, "vocab_size": tok.vocab_size},
+            "tokenizer": {"spec": tok.spec, "kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()},
             "backend": verify_on,
-            "device": device,
+            "device": where.rpartition(" on ")[2],
             "device_request": device,
             "dtype": dtype,
-            "compile": False,
+            "compile": None,
             "params": cfg.num_params(),
             "param_breakdown": cfg.param_breakdown(),
-            "versions": package_versions(),
+            "versions": software_versions(),
             "command": "convert",
             "converted_from": {"source": source.label, "kind": source.kind, "dtype": dtype},
         })
-        _write_json(staged.status_path, {
-            "state": "finished", "pid": None, "heartbeat": now, "started": now, "step": step,
-            "max_iters": max(1, step), "best_val_loss": None, "tokens_per_sec": None, "elapsed": 0.0,
-        })
-        with open(staged.log_path, "w", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} converted from {source.label} ({source.kind}) as {dtype}\n")
-        config, tensors = load_weights(ckpt)
-        load_tokenizer(stage)  # the run's tokenizer reloads on its own
-        diff, where, shape = _verify(source, config, tensors, dtype, verify_on, device)
-        _fsync_dir(staged.checkpoints_dir)
-        _fsync_dir(stage)
-        _install(stage, run.path)
+        writer.set_status(RunState.FINISHED, pid=None, heartbeat=now, started=now, step=step, max_iters=max(1, step),
+                          best_val_loss=None, tokens_per_sec=None, elapsed=0.0)
+        writer.log(f"converted from {source.label} ({source.kind}) as {dtype}")
+        size = ckpt.path.stat().st_size
+        path = writer.commit(replace=force).path
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        writer.discard()
         raise
-    return ConvertResult(run.path, to, "run", dtype, diff, where, len(tensors), size, shape)
+    return ConvertResult(path, to, "run", dtype, diff, where, len(tensors), size, shape)
 
 
 def describe_source(source: Source) -> str:

@@ -1,10 +1,19 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file."""
+"""Atomic file writes: a reader (or a crash) never sees a half-written file.
+
+Crash points for fault-injection tests: with `GPTBENCH_FAULT_KILL=before:N` (or `after:N`)
+the process sends itself SIGKILL just before (after) the N-th rename of an atomically
+written `.safetensors` file, the moments a checkpoint is most fragile. Unset, it costs one
+comparison per write.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +28,22 @@ def _default_mode() -> int:
 
 
 _FILE_MODE = _default_mode()
+_DIR_MODE = _FILE_MODE | ((_FILE_MODE & 0o444) >> 2)  # rw-r--r-- -> rwxr-xr-x
+TMP_DIR_SUFFIX = ".tmpdir"
+
+
+def _fault_plan() -> tuple[str, int] | None:
+    when, _, n = (os.environ.get("GPTBENCH_FAULT_KILL") or "").partition(":")
+    return (when, int(n)) if when in ("before", "after") and n.isdigit() else None
+
+
+_FAULT = _fault_plan()
+_renames = 0
+
+
+def _crash_point(target: Path, when: str) -> None:
+    if _FAULT is not None and target.suffix == ".safetensors" and _FAULT == (when, _renames):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -37,20 +62,42 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        global _renames
+        _renames += target.suffix == ".safetensors"
+        _crash_point(target, "before")
         os.replace(tmp_path, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
+        _crash_point(target, "after")
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def cleanup_on_error(*dirs: Path) -> Iterator[None]:
+    """On error, remove the folders among `dirs` (and their parents) that this call
+    created and that are still empty; folders that existed before are never touched."""
+    created = []
+    for d in dirs:
+        for p in [d, *d.parents]:
+            if not p.exists():
+                created.append(p)
+    try:
+        yield
+    except BaseException:
+        for p in sorted(created, key=lambda q: len(q.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only succeeds if empty
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -64,3 +111,45 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, replace: bool = False) -> Iterator[Path]:
+    """Yield an empty folder beside `path`; on success give it the usual modes, fsync it
+    and move it onto `path` (an existing folder there is swapped out only with `replace`).
+    On any exception the staging folder is removed and `path` is left untouched."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TMP_DIR_SUFFIX, dir=target.parent))
+    try:
+        yield stage
+        os.chmod(stage, _DIR_MODE)  # mkdtemp makes it owner-only
+        for sub in stage.rglob("*"):
+            if sub.is_dir():
+                os.chmod(sub, _DIR_MODE)
+                fsync_dir(sub)
+        fsync_dir(stage)
+        _swap_in(stage, target, replace)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _swap_in(stage: Path, target: Path, replace: bool) -> None:
+    if target.exists() or target.is_symlink():
+        if not replace:
+            raise FileExistsError(errno.EEXIST, "already exists", str(target))
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.rename(target, old)
+        try:
+            os.rename(stage, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    else:
+        os.rename(stage, target)
+    fsync_dir(target.parent)

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gptbench.backends.base import Backend, create_backend
-from gptbench.backends.weights import load_weights
+from gptbench.backends.base import Backend, backend_class, check_memory, create_backend
+from gptbench.backends.spec import format_params
+from gptbench.backends.weights import load_weights, read_config
 from gptbench.errors import UserError
-from gptbench.runstore import RunStore
+from gptbench.runstore import CorruptRunError, Run, RunStore
 
 if TYPE_CHECKING:
     from gptbench.tokenizers.base import Tokenizer
@@ -47,22 +48,35 @@ def load_model(
     device: str = "auto",
     dtype: str = "float32",
 ) -> LoadedModel:
-    from gptbench.tokenizers.registry import load_tokenizer
-
     if (run is None) == (weights is None):
         raise UserError("give exactly one of --run NAME or --weights FILE.safetensors")
     if run is not None:
         r = store.existing(run)
         ck = r.checkpoint(checkpoint)
-        path, tok = ck.path, (load_tokenizer_spec(tokenizer) if tokenizer else load_tokenizer(r.path))
-        source = f"{r.name}@step-{ck.step}"
+        path, source = ck.path, f"{r.name}@step-{ck.step}"
+        tok = load_tokenizer_spec(tokenizer) if tokenizer else load_run_tokenizer(r)
     else:
         if not tokenizer:
             raise UserError("--weights needs --tokenizer (gpt2, byte, bpe:PATH, or a run folder / tokenizer.json)")
         path, tok, source = Path(weights), load_tokenizer_spec(tokenizer), str(weights)
+    config = read_config(path)
+    check_memory(config.inference_bytes(), backend_class(backend).available_memory(device),
+                 f"loading this {format_params(config.num_params())}-parameter model", "use a machine with more memory")
     config, tensors = load_weights(path)
     if tok.vocab_size > config.vocab_size:
         raise UserError(f"tokenizer has {tok.vocab_size} tokens but the model only {config.vocab_size}; pick the tokenizer the model was trained with")
     be = create_backend(config, backend, device=device, dtype=dtype)
     be.set_weights(tensors)
     return LoadedModel(be, tok, source)
+
+
+def load_run_tokenizer(run: Run) -> "Tokenizer":
+    """A run's saved tokenizer, checked against the fingerprint its config recorded, so an
+    edited tokenizer.json (a shifted vocabulary) is refused instead of decoding garbage."""
+    from gptbench.tokenizers.registry import load_tokenizer
+
+    tok = load_tokenizer(run.path)
+    fingerprint = run.config()["tokenizer"].get("fingerprint")
+    if fingerprint is not None and tok.fingerprint() != fingerprint:
+        raise CorruptRunError(f"{run.tokenizer_path} differs from the tokenizer run {run.name!r} was trained with (edited or damaged); restore it from a backup")
+    return tok

@@ -1,38 +1,48 @@
 """The backend-agnostic training loop.
 
-It owns the schedule, batching, evaluation, checkpointing and the run directory; the
-backend owns the model and optimizer. Seeded and deterministic on CPU: the batch RNG, the
-optimizer moments and the framework RNG are all checkpointed, so a resumed run continues
-with exactly the losses an uninterrupted one would have had.
+It owns the schedule, batching, evaluation and checkpoint timing; the backend owns the
+model and optimizer; the run directory is written through `RunWriter` alone. Seeded and
+deterministic on CPU: the batch RNG, the optimizer moments and the framework RNG are all
+checkpointed, so a resumed run continues with exactly the losses an uninterrupted one
+would have had.
 
-Eval batches come from their own generator (seeded once per run), so evaluating never
-moves the training batch stream, and eval losses are comparable across steps.
+A trainer claims its run before it reads any data, and everything it loads to resume is
+validated first, so a damaged file, a changed corpus or an edited tokenizer is one line,
+never a traceback or a silently different run. Eval batches come from their own generator
+(seeded once per run), so evaluating never moves the training batch stream.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
 import signal
-import socket
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
-from gptbench.backends.base import Backend, OptimConfig, create_backend, resolve_backend_name
-from gptbench.backends.config import GPTConfig, format_params
+from gptbench.backends.base import Backend, backend_class, check_memory, create_backend, resolve_backend_name
 from gptbench.backends.sampling import SamplingParams
-from gptbench.backends.weights import WeightsError, load_tensors, load_weights, save_tensors, save_weights
+from gptbench.backends.spec import GPTConfig, format_params
+from gptbench.backends.weights import WeightsError, load_weights
 from gptbench.config import MODEL_KEYS, RunConfig, TrainConfig
-from gptbench.errors import UserError
-from gptbench.fsutil import atomic_write_json
-from gptbench.runstore import RUN_FORMAT_VERSION, Run, RunLock, RunStore
-
-HEARTBEAT_INTERVAL_S = 2.0
+from gptbench.errors import ConfigError, UserError
+from gptbench.runstore import (
+    HEARTBEAT_INTERVAL_S,
+    RUN_FORMAT_VERSION,
+    CorruptRunError,
+    EvalRecord,
+    Run,
+    RunState,
+    RunStore,
+    RunWriter,
+    SampleRecord,
+    TrainRecord,
+    load_training_state,
+)
+from gptbench.runstore.format import record_dict, software_versions
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
@@ -64,9 +74,16 @@ class QuietReporter:
     def finish(self) -> None: ...
 
 
+class Diverged(UserError):
+    """The loss stopped being a finite number."""
+
+
 class _StopFlag:
-    """SIGINT/SIGTERM ask for a graceful stop at the next step boundary (checkpoint, status
-    `stopped`); a second SIGINT interrupts at once."""
+    """SIGINT, SIGTERM and SIGHUP (the terminal closing) ask for a graceful stop at the next
+    step boundary: a checkpoint, then status `stopped`. A second SIGINT aborts at once; the
+    final status is still written. A signal the parent set to be ignored (nohup) stays so."""
+
+    MESSAGE = b"\ngptbench: stopping after this step (a checkpoint is saved); press Ctrl-C again to abort\n"
 
     def __init__(self) -> None:
         self.requested = False
@@ -75,15 +92,23 @@ class _StopFlag:
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not self.requested and signum == signal.SIGINT:
+            os.write(2, self.MESSAGE)  # async-signal-safe, unlike print()
         self.requested = True
 
     def __enter__(self) -> "_StopFlag":
         try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handler)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._old[sig] = signal.signal(sig, self._handler)
         except ValueError:  # not the main thread (tests): no signal handling
             self._old.clear()
         return self
+
+    def quiet(self) -> None:
+        """Ignore further Ctrl-C while the final status is written."""
+        if self._old:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
@@ -98,16 +123,14 @@ class TrainOutcome:
     best_val_loss: float | None
 
 
-def package_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for pkg in ("gptbench", "numpy", "torch", "mlx", "tiktoken"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
+def _check_fits(model_cfg: GPTConfig, t: TrainConfig, backend_name: str, device: str) -> None:
+    available = backend_class(backend_name).available_memory(device)
+    check_memory(
+        model_cfg.training_bytes(t.batch_size), available,
+        f"training this {format_params(model_cfg.num_params())}-parameter model with --batch-size {t.batch_size} "
+        f"and --block-size {model_cfg.block_size}",
+        "use a smaller model (--n-layer, --n-embd) or a smaller --batch-size (raise --grad-accum to keep the batch)",
+    )
 
 
 class Trainer:
@@ -115,23 +138,22 @@ class Trainer:
 
     def __init__(
         self,
-        run: Run,
+        writer: RunWriter,
         cfg: RunConfig,
         model_cfg: GPTConfig,
         data: Any,
         backend: Backend,
-        lock: RunLock,
         reporter: Reporter,
         start_step: int = 0,
         created: float | None = None,
     ) -> None:
-        self.run = run
+        self.writer = writer
+        self.run = writer.run
         self.cfg = cfg
         self.t = cfg.train
         self.model_cfg = model_cfg
         self.data = data
         self.backend = backend
-        self.lock = lock
         self.reporter = reporter
         self.step = start_step
         self.created = created or time.time()
@@ -140,37 +162,37 @@ class Trainer:
         self.tokens_seen = 0
         self.tokens_per_sec: float | None = None
         self.batch_rng = np.random.default_rng(self.t.seed)
-        self.backend.setup_optimizer(
-            OptimConfig(weight_decay=self.t.weight_decay, beta1=self.t.beta1, beta2=self.t.beta2, grad_clip=self.t.grad_clip)
-        )
+        self.backend.setup_optimizer(self.t.optim_config())
         self._eval_batches = self._make_eval_batches()
         self._last_beat = 0.0
+        self._started = time.time()
+        self._resume_notes: list[str] = []
 
     # ---- construction ---------------------------------------------------------------
     @classmethod
     def new_run(cls, store: RunStore, cfg: RunConfig, reporter: Reporter | None = None) -> "Trainer":
+        """Claim the run's name, then prepare data and the model; the run exists (config
+        written) only once everything needed to train it has been built."""
         from gptbench.data import prepare_data
 
         reporter = reporter or QuietReporter()
         name = cfg.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run = store.run(name)
-        if run.path.exists() and any(run.path.iterdir()):
-            raise UserError(f"run {name!r} already exists in {store.root}; use --resume {name} or choose another --name")
-        backend_name = resolve_backend_name(cfg.backend)
-        cfg = replace(cfg, name=name, backend=backend_name)
-        data = prepare_data(
-            cfg.data, cfg.tokenizer, block_size=cfg.model["block_size"], val_fraction=cfg.train.val_fraction,
-            progress=reporter.log,
-        )
-        model_cfg = cfg.model_config(data.tokenizer.vocab_size)
-        backend = create_backend(model_cfg, backend_name, device=cfg.device, seed=cfg.train.seed, dtype=cfg.dtype, compile=cfg.compile)
-        lock = RunLock(run).acquire()
+        writer = RunWriter.create(store.root, name)
         try:
-            trainer = cls(run, cfg, model_cfg, data, backend, lock, reporter)
-            trainer._write_config()
-            data.tokenizer.save(run.path)
+            backend_name = resolve_backend_name(cfg.backend)
+            cfg = replace(cfg, name=name, backend=backend_name)
+            data = prepare_data(
+                cfg.data, cfg.tokenizer, block_size=cfg.model["block_size"], val_fraction=cfg.train.val_fraction,
+                progress=reporter.log,
+            )
+            model_cfg = cfg.model_config(data.tokenizer.vocab_size)
+            _check_fits(model_cfg, cfg.train, backend_name, cfg.device)
+            backend = create_backend(model_cfg, backend_name, device=cfg.device, seed=cfg.train.seed, dtype=cfg.dtype, compile=cfg.compile)
+            trainer = cls(writer, cfg, model_cfg, data, backend, reporter)
+            writer.save_tokenizer(data.tokenizer)
+            trainer._write_config()  # last: from here on the folder is a run
         except BaseException:
-            lock.release()
+            writer.abandon()
             raise
         return trainer
 
@@ -181,119 +203,145 @@ class Trainer:
         name: str,
         overrides: dict[str, Any],
         reporter: Reporter | None = None,
+        *,
+        accept_changed_data: bool = False,
     ) -> "Trainer":
-        """Continue a run from its last checkpoint. `overrides` may change training keys
-        (e.g. max_iters), backend and device; model, data and tokenizer must not change."""
+        """Continue a run from its last checkpoint (from step 0 when it has none).
+
+        `overrides` may change training keys (max_iters, lr_decay_iters, ...), backend and
+        device; model, data and tokenizer must not change. Every file is validated before
+        it is used; the corpus must hash as it did (unless `accept_changed_data`)."""
         from gptbench.data import prepare_data
-        from gptbench.tokenizers.registry import load_tokenizer
+        from gptbench.loading import load_run_tokenizer
 
         reporter = reporter or QuietReporter()
-        run = store.existing(name)
-        lock = RunLock(run).acquire()
+        writer = RunWriter.open(store.root, name)
         try:
+            run = writer.run
+            if not run.exists():
+                raise UserError(f"run {name!r} was killed while starting, before its config was written; start it again with --name {name}")
             saved = run.config()
+            where = str(run.config_path)
+            try:
+                saved_model = GPTConfig.from_dict(saved["model"])
+                train = {**saved["train"], **{k: v for k, v in overrides.get("train", {}).items() if v is not None}}
+                t = TrainConfig.from_dict(train)
+            except ConfigError as exc:
+                raise CorruptRunError(f"{where}: {exc}") from None
             conflicts = []
             for key, value in overrides.get("model", {}).items():
-                if value is not None and saved["model"].get(key) != value:
-                    conflicts.append(f"{key}={value!r} (run has {saved['model'].get(key)!r})")
+                if value is not None and getattr(saved_model, key) != value:
+                    conflicts.append(f"{key}={value!r} (run has {getattr(saved_model, key)!r})")
             for key in ("data", "tokenizer"):
                 value = overrides.get(key)
                 saved_value = saved[key].get("spec")
                 if value is not None and value != saved_value:
                     conflicts.append(f"{key}={value!r} (run has {saved_value!r})")
             if conflicts:
-                raise UserError(
-                    f"cannot resume {name!r} with a different " + ", ".join(conflicts)
-                    + "; start a new run instead"
-                )
-            ckpt = run.checkpoint("last")
-            train = dict(saved["train"])
-            train.update({k: v for k, v in overrides.get("train", {}).items() if v is not None})
-            t = TrainConfig.from_dict(train)
+                raise UserError(f"cannot resume {name!r} with a different " + ", ".join(conflicts) + "; start a new run instead")
+            ckpts = run.checkpoints()
+            ckpt = ckpts[-1] if ckpts else None
+            start = ckpt.step if ckpt else 0
+            for step, path, why in run.damaged_checkpoints():
+                if step > start:
+                    fallback = f"step {start}" if ckpt else "step 0"
+                    raise CorruptRunError(f"{why}; delete {path.name} to resume from {fallback}")
+            new_max = overrides.get("train", {}).get("max_iters")
+            if start >= t.max_iters:
+                if new_max is not None:
+                    raise UserError(f"run {name!r} is at step {start}; --max-iters {t.max_iters} would not train it further; pass a --max-iters above {start}")
+                raise UserError(f"run {name!r} already reached its --max-iters ({t.max_iters}) at step {start}; pass a larger --max-iters to train it further")
             backend_name = resolve_backend_name(overrides.get("backend") or saved["backend"])
+            device = overrides.get("device") or ("auto" if backend_name != saved["backend"] else saved.get("device_request", "auto"))
+            compile_ = overrides.get("compile")
             cfg = RunConfig(
                 preset=saved.get("preset", "tiny"),
-                model={k: v for k, v in saved["model"].items() if k in MODEL_KEYS},
+                model={k: v for k, v in saved_model.to_dict().items() if k in MODEL_KEYS},
                 train=t,
                 data=saved["data"].get("spec"),
                 tokenizer=saved["tokenizer"].get("spec", "char"),
                 backend=backend_name,
-                device=overrides.get("device") or ("auto" if backend_name != saved["backend"] else saved.get("device_request", "auto")),
+                device=device,
                 dtype=overrides.get("dtype") or saved.get("dtype", "auto"),
-                compile=bool(overrides.get("compile") or saved.get("compile", False)),
+                compile=compile_ if compile_ is not None else saved.get("compile"),
                 name=name,
+                command=saved.get("command"),
             )
-            tokenizer = load_tokenizer(run.path)
-            data = prepare_data(cfg.data, cfg.tokenizer, block_size=cfg.model["block_size"], val_fraction=t.val_fraction, tokenizer=tokenizer, progress=reporter.log)
-            model_cfg, weights = load_weights(ckpt.path)
-            backend = create_backend(model_cfg, backend_name, device=cfg.device, seed=t.seed, dtype=cfg.dtype, compile=cfg.compile)
-            backend.set_weights(weights)
-            trainer = cls(run, cfg, model_cfg, data, backend, lock, reporter, start_step=ckpt.step, created=saved.get("created"))
-            trainer._load_state(ckpt.state_path)
+            tokenizer = load_run_tokenizer(run)
+            data = prepare_data(cfg.data, cfg.tokenizer, block_size=saved_model.block_size, val_fraction=t.val_fraction, tokenizer=tokenizer, progress=reporter.log)
+            saved_sha, sha = saved["data"].get("sha256"), data.info.get("sha256")
+            if saved_sha and sha != saved_sha and not accept_changed_data:
+                raise UserError(
+                    f"the corpus {cfg.data or 'default'} changed since run {name!r} was trained on it (sha256 {saved_sha[:12]}... is now {str(sha)[:12]}...); "
+                    "restore it, or pass --accept-changed-data to continue on the new text"
+                )
+            if ckpt is not None:
+                try:
+                    model_cfg, weights = load_weights(ckpt.path)
+                except WeightsError as exc:
+                    raise CorruptRunError(f"{exc}; delete {ckpt.path.name} to resume from the checkpoint before it") from None
+                if model_cfg.replace(dropout=saved_model.dropout) != saved_model:
+                    raise CorruptRunError(f"{ckpt.path} holds a different model than {where} describes")
+            else:
+                model_cfg, weights = saved_model, None
+            _check_fits(model_cfg, t, backend_name, device)
+            backend = create_backend(model_cfg, backend_name, device=device, seed=t.seed, dtype=cfg.dtype, compile=cfg.compile)
+            trainer = cls(writer, cfg, model_cfg, data, backend, reporter, start_step=start, created=saved.get("created"))
+            if ckpt is not None:
+                backend.set_weights(weights)
+                trainer._install(load_training_state(ckpt, backend.optimizer_state_shapes(), backend.rng_state_shapes(), backend.name))
+                trainer._resume_notes.append(f"resuming {name} at step {start} of {t.max_iters}")
+            else:
+                trainer._resume_notes.append(f"run {name} has no complete checkpoint: training it again from step 0 with its saved config")
+            trainer._resume_notes.extend(_schedule_notes(start, t, saved["train"]))
+            if sha != saved_sha and saved_sha:
+                trainer._resume_notes.append("the corpus changed since the run started; continuing on the new text (--accept-changed-data)")
+            writer.rewind(start)
             trainer._write_config()
         except BaseException:
-            lock.release()
+            writer.close()
             raise
         return trainer
 
-    # ---- run directory ----------------------------------------------------------------
+    # ---- the run directory ------------------------------------------------------------
     def _write_config(self) -> None:
-        cfg = self.cfg
-        atomic_write_json(
-            self.run.config_path,
-            {
-                "format_version": RUN_FORMAT_VERSION,
-                "name": self.run.name,
-                "created": self.created,
-                "preset": cfg.preset,
-                "model": self.model_cfg.to_dict(),
-                "train": cfg.train.to_dict(),
-                "data": {**self.data.info, "spec": cfg.data},
-                "tokenizer": {"spec": cfg.tokenizer, "kind": self.data.tokenizer.kind, "vocab_size": self.data.tokenizer.vocab_size},
-                "backend": self.backend.name,
-                "device": self.backend.device,
-                "device_request": cfg.device,
-                "dtype": cfg.dtype,
-                "compile": cfg.compile,
-                "params": self.model_cfg.num_params(),
-                "param_breakdown": self.model_cfg.param_breakdown(),
-                "versions": package_versions(),
-                "command": cfg.extra.get("command"),
-            },
-        )
+        cfg, tok = self.cfg, self.data.tokenizer
+        self.writer.write_config({
+            "format_version": RUN_FORMAT_VERSION,
+            "name": self.run.name,
+            "created": self.created,
+            "preset": cfg.preset,
+            "model": self.model_cfg.to_dict(),
+            "train": cfg.train.to_dict(),
+            "data": {**self.data.info, "spec": cfg.data},
+            "tokenizer": {"spec": cfg.tokenizer, "kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()},
+            "backend": self.backend.name,
+            "device": self.backend.device,
+            "device_request": cfg.device,
+            "dtype": cfg.dtype,
+            "compile": self.backend.compile,
+            "params": self.model_cfg.num_params(),
+            "param_breakdown": self.model_cfg.param_breakdown(),
+            "versions": software_versions(),
+            "command": cfg.command,
+        })
 
-    def _status(self, state: str, **extra: Any) -> None:
-        atomic_write_json(
-            self.run.status_path,
-            {
-                "state": state,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "heartbeat": time.time(),
-                "started": self._started,
-                "step": self.step,
-                "max_iters": self.t.max_iters,
-                "best_val_loss": self.best_val_loss,
-                "tokens_per_sec": self.tokens_per_sec,
-                "elapsed": self.elapsed,
-                **extra,
-            },
+    def _status(self, state: RunState, **extra: Any) -> None:
+        self.writer.set_status(
+            state, started=self._started, step=self.step, max_iters=self.t.max_iters, best_val_loss=self.best_val_loss,
+            tokens_per_sec=self.tokens_per_sec, elapsed=self.elapsed, **extra,
         )
-
-    def _metric(self, record: dict[str, Any]) -> None:
-        with open(self.run.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
 
     def _log(self, message: str) -> None:
-        with open(self.run.log_path, "a", encoding="utf-8") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        self.writer.log(message)
         self.reporter.log(message)
 
-    # ---- checkpoints --------------------------------------------------------------------
+    def _record(self, record: TrainRecord | EvalRecord | SampleRecord) -> None:
+        self.writer.append_metric(record)
+        self.reporter.update(self.step, record_dict(record))
+
+    # ---- checkpoints ------------------------------------------------------------------
     def _save_checkpoint(self, val_loss: float | None) -> None:
-        ckdir = self.run.checkpoints_dir
-        weights_path = ckdir / f"step-{self.step}.safetensors"
-        save_weights(weights_path, self.model_cfg, self.backend.get_weights(), step=str(self.step))
         opt_tensors, opt_meta = self.backend.get_optimizer_state()
         rng = {f"rng.{k}": v for k, v in self.backend.get_rng_state().items()}
         trainer_state = {
@@ -305,35 +353,20 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "elapsed": self.elapsed,
         }
-        save_tensors(ckdir / f"step-{self.step}.state.safetensors", {**opt_tensors, **rng}, {"trainer": json.dumps(trainer_state)})
-        index = [{"step": c.step, "val_loss": c.val_loss} for c in self.run.checkpoints() if c.step != self.step]
-        index.append({"step": self.step, "val_loss": val_loss})
-        index.sort(key=lambda e: e["step"])
-        keep = {e["step"] for e in index[-max(1, self.t.keep_last) :]}
-        with_val = [e for e in index if e["val_loss"] is not None]
-        if with_val:
-            keep.add(min(with_val, key=lambda e: e["val_loss"])["step"])
-        atomic_write_json(self.run.index_path, [e for e in index if e["step"] in keep])
-        for e in index:
-            if e["step"] not in keep:
-                for suffix in (".safetensors", ".state.safetensors"):
-                    (ckdir / f"step-{e['step']}{suffix}").unlink(missing_ok=True)
+        self.writer.save_checkpoint(
+            self.step, self.model_cfg, self.backend.get_weights(), {**opt_tensors, **rng}, trainer_state,
+            val_loss=val_loss, keep_last=self.t.keep_last,
+        )
 
-    def _load_state(self, path: Any) -> None:
-        try:
-            tensors, meta = load_tensors(path)
-            state = json.loads(meta["trainer"])
-        except (KeyError, json.JSONDecodeError):
-            raise WeightsError(f"{path} is not a gptbench trainer state file") from None
-        rng = {k[len("rng.") :]: v for k, v in tensors.items() if k.startswith("rng.")}
-        opt = {k: v for k, v in tensors.items() if not k.startswith("rng.")}
-        self.backend.set_optimizer_state(opt, state.get("optimizer", {}))
-        if state.get("backend") == self.backend.name:
-            self.backend.set_rng_state(rng)  # framework RNGs do not translate across backends
-        self.batch_rng.bit_generator.state = state["batch_rng"]
-        self.best_val_loss = state.get("best_val_loss")
-        self.tokens_seen = int(state.get("tokens_seen", 0))
-        self.elapsed = float(state.get("elapsed", 0.0))
+    def _install(self, state: Any) -> None:
+        self.backend.set_optimizer_state(state.optimizer, state.optimizer_meta)
+        if state.rng:
+            self.backend.set_rng_state(state.rng)
+        trainer = state.trainer
+        self.batch_rng.bit_generator.state = trainer["batch_rng"]
+        self.best_val_loss = trainer["best_val_loss"]
+        self.tokens_seen = trainer["tokens_seen"]
+        self.elapsed = float(trainer["elapsed"])
 
     # ---- evaluation -------------------------------------------------------------------
     def _make_eval_batches(self) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
@@ -363,13 +396,14 @@ class Trainer:
         params = SamplingParams(temperature=0.8, top_k=200, max_new_tokens=self.t.sample_tokens, seed=self.t.seed)
         return generate(self.backend, tok, prompt, params).text
 
-    # ---- the loop -------------------------------------------------------------------------
+    # ---- the loop -----------------------------------------------------------------------
     def fit(self) -> TrainOutcome:
-        from gptbench.data import get_batch
-
-        t, T = self.t, self.model_cfg.block_size
+        """Train to `max_iters` (or a stop request). Every way out writes a final status:
+        `finished`, `stopped` (resumable, checkpoint saved unless aborted) or `failed`
+        (resumable from the last good checkpoint; the reason in status.json and log.txt)."""
+        t = self.t
         self._started = time.time()
-        tokens_per_step = t.tokens_per_step(T)
+        tokens_per_step = t.tokens_per_step(self.model_cfg.block_size)
         b = self.model_cfg.param_breakdown()
         header = [
             f"run {self.run.name}: {format_params(self.model_cfg.num_params())} parameters "
@@ -377,80 +411,113 @@ class Trainer:
             f"blocks {format_params(b['blocks'])}, head {'tied' if self.model_cfg.tie_embeddings else format_params(b['lm_head'])})",
             f"backend {self.backend.describe()}, {self.data.tokenizer.spec} tokenizer (vocab {self.data.tokenizer.vocab_size}), "
             f"{len(self.data.train):,} train / {len(self.data.val):,} val tokens, {tokens_per_step:,} tokens/step",
+            *self._resume_notes,
         ]
         for line in header:
             self._log(line)
         self.reporter.start(self.run, t.max_iters, self.step, header)
-        self._status("running")
-        state = "finished"
-        resumed_at = self.step
-        try:
-            with _StopFlag() as stop:
-                window_t0, window_steps = time.perf_counter(), 0
-                while self.step < t.max_iters:
-                    # (a resumed run already evaluated the step its checkpoint was taken at)
-                    if self.step % t.eval_interval == 0 and (self.step != resumed_at or self.step == 0):
-                        self._eval_and_checkpoint(save=self.step > 0)
-                        window_t0, window_steps = time.perf_counter(), 0
-                    if stop.requested:
-                        state = "stopped"
-                        break
-                    lr = lr_at(self.step, t)
-                    batches = [get_batch(self.data.train, t.batch_size, T, self.batch_rng) for _ in range(t.grad_accum)]
-                    result = self.backend.train_step(batches, lr)
-                    self.step += 1
-                    window_steps += 1
-                    self.tokens_seen += tokens_per_step
-                    if self.step % t.log_interval == 0 or self.step == t.max_iters:
-                        loss = result.loss  # the only host sync of the step, every log_interval
-                        if not math.isfinite(loss):
-                            raise UserError(f"loss became {loss} at step {self.step}; lower --lr or raise --warmup-iters")
-                        now = time.perf_counter()
-                        dt = now - window_t0
-                        self.elapsed += dt
-                        self.tokens_per_sec = window_steps * tokens_per_step / dt if dt > 0 else None
-                        window_t0, window_steps = now, 0
-                        rec = {"type": "train", "step": self.step, "loss": loss, "lr": lr, "grad_norm": result.grad_norm,
-                               "tokens_per_sec": self.tokens_per_sec, "elapsed": self.elapsed, "time": time.time()}
-                        self._metric(rec)
-                        self.reporter.update(self.step, rec)
-                        if time.time() - self._last_beat > HEARTBEAT_INTERVAL_S:
-                            self._status("running")
-                            self._last_beat = time.time()
-                if state == "finished":
-                    self._eval_and_checkpoint(save=True)
-                else:
+        state = RunState.FINISHED
+        with _StopFlag() as stop:
+            try:
+                self._status(RunState.RUNNING)
+                self._loop(stop)
+                if stop.requested and self.step < t.max_iters:
+                    state = RunState.STOPPED
                     self._save_checkpoint(val_loss=None)
-                    self._log(f"stopped at step {self.step}; checkpoint saved (resume with --resume {self.run.name})")
-        except BaseException as exc:
-            msg = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
-            self._status("stopped" if isinstance(exc, KeyboardInterrupt) else "failed", error=msg)
-            self.reporter.finish()
-            self.lock.release()
-            raise
-        self._status(state)
-        self.reporter.finish()
-        self.lock.release()
-        return TrainOutcome(self.run, state, self.step, self.best_val_loss)
+                    self._log(f"stopped at step {self.step}; checkpoint saved (continue with --resume {self.run.name})")
+                else:
+                    self._eval_and_checkpoint(save=True)
+                self._status(state)
+            except BaseException as exc:
+                stop.quiet()
+                self._fail(exc)
+                raise
+            finally:
+                self.reporter.finish()
+                self.writer.close()
+        return TrainOutcome(self.run, state.value, self.step, self.best_val_loss)
+
+    def _loop(self, stop: _StopFlag) -> None:
+        from gptbench.data import get_batch
+
+        t, T = self.t, self.model_cfg.block_size
+        tokens_per_step = t.tokens_per_step(T)
+        resumed_at = self.step
+        window_t0, window_steps = time.perf_counter(), 0
+        while self.step < t.max_iters:
+            # (a resumed run already evaluated the step its checkpoint was taken at)
+            if self.step % t.eval_interval == 0 and (self.step != resumed_at or self.step == 0):
+                self._eval_and_checkpoint(save=self.step > 0)
+                window_t0, window_steps = time.perf_counter(), 0
+            if stop.requested:
+                return
+            lr = lr_at(self.step, t)
+            batches = [get_batch(self.data.train, t.batch_size, T, self.batch_rng) for _ in range(t.grad_accum)]
+            result = self.backend.train_step(batches, lr)
+            self.step += 1
+            window_steps += 1
+            self.tokens_seen += tokens_per_step
+            if self.step % t.log_interval == 0 or self.step == t.max_iters:
+                loss = result.loss  # the only host sync of the step, every log_interval
+                if not math.isfinite(loss):
+                    raise Diverged(f"loss became {loss} at step {self.step}; lower --lr or raise --warmup-iters, and resume from the last checkpoint")
+                now = time.perf_counter()
+                dt = now - window_t0
+                self.elapsed += dt
+                self.tokens_per_sec = window_steps * tokens_per_step / dt if dt > 0 else None
+                window_t0, window_steps = now, 0
+                self._record(TrainRecord(self.step, loss, lr, result.grad_norm, self.tokens_per_sec, self.elapsed, time.time()))
+                if time.time() - self._last_beat > HEARTBEAT_INTERVAL_S:
+                    self._status(RunState.RUNNING)
+                    self._last_beat = time.time()
 
     def _eval_and_checkpoint(self, save: bool) -> None:
         t0 = time.perf_counter()
         losses = self.evaluate()
         val = losses["val"]
+        if not (math.isfinite(val) and math.isfinite(losses["train"])):
+            raise Diverged(f"the evaluation loss became {val} at step {self.step}; lower --lr or raise --warmup-iters, and resume from the last checkpoint")
         if self.best_val_loss is None or val < self.best_val_loss:
             self.best_val_loss = val
-        rec = {"type": "eval", "step": self.step, "train_loss": losses["train"], "val_loss": val,
-               "val_ppl": math.exp(min(val, 50.0)), "elapsed": self.elapsed, "time": time.time()}
-        self._metric(rec)
-        self.reporter.update(self.step, rec)
-        self._log(f"step {self.step}: train loss {losses['train']:.4f}, val loss {val:.4f}, val ppl {rec['val_ppl']:.2f}")
+        ppl = math.exp(min(val, 50.0))
+        self._record(EvalRecord(self.step, losses["train"], val, ppl, self.elapsed, time.time()))
+        self._log(f"step {self.step}: train loss {losses['train']:.4f}, val loss {val:.4f}, val ppl {ppl:.2f}")
         if save:
             self._save_checkpoint(val)
         if self.t.sample_tokens:
             text = self._sample_text()
-            self._metric({"type": "sample", "step": self.step, "text": text, "time": time.time()})
+            self._record(SampleRecord(self.step, text, time.time()))
             self._log(f"sample at step {self.step}:\n{text}")
-        self._status("running", eval_seconds=time.perf_counter() - t0)
+        self._status(RunState.RUNNING, eval_seconds=time.perf_counter() - t0)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Record why the run ended early in status.json and log.txt. Never raises: the
+        original error is what the user must see (a full disk may refuse these too)."""
+        last = self.run.checkpoints()
+        where = f"the last checkpoint is step {last[-1].step}" if last else "no checkpoint was saved"
+        if isinstance(exc, KeyboardInterrupt):
+            state, msg = RunState.STOPPED, f"aborted at step {self.step} by a second Ctrl-C; {where}; continue with --resume {self.run.name}"
+        else:
+            reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            state, msg = RunState.FAILED, f"{reason} ({where})"
+        for action in (lambda: self._status(state, error=msg), lambda: self.writer.log(msg)):
+            try:
+                action()
+            except OSError:
+                pass
+
+
+def _schedule_notes(start: int, t: TrainConfig, saved_train: dict[str, Any]) -> list[str]:
+    """What a resume will do with the learning rate, and how to re-plan it."""
+    if not t.decay_lr:
+        return [f"learning rate constant at {t.lr:g}"]
+    end = t.lr_decay_iters or t.max_iters
+    notes = [f"learning rate now {lr_at(start, t):.3g}; the cosine schedule reaches --min-lr {t.min_lr:g} at step {end}"]
+    if t.max_iters > end and t.max_iters != saved_train.get("max_iters"):
+        notes.append(
+            f"steps {max(start, end)}-{t.max_iters} train at --min-lr; pass --lr-decay-iters {t.max_iters} to stretch the schedule to the new end"
+        )
+    return notes
 
 
 def full_split_loss(backend: Backend, data: np.ndarray, block_size: int, batch_size: int = 64) -> float:
@@ -466,4 +533,3 @@ def full_split_loss(backend: Backend, data: np.ndarray, block_size: int, batch_s
         total += backend.eval_loss(x, y) * len(s)
         count += len(s)
     return total / count
-

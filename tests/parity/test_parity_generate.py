@@ -13,7 +13,7 @@ import pytest
 
 from reference_model import perturbed_weights
 from gptbench.backends.base import create_backend
-from gptbench.backends.config import GPTConfig
+from gptbench.backends.spec import GPTConfig
 from gptbench.backends.generate import generate, generate_tokens
 from gptbench.backends.sampling import SamplingParams
 from gptbench.backends.weights import load_weights

@@ -24,10 +24,10 @@ import itertools
 import numpy as np
 import pytest
 
-from conftest import random_tokens
+from helpers import random_tokens
 from reference_model import perturbed_weights
 from gptbench.backends.base import OptimConfig, create_backend
-from gptbench.backends.config import GPTConfig
+from gptbench.backends.spec import GPTConfig
 from gptbench.backends.weights import load_weights, save_weights
 from gptbench.config import PRESETS
 

@@ -13,7 +13,7 @@ import shutil
 
 import numpy as np
 
-from conftest import train_fixture_run
+from helpers import train_fixture_run
 from gptbench.cli import main
 from gptbench.runstore import RunStore
 from gptbench.train import Trainer

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_model_config
+from helpers import tiny_model_config
 from sampling_vectors import CASES, check_backend_filters
 from gptbench.backends import mlx_backend, torch_backend
 from gptbench.backends.mlx_backend import MLXBackend, filtered_logits

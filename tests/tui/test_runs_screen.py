@@ -91,7 +91,7 @@ async def test_empty_missing_and_corrupt_directories_do_not_crash(tmp_path):
         assert "corrupt: no config.json" in row_text(app, "empty-dir")
         assert "corrupt: bad config.json" in row_text(app, "bad")
         await select(pilot, "bad")
-        assert "has no model section" in screen_text(app)  # the whole reason, in the details panel
+        assert "config.json is not a JSON object" in screen_text(app)  # the whole reason, in the details panel
 
 
 async def test_list_follows_runs_appearing_progressing_and_ending(fixture_runs):
@@ -188,7 +188,7 @@ async def test_details_panel_shows_summary_config_and_chart(fixture_runs):
         assert any("n_layer 2" in str(c.label) for c in tree.root.children[0].children)
 
         await select(pilot, "broken-run")
-        assert "config.json unreadable" in screen_text(app)
+        assert "config.json is unreadable" in screen_text(app)
 
 
 async def test_rename_validates_inline_and_renames_on_disk(fixture_runs):

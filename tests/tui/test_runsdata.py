@@ -21,8 +21,8 @@ from gptbench.tui.runsdata import (
     flatten,
     fmt_age,
     fmt_duration,
-    safe_summary,
 )
+from gptbench.runstore import RunWriter, read_summary
 
 
 def test_scanner_reports_every_state_and_only_real_changes(tmp_path):
@@ -34,7 +34,7 @@ def test_scanner_reports_every_state_and_only_real_changes(tmp_path):
     assert states == {"baby-char": "finished", "broken-run": "corrupt", "gpt2-wide": "stopped",
                       "live-run": "running", "lr-too-high": "failed"}
     broken = next(s for s in rows if s.name == "broken-run")
-    assert broken.error.startswith("config.json unreadable")
+    assert broken.error.startswith("config.json is unreadable")
     assert scanner.scan()[1] is False  # nothing changed on disk
 
     st = json.loads((root / "live-run" / "status.json").read_text())
@@ -55,8 +55,8 @@ def test_scanner_does_not_reread_unchanged_finished_runs(tmp_path, monkeypatch):
     reads = []
     import gptbench.tui.runsdata as rd
 
-    real = rd.safe_summary
-    monkeypatch.setattr(rd, "safe_summary", lambda run, clock=time.time: reads.append(run.name) or real(run, clock))
+    real = rd.read_summary
+    monkeypatch.setattr(rd, "read_summary", lambda run, now=None: reads.append(run.name) or real(run, now))
     scanner.scan()
     assert reads == ["live-run"]  # only the live run is re-checked (pid / heartbeat)
 
@@ -68,24 +68,30 @@ def test_scanner_on_missing_or_file_root(tmp_path):
     assert RunScanner(f).scan()[0] == []
 
 
-def test_safe_summary_never_raises_and_explains(tmp_path):
+def test_read_summary_never_raises_and_explains(tmp_path):
     run = tmp_path / "weird"
     write_run(tmp_path, "weird")
     (run / "status.json").write_text(json.dumps({"state": "finished", "step": "not-a-number"}))
-    s = safe_summary(Run(run))
-    assert s.state == "corrupt" and "ValueError" in s.error
+    s = read_summary(Run(run))
+    assert s.state == "corrupt"
+    assert "'step' must be int, got 'not-a-number'" in s.error
 
     (run / "status.json").write_text("{torn")
-    assert safe_summary(Run(run)).state == "corrupt"
-    assert "status.json unreadable" in safe_summary(Run(run)).error
+    assert read_summary(Run(run)).state == "corrupt"
+    assert "status.json is unreadable" in read_summary(Run(run)).error
 
     (run / "status.json").unlink()
-    assert safe_summary(Run(run)).state == "new"  # config written, trainer not started yet
+    assert read_summary(Run(run)).state == "new"  # config written, trainer not started yet
 
-    young = tmp_path / "young"
-    young.mkdir()
-    assert safe_summary(Run(young)).state == "starting"
-    assert safe_summary(Run(young), clock=lambda: time.time() + 3600).state == "corrupt"
+    # a folder being claimed (its lock held) is starting; once the claimer is gone, crashed
+    claim = RunWriter.create(tmp_path, "young")
+    assert read_summary(Run(tmp_path / "young")).state == "starting"
+    claim.lock.release()
+    (tmp_path / "young" / "status.json").unlink()
+    assert read_summary(Run(tmp_path / "young")).state == "crashed"
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert read_summary(Run(bare)).state == "corrupt"  # not a claim: no lock, no config
 
 
 def test_metric_series_handles_resume_and_bad_records():

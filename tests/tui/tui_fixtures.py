@@ -64,68 +64,64 @@ def write_run(
     checkpoint: bool = False,
     pid: int = 0,
 ) -> Path:
-    """A run directory as the trainer writes it, with formula metrics up to `step`."""
-    run = root / name
-    (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+    """A run directory as the trainer writes it (through `RunWriter`, with fixed times),
+    with formula metrics up to `step`."""
+    from gptbench.backends.spec import GPTConfig
+    from gptbench.runstore import EvalRecord, RunState, RunWriter, SampleRecord, TrainRecord
+    from gptbench.tokenizers.byte import ByteTokenizer
+    from gptbench.tokenizers.char import CharTokenizer
+
     model = model or _model()
+    tok = CharTokenizer(CHARS) if tokenizer == "char" else ByteTokenizer()
+    writer = RunWriter.create(root, name)
+    writer._started = created + 5.0
     cfg = {
-        "format_version": 1, "name": name, "created": created, "preset": "tiny", "model": model,
+        "format_version": 2, "name": name, "created": created, "preset": "tiny", "model": model,
         "train": {"batch_size": 12, "grad_accum": 1, "max_iters": max_iters, "lr": lr, "min_lr": lr / 10,
                   "warmup_iters": 100, "lr_decay_iters": max_iters, "decay_lr": True, "weight_decay": 0.1,
                   "beta1": 0.9, "beta2": 0.99, "grad_clip": 1.0, "eval_interval": eval_interval, "eval_iters": 20,
                   "log_interval": 10, "sample_tokens": 200, "keep_last": 3, "seed": 1337, "val_fraction": 0.1},
         "data": {"name": corpus, "spec": f"/data/{corpus}", "train_tokens": 1_003_854, "val_tokens": 111_540},
-        "tokenizer": {"spec": tokenizer, "kind": tokenizer.split(":")[0], "vocab_size": model["vocab_size"]},
+        "tokenizer": {"spec": tokenizer, "kind": tokenizer.split(":")[0], "vocab_size": model["vocab_size"],
+                      "fingerprint": tok.fingerprint()},
         "backend": backend, "device": device, "device_request": "auto", "dtype": "float32", "compile": False,
         "params": params, "param_breakdown": {"token_embeddings": 2080, "position_embeddings": 1024, "blocks": 25_312, "lm_head": 0},
         "versions": {"python": "3.11.7", "gptbench": "0.1.0", "numpy": "2.1.0", "torch": "2.13.0"},
         "command": f"gptbench train --name {name}",
     }
-    (run / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    lines, log = [], []
+    writer.save_tokenizer(tok)
+    writer.write_config(cfg)
     best = None
     t0 = created + 5.0
+    morning = time.mktime((2024, 6, 1, 9, 0, 0, 0, 0, -1))  # log stamps read 2024-06-01 09:00:SS in any time zone
+    writer.log(f"run {name}: {params / 1e3:.1f}K parameters", at=morning)
     for s in range(0, step + 1, 10):
         loss = scale * (3.0 * math.exp(-s / 500) + 1.3 + 0.04 * math.sin(s / 23))
         if s % eval_interval == 0 or s == step:
             val = scale * (3.0 * math.exp(-s / 500) + 1.42)
             best = val if best is None else min(best, val)
-            lines.append({"type": "eval", "step": s, "train_loss": round(loss - 0.01, 5), "val_loss": round(val, 5),
-                          "val_ppl": round(math.exp(val), 3), "elapsed": s * 0.15, "time": t0 + s * 0.16})
-            log.append(f"2024-06-01 09:00:{s // 100 % 60:02d} step {s}: train loss {loss - 0.01:.4f}, val loss {val:.4f}")
+            writer.append_metric(EvalRecord(s, round(loss - 0.01, 5), round(val, 5), round(math.exp(val), 3), s * 0.15, t0 + s * 0.16))
+            writer.log(f"step {s}: train loss {loss - 0.01:.4f}, val loss {val:.4f}", at=morning + s // 100 % 60)
         if s:
-            lines.append({"type": "train", "step": s, "loss": round(loss, 5), "lr": _lr(s, lr, lr / 10, 100, max_iters),
-                          "grad_norm": 0.9, "tokens_per_sec": 6100.0 + 400 * math.sin(s / 70), "elapsed": s * 0.15,
-                          "time": t0 + s * 0.16})
+            writer.append_metric(TrainRecord(s, round(loss, 5), _lr(s, lr, lr / 10, 100, max_iters), 0.9,
+                                             6100.0 + 400 * math.sin(s / 70), s * 0.15, t0 + s * 0.16))
     if step:
-        lines.append({"type": "sample", "step": step - step % eval_interval,
-                      "text": "ROMEO: the king said to the queen,\nand so it goes, my lord.\nJULIET: the cat to the dog.", "time": t0})
-    with open(run / "metrics.jsonl", "w") as f:
-        for rec in lines:
-            f.write(json.dumps(rec) + "\n")
-    log.insert(0, f"2024-06-01 09:00:00 run {name}: {params / 1e3:.1f}K parameters")
-    (run / "log.txt").write_text("\n".join(log) + "\n")
-    status = {
-        "state": state, "pid": pid or 999_999, "host": os.uname().nodename, "heartbeat": time.time() if state == "running" else created + elapsed,
-        "started": created + 5.0, "step": step, "max_iters": max_iters, "best_val_loss": round(best, 5) if best else None,
-        "tokens_per_sec": 6123.0, "elapsed": elapsed,
-    }
-    if error:
-        status["error"] = error
-    (run / "status.json").write_text(json.dumps(status, indent=2, sort_keys=True) + "\n")
-    tok = {"kind": "char", "vocab_size": len(CHARS), "chars": CHARS} if tokenizer == "char" else {"kind": "byte", "vocab_size": 256}
-    (run / "tokenizer.json").write_text(json.dumps(tok) + "\n")
+        writer.append_metric(SampleRecord(step - step % eval_interval,
+                                          "ROMEO: the king said to the queen,\nand so it goes, my lord.\nJULIET: the cat to the dog.", t0))
     if checkpoint:
-        write_checkpoint(run, model, step, best)
-    else:
-        (run / "checkpoints" / "index.json").write_text("[]\n")
-    return run
+        write_checkpoint(writer, model, step, best)
+    writer.set_status(
+        RunState(state), pid=pid or 999_999, host=os.uname().nodename,
+        heartbeat=time.time() if state == "running" else created + elapsed, step=step, max_iters=max_iters,
+        best_val_loss=round(best, 5) if best else None, tokens_per_sec=6123.0, elapsed=elapsed, **({"error": error} if error else {}),
+    )
+    writer.close()
+    return root / name
 
 
-def write_checkpoint(run: Path, model: dict[str, Any], step: int, val_loss: float | None) -> None:
+def write_checkpoint(writer: Any, model: dict[str, Any], step: int, val_loss: float | None) -> None:
     """Seeded random weights in the gptbench format (enough to load and generate)."""
-    from gptbench.backends.config import GPTConfig
-    from gptbench.backends.weights import save_weights
+    from gptbench.backends.spec import GPTConfig
 
     config = GPTConfig.from_dict(model)
     rng = np.random.default_rng(0)
@@ -133,8 +129,7 @@ def write_checkpoint(run: Path, model: dict[str, Any], step: int, val_loss: floa
     for k in tensors:
         if k.endswith("ln_1.weight") or k.endswith("ln_2.weight") or k == "ln_f.weight":
             tensors[k] = np.ones_like(tensors[k])
-    save_weights(run / "checkpoints" / f"step-{step}.safetensors", config, tensors, step=str(step))
-    (run / "checkpoints" / "index.json").write_text(json.dumps([{"step": step, "val_loss": val_loss}]) + "\n")
+    writer.save_checkpoint(step, config, tensors, None, None, val_loss=val_loss, keep_last=1)
 
 
 def make_fixture_runs(root: Path) -> Path:

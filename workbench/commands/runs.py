@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from gptbench.backends.config import format_params
+from gptbench.backends.spec import format_params
 
 
 def register(sub: argparse._SubParsersAction) -> None:

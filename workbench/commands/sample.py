@@ -88,6 +88,6 @@ def run_sample(args: argparse.Namespace) -> int:
                 print(f"--- sample {i + 1}/{args.num_samples} ---")
             print(shown + res.text)
     if not args.json:
-        tps = results[0].extra.get("batch_tokens_per_sec", results[0].tokens_per_sec)
+        tps = results[0].batch_tokens_per_sec or results[0].tokens_per_sec
         print(f"[{sum(len(r.tokens) for r in results)} tokens, {tps:.1f} tok/s]", file=sys.stderr)
     return 0

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
+from gptbench import paths
 from gptbench.errors import UserError
 
 # flag name -> (section, key, type, help)
@@ -42,6 +45,18 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a float that is a number (NaN and infinities are refused here, so
+    they can never reach a schedule, a clip or a config file)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -58,14 +73,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", help="auto | torch | mlx (default auto)")
     p.add_argument("--device", help="auto | cpu | cuda | mps (torch) | gpu (mlx) (default auto)")
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (auto = bf16 autocast on CUDA)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the training step with the framework's JIT (default: on for mlx, off for torch)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--accept-changed-data", action="store_true", help="with --resume: continue although the corpus changed since the run started")
     bias = p.add_mutually_exclusive_group()
     bias.add_argument("--bias", dest="bias", action="store_true", default=None, help="biases in Linear and LayerNorm")
     bias.add_argument("--no-bias", dest="bias", action="store_false", help="no biases")
     p.add_argument("--untied", dest="tie_embeddings", action="store_false", default=None, help="separate LM head")
     for flag, key, typ, help_ in MODEL_FLAGS + TRAIN_FLAGS:
-        p.add_argument(flag, dest=key, type=typ, default=None, help=help_)
+        p.add_argument(flag, dest=key, type=finite_float if typ is float else typ, default=None, help=help_)
     p.set_defaults(func=run_train)
 
 
@@ -84,17 +101,19 @@ def run_train(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be >= 1, got {args.threads}")
-        os.environ["GPTBENCH_TORCH_THREADS"] = str(args.threads)
+        os.environ[paths.TORCH_THREADS] = str(args.threads)
     store = RunStore(args.runs_dir)
     model_keys = [k for _, k, _, _ in MODEL_FLAGS] + ["bias", "tie_embeddings"]
     train_keys = [k for _, k, _, _ in TRAIN_FLAGS]
     model_flags = {k: getattr(args, k) for k in model_keys if getattr(args, k) is not None}
     train_flags = {k: getattr(args, k) for k in train_keys if getattr(args, k) is not None}
     reporter = RichReporter()
-    if args.resume:
+    if args.resume is not None:
         validate_run_name(args.resume)
         if args.preset or args.config:
             raise UserError("--preset and --config cannot be combined with --resume; the run keeps its config")
+        if args.name is not None:
+            raise UserError("give --name NAME for a new run or --resume NAME to continue one, not both")
         trainer = Trainer.resume_run(
             store,
             args.resume,
@@ -109,9 +128,12 @@ def run_train(args: argparse.Namespace) -> int:
                 "compile": args.compile,
             },
             reporter,
+            accept_changed_data=args.accept_changed_data,
         )
     else:
-        if args.name:
+        if args.accept_changed_data:
+            raise UserError("--accept-changed-data only applies with --resume")
+        if args.name is not None:
             validate_run_name(args.name)
         toml = load_toml(args.config) if args.config else None
         run_flags = {
@@ -124,13 +146,11 @@ def run_train(args: argparse.Namespace) -> int:
             "name": args.name,
         }
         cfg = resolve_run_config(args.preset, toml, model_flags, train_flags, run_flags)
-        cfg.extra["command"] = " ".join(["gptbench", *sys.argv[1:]])
+        cfg = replace(cfg, command=" ".join(["gptbench", *sys.argv[1:]]))
         trainer = Trainer.new_run(store, cfg, reporter)
     t0 = time.time()
     outcome = trainer.fit()
     best = f"{outcome.best_val_loss:.4f}" if outcome.best_val_loss is not None else "n/a"
-    print(
-        f"run {outcome.run.name} {outcome.state} at step {outcome.step} in {time.time() - t0:.1f}s; "
-        f"best val loss {best}; {outcome.run.path}"
-    )
+    print(f"run {outcome.run.name} {outcome.state} at step {outcome.step} in {time.time() - t0:.1f}s; best val loss {best}")
+    print(f"  {outcome.run.path}")
     return 0 if outcome.state == "finished" else 130

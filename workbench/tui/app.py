@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.signal import Signal
 
 from gptbench.errors import UserError
-from gptbench.runstore import Run, RunStore, RunSummary
+from gptbench.runstore import Run, RunStore, RunSummary, read_summary
 from gptbench.tui.launcher import Launch, Launcher
 from gptbench.tui.runsdata import Clock, RunScanner
 from gptbench.tui.screens.runs import RunsScreen
@@ -179,7 +179,7 @@ class GPTBenchApp(App[None]):
         if launch.returncode == 0:
             self.notify(f"Training {launch.name} finished", title="Run finished")
             return
-        state = Run(self.runs_dir / launch.name).status().get("state")
+        state = read_summary(Run(self.runs_dir / launch.name)).state
         if state == "stopped":
             self.notify(f"{launch.name} stopped; its checkpoint is saved", title="Run stopped")
         else:

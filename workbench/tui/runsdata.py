@@ -20,15 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from gptbench.runstore import CheckpointInfo, JsonlTail, Run, RunSummary, read_json, summarize
+from gptbench.runstore import CheckpointInfo, CorruptRunError, JsonlTail, Run, RunSummary, read_summary
+from gptbench.runstore.format import LIVE_STATES
 
-# States whose summary can change without any file changing (pid death, stale heartbeat).
-LIVE_STATES = frozenset({"running", "starting", "new"})
-# A run directory without config.json younger than this is being created, not corrupt.
-STARTING_GRACE_S = 30.0
 # Keys that always differ between runs and say nothing about how they differ.
 DIFF_IGNORED = frozenset({"name", "created", "format_version", "command"})
-DIFF_IGNORED_PREFIXES = ("param_breakdown.",)
+DIFF_IGNORED_PREFIXES = ("param_breakdown.", "tokenizer.fingerprint", "data.cache")
 
 Clock = Callable[[], float]
 
@@ -39,36 +36,6 @@ def _sig(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size)
-
-
-def safe_summary(run: Run, clock: Clock = time.time) -> RunSummary:
-    """`summarize` that never raises: a run with unreadable files is `corrupt` with the
-    reason; a directory still being created is `starting`; a run whose trainer has written
-    its config but not yet its status is `new`."""
-    try:
-        s = summarize(run)
-    except Exception as exc:  # malformed values in otherwise valid JSON
-        return RunSummary(run.name, "corrupt", error=f"unreadable run files: {type(exc).__name__}: {exc}")
-    if s.state == "corrupt" and not run.config_path.exists():
-        try:
-            age = clock() - run.path.stat().st_mtime
-        except OSError:
-            age = math.inf
-        if age < STARTING_GRACE_S:
-            s.state, s.error = "starting", ""
-        return s
-    if s.state == "unknown":
-        if run.status_path.exists():
-            try:
-                st = read_json(run.status_path)
-                reason = "status.json has no state" if not isinstance(st, dict) or "state" not in st else ""
-            except (OSError, ValueError) as exc:
-                reason = f"status.json unreadable: {exc}"
-            if reason:
-                s.state, s.error = "corrupt", reason
-        else:
-            s.state = "new"
-    return s
 
 
 class RunScanner:
@@ -106,7 +73,7 @@ class RunScanner:
                 if hit is not None and hit[0] == sig and hit[1].state not in LIVE_STATES:
                     summary = hit[1]
                 else:
-                    summary = safe_summary(Run(path), self.clock)
+                    summary = read_summary(Run(path), self.clock())
                 cache[name] = (sig, summary)
                 out.append(summary)
             self._cache = cache
@@ -261,20 +228,20 @@ class RunWatcher:
             self._polled = True
             if self.config is None and self.run.config_path.exists():
                 try:
-                    cfg = self.run.config()
-                    if not isinstance(cfg, dict):
-                        raise ValueError("config.json is not a JSON object")
-                    self.config, self.config_error = cfg, ""
-                except (OSError, ValueError) as exc:
-                    self.config_error = f"config.json unreadable: {exc}"
+                    self.config, self.config_error = self.run.config(), ""
+                except CorruptRunError as exc:
+                    self.config_error = str(exc)
                 changed = True
-            status = self.run.status()
-            state = safe_summary(self.run, self.clock).state if self.run.path.is_dir() else "missing"
+            try:
+                status = self.run.status()
+            except CorruptRunError:
+                status = {}
+            state = read_summary(self.run, self.clock()).state if self.run.path.is_dir() else "missing"
             if status != self.status or state != self.state:
                 self.status, self.state, changed = status, state, True
             if self.series.extend(self.metrics.poll()):
                 changed = True
-            sig = _sig(self.run.index_path)
+            sig = _sig(self.run.checkpoints_dir)  # a checkpoint appears or goes: the folder changes
             if sig != self._ckpt_sig:
                 self._ckpt_sig, self.checkpoints, changed = sig, self.run.checkpoints(), True
             new_lines = self.log.poll()

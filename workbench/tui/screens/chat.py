@@ -269,7 +269,7 @@ class ChatScreen(Screen):
         self._loading_key = None
         self.model, self.model_key = lm, key
         be = lm.backend
-        from gptbench.backends.config import format_params
+        from gptbench.backends.spec import format_params
 
         self._set_model_status(
             Text.assemble(("● ", "green"), (lm.source, "bold"), f"\n{be.name} · {be.device} · {format_params(be.config.num_params())} params · "

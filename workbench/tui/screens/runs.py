@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static, Tree
 from textual.widgets.tree import TreeNode
 
-from gptbench.backends.config import format_params
+from gptbench.backends.spec import format_params
 from gptbench.errors import UserError
 from gptbench.runstore import Run, RunSummary
 from gptbench.tui.launcher import LAUNCH_DIR

@@ -94,7 +94,7 @@ def _validators(f: NumberField) -> list[Validator]:
 
 
 def _preset_value(preset: str, f: NumberField) -> Any:
-    from gptbench.backends.config import GPTConfig
+    from gptbench.backends.spec import GPTConfig
     from gptbench.config import TrainConfig
 
     p = PRESETS.get(preset, {})

@@ -9,7 +9,7 @@ from textual.binding import Binding
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
-from gptbench.backends.config import format_params
+from gptbench.backends.spec import format_params
 from gptbench.runstore import RunSummary
 from gptbench.tui.runsdata import fmt_age, fmt_duration, fmt_loss
 

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from gptbench.errors import UserError
+from gptbench.errors import ConfigError, reject_unknown_keys
 
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu2", "swiglu")
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration mistake; the message says what is wrong and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +54,13 @@ class GPTConfig:
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"pick e.g. n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
             )
+        for name in ("dropout", "norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        for name in ("bias", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.norm not in NORMS:
@@ -89,13 +93,9 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GPTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown model config key(s): {', '.join(unknown)}; "
-                f"valid keys are {', '.join(sorted(known))}"
-            )
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config must be a JSON/TOML table, got {type(data).__name__}")
+        reject_unknown_keys("model config", data, (f.name for f in dataclasses.fields(cls)))
         return cls(**data)
 
     def replace(self, **changes: Any) -> "GPTConfig":
@@ -163,6 +163,22 @@ class GPTConfig:
         b = self.param_breakdown()
         total = sum(b.values())
         return total - b["position_embeddings"] if non_embedding else total
+
+    def training_bytes(self, batch_size: int) -> int:
+        """A lower estimate of the memory one training step needs, in bytes, used to refuse
+        what cannot fit before building it: float32 weights, gradients and two AdamW
+        moments (16 bytes a parameter), the activations autograd keeps for one micro-batch
+        of `batch_size` x `block_size` tokens (Korthikanti et al. 2022: 34·B·T·C 16-bit
+        values a layer; fused attention stores no scores), and the logits with their
+        softmax and gradient in float32."""
+        B, T, C, L, V = batch_size, self.block_size, self.n_embd, self.n_layer, self.vocab_size
+        return int(16 * self.num_params() + 34 * 2 * L * B * T * C + 3 * 4 * B * T * V)
+
+    def inference_bytes(self, batch_size: int = 1) -> int:
+        """A lower estimate of the memory generation needs: float32 weights, a full KV
+        cache for `batch_size` rows and one row of logits each."""
+        cache = 2 * self.n_layer * batch_size * self.block_size * self.n_embd * 4
+        return int(4 * self.num_params() + cache + 4 * batch_size * self.vocab_size)
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token, nanoGPT/PaLM formula: 6N + 12·L·H·(C/H)·T."""

@@ -1,0 +1,67 @@
+"""Helpers the tests share: tiny configs, token batches, fixture files, a trained run.
+
+Tests import this module (`from helpers import ...`); `conftest.py` only declares pytest
+fixtures. Every file a test reads lives in the clone (`tests/fixtures/`), never beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+TINYSHAKESPEARE = FIXTURES / "tinyshakespeare.txt"  # public domain, 1,115,394 bytes
+TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+GPT2_RANKS = FIXTURES / "gpt2.tiktoken"  # GPT-2's BPE ranks (r50k_base), as tiktoken saves them
+
+# A small, deterministic corpus: enough structure for a model to learn something quickly.
+_PAIRS = [("king", "queen"), ("cat", "dog"), ("sun", "moon")]
+FIXTURE_TEXT = "".join(
+    f"ROMEO: line {i} of the play, said the {_PAIRS[i % 3][0]} to the {_PAIRS[i % 3][1]}.\n"
+    f"JULIET: and so it goes, {_PAIRS[i % 3][0]}.\n\n"
+    for i in range(400)
+)
+
+
+def tiny_model_config(**overrides):
+    from gptbench.backends.spec import GPTConfig
+
+    base = dict(vocab_size=67, block_size=32, n_layer=2, n_head=2, n_embd=32, bias=True)
+    base.update(overrides)
+    return GPTConfig(**base)
+
+
+def random_tokens(config, batch=2, length=None, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, config.vocab_size, size=(batch, length or config.block_size), dtype=np.int64)
+
+
+def optim_config(**overrides):
+    """The run defaults' AdamW settings (`TrainConfig().optim_config()`), with overrides."""
+    import dataclasses
+
+    from gptbench.config import TrainConfig
+
+    return dataclasses.replace(TrainConfig().optim_config(), **overrides)
+
+
+def train_fixture_run(runs_dir: Path, corpus: Path, name: str = "fixture", max_iters: int = 150, backend: str = "torch", **train):
+    """Train a tiny char-level run through the real Trainer (about a second or two)."""
+    from gptbench.config import resolve_run_config
+    from gptbench.runstore import RunStore
+    from gptbench.train import Trainer
+
+    cfg = resolve_run_config(
+        "tiny",
+        None,
+        {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+        {"max_iters": max_iters, "eval_interval": 50, "eval_iters": 4, "batch_size": 8, "log_interval": 10,
+         "warmup_iters": 10, "sample_tokens": 40, **train},
+        {"data": str(corpus), "tokenizer": "char", "backend": backend, "device": "cpu", "name": name},
+    )
+    trainer = Trainer.new_run(RunStore(runs_dir), cfg)
+    trainer.fit()
+    return trainer.run

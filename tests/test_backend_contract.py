@@ -1,0 +1,300 @@
+"""The backend contract, run against every backend (torch and MLX on CPU).
+
+Each test states one promise of `TrainingBackend` or `GenerationBackend` and checks it
+against an independent reference: the float64 numpy forward of the spec
+(`reference_model.py`), a float64 autograd gradient with a hand-written AdamW, or the
+backend's own full forward pass. Cross-backend agreement lives in tests/parity/; what only
+one framework has (devices, dtypes, torch.compile, the CBLAS preload) in
+test_backend_specifics.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from gptbench.backends.base import OptimConfig, create_backend
+from helpers import optim_config, random_tokens, tiny_model_config
+from reference_model import perturbed_weights, reference_gradients, reference_logits, reference_loss
+
+BACKENDS = ["torch", "mlx"]
+VARIANTS = [
+    dict(norm=n, mlp=m, bias=b, tie_embeddings=t)
+    for n, m, b, t in itertools.product(["layernorm", "rmsnorm"], ["gelu", "relu2", "swiglu"], [True, False], [True, False])
+]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(params=BACKENDS)
+def name(request) -> str:
+    return request.param
+
+
+def make(name, cfg, seed=0, **kw):
+    return create_backend(cfg, name, device="cpu", seed=seed, **kw)
+
+
+def to_numpy(x) -> np.ndarray:
+    return np.asarray(x.cpu() if hasattr(x, "cpu") else x, dtype=np.float64)
+
+
+# ---- weights and forward ------------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
+def test_logits_match_float64_reference(name, variant):
+    cfg = tiny_model_config(**variant)
+    be = make(name, cfg)
+    w = perturbed_weights(cfg, seed=1)
+    be.set_weights(w)
+    idx = random_tokens(cfg, batch=2, length=cfg.block_size, seed=2)
+    got = be.forward_logits(idx)
+    want = reference_logits(cfg, w, idx)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_weights_are_canonical_and_round_trip(name, tied):
+    cfg = tiny_model_config(mlp="swiglu", tie_embeddings=tied)
+    w = make(name, cfg, seed=3).get_weights()
+    assert {k: v.shape for k, v in w.items()} == cfg.canonical_shapes()
+    assert all(v.dtype == np.float32 for v in w.values())
+    be2 = make(name, cfg, seed=4)
+    be2.set_weights(w)
+    idx = random_tokens(cfg)
+    np.testing.assert_array_equal(make(name, cfg, seed=3).forward_logits(idx), be2.forward_logits(idx))
+
+
+def test_gpt2_init_statistics_and_seeding(name):
+    cfg = tiny_model_config(n_layer=4, n_embd=64, n_head=4)
+    w = make(name, cfg, seed=0).get_weights()
+    assert abs(w["h.0.attn.c_attn.weight"].std() - 0.02) < 0.002
+    assert abs(w["h.1.mlp.c_proj.weight"].std() - 0.02 / np.sqrt(2 * 4)) < 0.001
+    assert np.all(w["h.0.ln_1.weight"] == 1.0)
+    assert np.all(w["h.0.attn.c_attn.bias"] == 0.0)
+    same = make(name, cfg, seed=0).get_weights()
+    other = make(name, cfg, seed=1).get_weights()
+    assert all(np.array_equal(w[k], same[k]) for k in w)
+    assert not np.array_equal(w["wte.weight"], other["wte.weight"])
+    # every matrix gets its own draw (one shared stream position would repeat values)
+    assert not np.array_equal(w["h.0.attn.c_attn.weight"][:8], w["h.1.attn.c_attn.weight"][:8])
+
+
+def test_eval_loss_matches_reference(name):
+    cfg = tiny_model_config(norm="rmsnorm", mlp="swiglu")
+    w = perturbed_weights(cfg, seed=3)
+    x, y = random_tokens(cfg, seed=4), random_tokens(cfg, seed=5)
+    y[0, :5] = -1  # ignored targets
+    be = make(name, cfg)
+    be.set_weights(w)
+    assert be.eval_loss(x, y) == pytest.approx(reference_loss(cfg, w, x, y), rel=1e-5)
+
+
+def test_dropout_is_off_in_eval_and_generation(name):
+    cfg = tiny_model_config(dropout=0.5)
+    be = make(name, cfg)
+    x = random_tokens(cfg)
+    np.testing.assert_array_equal(be.forward_logits(x), be.forward_logits(x))
+    assert be.eval_loss(x, x) == be.eval_loss(x, x)
+    logits = [to_numpy(be.forward_last(x, None)) for _ in range(2)]
+    np.testing.assert_array_equal(logits[0], logits[1])
+
+
+# ---- training ------------------------------------------------------------------------------
+def _adamw_reference(w, g, lr, opt: OptimConfig, step=1):
+    """One AdamW step from zero moments, float64, decoupled decay on >=2-D tensors only."""
+    out = {}
+    for k in w:
+        m = (1 - opt.beta1) * g[k]
+        v = (1 - opt.beta2) * g[k] ** 2
+        mhat = m / (1 - opt.beta1**step)
+        vhat = v / (1 - opt.beta2**step)
+        p = w[k].astype(np.float64)
+        if w[k].ndim >= 2:
+            p = p * (1 - lr * opt.weight_decay)
+        out[k] = p - lr * mhat / (np.sqrt(vhat) + opt.eps)
+    return out
+
+
+def test_train_step_matches_manual_adamw_with_clipping_and_accumulation(name):
+    cfg = tiny_model_config()
+    be = make(name, cfg)
+    w0 = perturbed_weights(cfg, seed=0)
+    be.set_weights(w0)
+    opt = OptimConfig(weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=0.05)
+    be.setup_optimizer(opt)
+    batches = [(random_tokens(cfg, seed=s), random_tokens(cfg, seed=s + 10)) for s in range(2)]
+    losses, g = reference_gradients(cfg, w0, batches)  # mean of the micro-batch gradients
+    norm = np.sqrt(sum((v**2).sum() for v in g.values()))
+    assert norm > opt.grad_clip  # the clip must actually engage in this test
+    g = {k: v * opt.grad_clip / norm for k, v in g.items()}
+    res = be.train_step(batches, lr=1e-2)
+    assert res.loss == pytest.approx(np.mean(losses), rel=1e-5)
+    assert res.grad_norm == pytest.approx(norm, rel=1e-4)
+    want = _adamw_reference(w0, g, 1e-2, opt)
+    got = be.get_weights()
+    # Step 1 of Adam moves by lr * g / (|g| + eps): where |g| is near eps (1e-8), float32
+    # and float64 gradients legitimately disagree, so the bound is 0.2% of the step size;
+    # the key part of c_attn.bias has an analytically zero gradient (softmax ignores a
+    # shift shared by all keys), so float noise alone decides its step: left out.
+    C = cfg.n_embd
+    for k in want:
+        keep = np.r_[0:C, 2 * C : 3 * C] if k.endswith("c_attn.bias") else slice(None)
+        np.testing.assert_allclose(got[k][keep], want[k][keep], rtol=1e-4, atol=2e-5, err_msg=k)
+
+
+def test_first_adamw_step_decays_only_matrices(name):
+    """Step 1 of bias-corrected Adam moves every parameter with a non-zero gradient by
+    exactly lr (m_hat / sqrt(v_hat) = sign(g)); AdamW first shrinks >= 2-D tensors by
+    (1 - lr * wd). Without bias correction the step would be ~3x smaller (sqrt(1-beta2))."""
+    cfg = tiny_model_config(bias=True, tie_embeddings=False)
+    be = make(name, cfg)
+    w0 = perturbed_weights(cfg, seed=0)
+    be.set_weights(w0)
+    lr, wd = 1e-2, 0.5
+    be.setup_optimizer(OptimConfig(weight_decay=wd, beta1=0.9, beta2=0.95, eps=1e-12, grad_clip=0.0))
+    be.train_step([(random_tokens(cfg, seed=1), random_tokens(cfg, seed=2))], lr)
+    w1 = be.get_weights()
+    C = cfg.n_embd
+    for key, p0 in w0.items():
+        decayed = p0 * (1 - lr * wd) if p0.ndim >= 2 else p0
+        step = np.abs(w1[key] - decayed)
+        if key.endswith("c_attn.bias"):
+            # the key bias's gradient is analytically zero (softmax ignores a shift shared by
+            # all keys), so float noise decides its Adam step; leave it out
+            step = np.concatenate([step[:C], step[2 * C :]])
+        moved = step > lr / 2
+        assert moved.any(), key
+        np.testing.assert_allclose(step[moved], lr, rtol=2e-3, err_msg=key)
+        # tensors that got no gradient (embedding rows of unseen tokens) only decay
+        np.testing.assert_allclose(step[~moved], 0.0, atol=1e-6, err_msg=key)
+
+
+def test_accumulation_and_clipping_match_the_reference_loss(name):
+    cfg = tiny_model_config()
+    w = perturbed_weights(cfg, seed=5)
+    batches = [(random_tokens(cfg, seed=s), random_tokens(cfg, seed=s + 50)) for s in range(3)]
+    be = make(name, cfg)
+    be.set_weights(w)
+    be.setup_optimizer(optim_config(grad_clip=0.25))
+    res = be.train_step(batches, 1e-3)
+    assert res.loss == pytest.approx(np.mean([reference_loss(cfg, w, x, y) for x, y in batches]), rel=1e-5)
+    assert res.grad_norm > 0.25  # the clip engaged; the reported norm is before clipping
+    assert np.isfinite(res.grad_norm)
+
+
+def test_train_step_needs_an_optimizer(name):
+    be = make(name, tiny_model_config())
+    cfg = be.config
+    with pytest.raises(RuntimeError, match="setup_optimizer"):
+        be.train_step([(random_tokens(cfg), random_tokens(cfg))], 1e-3)
+
+
+# ---- state for an exact resume ----------------------------------------------------------------
+def test_state_shapes_describe_the_state(name):
+    cfg = tiny_model_config(tie_embeddings=False)
+    be = make(name, cfg)
+    be.setup_optimizer(optim_config())
+    tensors, meta = be.get_optimizer_state()  # before any step: zeros, step 0
+    assert {k: v.shape for k, v in tensors.items()} == be.optimizer_state_shapes()
+    assert set(be.optimizer_state_shapes()) == {f"{m}.{n}" for m in ("exp_avg", "exp_avg_sq") for n in cfg.canonical_shapes()}
+    assert all(not v.any() for v in tensors.values())
+    assert meta == {"step": 0}
+    rng = be.get_rng_state()
+    assert {k: (v.dtype.name, v.shape) for k, v in rng.items()} == be.rng_state_shapes()
+
+
+def test_optimizer_and_rng_state_round_trip_continue_identically(name):
+    cfg = tiny_model_config(dropout=0.1)
+    batches = [[(random_tokens(cfg, seed=s), random_tokens(cfg, seed=s + 100))] for s in range(6)]
+    a = make(name, cfg, seed=0)
+    a.setup_optimizer(optim_config())
+    for b in batches[:3]:
+        a.train_step(b, 1e-3)
+    weights, (opt, meta), rng = a.get_weights(), a.get_optimizer_state(), a.get_rng_state()
+    assert meta == {"step": 3}
+    assert set(opt) == {f"{m}.{n}" for m in ("exp_avg", "exp_avg_sq") for n in cfg.canonical_shapes()}
+    tail_a = [a.train_step(b, 1e-3).loss for b in batches[3:]]
+    b_ = make(name, cfg, seed=99)
+    b_.setup_optimizer(optim_config())
+    b_.set_weights(weights)
+    b_.set_optimizer_state(opt, meta)
+    b_.set_rng_state(rng)
+    tail_b = [b_.train_step(b, 1e-3).loss for b in batches[3:]]
+    assert tail_a == tail_b
+    # a different dropout RNG gives different losses: the state really drives dropout
+    c = make(name, cfg, seed=99)
+    c.setup_optimizer(optim_config())
+    c.set_weights(weights)
+    c.set_optimizer_state(opt, meta)
+    assert [c.train_step(b, 1e-3).loss for b in batches[3:]] != tail_a
+
+
+# ---- generation ------------------------------------------------------------------------------
+def test_kv_cache_grows_in_chunks_and_keeps_history(name):
+    import importlib
+
+    model = importlib.import_module(f"gptbench.backends.{name}_model")
+    array = (lambda a: __import__("torch").from_numpy(a)) if name == "torch" else (lambda a: __import__("mlx.core").core.array(a))
+    cache = model.KVCache()
+    rng = np.random.default_rng(0)
+    step = model.CACHE_STEP
+    chunks = [rng.standard_normal((1, 2, n, 4)).astype(np.float32) for n in (5, 1, step - 6, 3)]
+    storage = []
+    for i, c in enumerate(chunks):
+        k, v = cache.update_and_fetch(array(c), array(-c))
+        total = sum(x.shape[2] for x in chunks[: i + 1])
+        assert tuple(k.shape) == (1, 2, total, 4)
+        assert cache.offset == total
+        assert cache.keys.shape[2] == ((total + step - 1) // step) * step
+        storage.append(cache.keys)
+    if name == "torch":  # within a chunk the buffer is written in place, never reallocated
+        assert storage[0] is storage[1] is storage[2]
+        assert storage[3] is not storage[2]
+    want = np.concatenate(chunks, axis=2)
+    np.testing.assert_array_equal(to_numpy(k), want)
+    np.testing.assert_array_equal(to_numpy(v), -want)
+
+
+def test_cached_decoding_and_left_padding_match_full_forward(name):
+    cfg = tiny_model_config(norm="rmsnorm", mlp="relu2", tie_embeddings=False)
+    be = make(name, cfg)
+    be.set_weights(perturbed_weights(cfg, seed=7))
+    seq = random_tokens(cfg, batch=1, length=20, seed=8)
+    cache = be.new_cache()
+    got = [to_numpy(be.forward_last(seq[:, :12], cache))]
+    for t in range(12, 20):
+        got.append(to_numpy(be.forward_last(seq[:, t : t + 1], cache)))
+    want = be.forward_logits(seq)[0, 11:]
+    np.testing.assert_allclose(np.concatenate(got), want, rtol=1e-5, atol=1e-5)
+    # a left-padded row in a batch gives the logits it has alone, then decodes like it
+    short = random_tokens(cfg, batch=1, length=6, seed=9)
+    batch = np.concatenate([seq[:, :10], np.concatenate([np.zeros((1, 4), np.int64), short], axis=1)])
+    cache = be.new_cache(np.array([0, 4]))
+    out = to_numpy(be.forward_last(batch, cache))
+    np.testing.assert_allclose(out[1], be.forward_logits(short)[0, -1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[0], be.forward_logits(seq[:, :10])[0, -1], rtol=1e-5, atol=1e-5)
+    nxt = np.array([[seq[0, 10]], [seq[0, 0]]])
+    out = to_numpy(be.forward_last(nxt, cache))
+    np.testing.assert_allclose(out[0], be.forward_logits(seq[:, :11])[0, -1], rtol=1e-5, atol=1e-5)
+    grown = np.concatenate([short, seq[:, :1]], axis=1)
+    np.testing.assert_allclose(out[1], be.forward_logits(grown)[0, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_is_seeded_and_greedy_is_argmax(name):
+    from gptbench.backends.sampling import SamplingParams
+
+    cfg = tiny_model_config()
+    be = make(name, cfg)
+    logits = be.forward_last(random_tokens(cfg, batch=3, length=8), None)
+    params = SamplingParams(temperature=1.0, top_k=20)
+    draws = [np.concatenate([be.sample(logits, params, None, g) for _ in range(5)]) for g in (be.make_generator(5), be.make_generator(5))]
+    np.testing.assert_array_equal(draws[0], draws[1])
+    assert draws[0].dtype == np.int64
+    greedy = be.sample(logits, SamplingParams(temperature=0), None, None)
+    np.testing.assert_array_equal(greedy, np.argmax(to_numpy(logits), -1))
+    # a vanishing temperature is greedy too, not NaN
+    tiny = be.sample(logits, SamplingParams(temperature=1e-40), None, be.make_generator(0))
+    np.testing.assert_array_equal(tiny, greedy)

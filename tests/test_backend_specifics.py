@@ -1,0 +1,159 @@
+"""What only one framework has: devices and dtypes, torch.compile, the torch decode layout,
+MLX's CBLAS preload, and the import boundaries between the frameworks. The shared
+promises of every backend are in test_backend_contract.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gptbench.backends.base import create_backend
+from gptbench.errors import UserError
+from helpers import optim_config, random_tokens, tiny_model_config
+from reference_model import perturbed_weights
+
+
+# ---- torch ------------------------------------------------------------------------------------
+def test_torch_compile_keeps_canonical_names():
+    cfg = tiny_model_config()
+    be = create_backend(cfg, "torch", device="cpu", compile=True)
+    assert set(be.get_weights()) == set(cfg.canonical_shapes())
+    assert not any("_orig_mod" in k for k in be.get_weights())
+
+
+def test_torch_unknown_device_and_dtype_are_user_errors():
+    with pytest.raises(UserError, match="CUDA is not available"):
+        create_backend(tiny_model_config(), "torch", device="cuda")
+    with pytest.raises(UserError, match="unknown dtype"):
+        create_backend(tiny_model_config(), "torch", device="cpu", dtype="float8")
+    with pytest.raises(UserError, match="unknown device"):
+        create_backend(tiny_model_config(), "torch", device="tpu")
+
+
+def test_torch_decode_layout_keeps_weights_and_training_intact():
+    """Generation stores Linear weights (and a tied head) column-major on CPU (faster
+    one-row matmuls); values, get_weights and a later training step are unaffected."""
+    from gptbench.backends.generate import generate_tokens
+    from gptbench.backends.sampling import SamplingParams
+
+    cfg = tiny_model_config()
+    a, b = (create_backend(cfg, "torch", device="cpu", seed=3) for _ in range(2))
+    before = a.get_weights()
+    list(generate_tokens(a, [[1, 2, 3]], SamplingParams(temperature=0, max_new_tokens=3)))
+    w = a.model.h[0].mlp.c_fc.weight
+    assert w.stride() == (1, w.shape[0])
+    assert not w.is_inference()
+    head = a.model.wte.weight
+    assert head.stride() == (1, head.shape[0])
+    after = a.get_weights()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+        assert after[k].flags.c_contiguous, k
+    x, y = random_tokens(cfg, 2, 16, seed=1), random_tokens(cfg, 2, 16, seed=2)
+    for be in (a, b):
+        be.setup_optimizer(optim_config())
+        be.train_step([(x, y)], 1e-3)
+    wa, wb = a.get_weights(), b.get_weights()
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-6
+
+
+# ---- MLX ----------------------------------------------------------------------------------------
+def test_mlx_devices_and_dtypes():
+    import mlx.core as mx
+
+    be = create_backend(tiny_model_config(), "mlx", device="cpu")
+    assert be.device == "cpu"
+    assert be.describe() == "mlx on cpu"
+    auto = create_backend(tiny_model_config(), "mlx", device="auto")
+    assert auto.device == ("gpu" if mx.is_available(mx.gpu) else "cpu")
+    with pytest.raises(UserError, match="torch device"):
+        create_backend(tiny_model_config(), "mlx", device="cuda")
+    with pytest.raises(UserError, match="torch device"):
+        create_backend(tiny_model_config(), "mlx", device="mps")
+    with pytest.raises(UserError, match="unknown device"):
+        create_backend(tiny_model_config(), "mlx", device="tpu")
+    if not mx.is_available(mx.gpu):
+        with pytest.raises(UserError, match="no GPU"):
+            create_backend(tiny_model_config(), "mlx", device="gpu")
+    with pytest.raises(UserError, match="float32 only"):
+        create_backend(tiny_model_config(), "mlx", device="cpu", dtype="bfloat16")
+    with pytest.raises(UserError, match="unknown dtype"):
+        create_backend(tiny_model_config(), "mlx", device="cpu", dtype="float8")
+    assert create_backend(tiny_model_config(), "mlx", device="cpu", dtype="auto").dtype == "float32"
+
+
+def test_compile_means_the_same_on_both_and_defaults_per_backend():
+    """`compile` compiles the training step and evaluation on every backend; None takes
+    the backend's default (MLX compiles, torch does not: torch.compile's warm-up costs more
+    than it saves on small CPU runs)."""
+    assert create_backend(tiny_model_config(), "mlx", device="cpu").compile is True
+    assert create_backend(tiny_model_config(), "mlx", device="cpu", compile=False).compile is False
+    assert create_backend(tiny_model_config(), "torch", device="cpu").compile is False
+    cfg = tiny_model_config(norm="rmsnorm", mlp="swiglu")
+    w = perturbed_weights(cfg, seed=3)
+    x, y = random_tokens(cfg, seed=4), random_tokens(cfg, seed=5)
+    losses = []
+    for compiled in (False, True):
+        be = create_backend(cfg, "mlx", device="cpu", compile=compiled)
+        be.set_weights(w)
+        be.setup_optimizer(optim_config())
+        losses.append((be.eval_loss(x, y), be.train_step([(x, y)], 1e-3).loss))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_auto_backend_picks_mlx_only_on_apple_silicon():
+    from gptbench.backends.base import is_apple_silicon, resolve_backend_name
+
+    assert resolve_backend_name("mlx") == "mlx"
+    assert resolve_backend_name("auto") == ("mlx" if is_apple_silicon() else "torch")
+
+
+def test_mlx_backend_does_not_import_torch():
+    code = (
+        "import sys, numpy as np\n"
+        "from gptbench.backends.base import create_backend\n"
+        "from gptbench.backends.spec import GPTConfig\n"
+        "be = create_backend(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8), 'mlx', device='cpu')\n"
+        "be.forward_logits(np.zeros((1, 4), dtype=np.int64))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("setting", ["auto", "off", "/nonexistent/libcblas.so"])
+def test_cblas_preload_keeps_results(setting):
+    """GPTBENCH_MLX_BLAS=auto (the default) uses the system OpenBLAS when there is one (else
+    nothing); off keeps the reference BLAS; a bad path is ignored. Either way the logits
+    still match the float64 reference."""
+    code = (
+        "import ctypes.util, sys, numpy as np\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from gptbench.backends import mlx_model\n"
+        "from gptbench.backends.base import create_backend\n"
+        "from helpers import tiny_model_config, random_tokens\n"
+        "from reference_model import perturbed_weights, reference_logits\n"
+        "want = ctypes.util.find_library('openblas') if sys.argv[2] == 'auto' else None\n"
+        "assert mlx_model.BLAS == want, (mlx_model.BLAS, want)\n"
+        "cfg = tiny_model_config(n_embd=64)\n"
+        "be = create_backend(cfg, 'mlx', device='cpu'); w = perturbed_weights(cfg); be.set_weights(w)\n"
+        "idx = random_tokens(cfg)\n"
+        "np.testing.assert_allclose(be.forward_logits(idx), reference_logits(cfg, w, idx), rtol=1e-4, atol=1e-4)\n"
+    )
+    env = {**os.environ, "GPTBENCH_MLX_BLAS": setting}
+    subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), setting], check=True, timeout=120, env=env)
+
+
+def test_reference_logits_helper_is_independent_of_the_backends():
+    """The float64 reference never imports a framework (it is numpy only)."""
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import reference_model\n"
+        "assert 'torch' not in sys.modules and 'mlx' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], check=True, timeout=60)
