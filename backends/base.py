@@ -172,6 +172,11 @@ class TrainingBackend(ABC):
         unified memory."""
         return system_available_memory()
 
+    def hints(self) -> list[str]:
+        """One-line suggestions about this backend's setup (a slow library it could
+        replace, say), printed when a run starts. Empty when there is nothing to say."""
+        return []
+
     def num_params(self) -> int:
         return self.config.num_params()
 

@@ -17,6 +17,7 @@ explicit `--dtype bfloat16|float16` is refused rather than silently ignored.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
 # mlx_model first: it may preload a faster CBLAS, which must happen before mlx.core loads.
@@ -31,6 +32,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from gptbench.backends.base import Backend, Batch, OptimConfig, StepResult
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.sampling import SamplingParams, apply_filters
+from gptbench import paths
 from gptbench.errors import UserError
 
 
@@ -109,6 +111,14 @@ class MLXBackend(Backend):
         self.optim_config: OptimConfig | None = None
         self._step_fn: Any = None
         self._eval_fn: Any = None
+
+    def hints(self) -> list[str]:
+        from gptbench.backends import mlx_model
+
+        if sys.platform == "linux" and self.device == "cpu" and mlx_model.BLAS is None and (paths.env(paths.MLX_BLAS) or "auto").lower() == "auto":
+            return ["mlx[cpu] is using its reference BLAS (about 8x slower to train); install OpenBLAS "
+                    "(Debian/Ubuntu: apt-get install libopenblas0-pthread) and gptbench uses it automatically"]
+        return []
 
     # ---- weights --------------------------------------------------------------------
     def _named_params(self) -> dict[str, mx.array]:

@@ -1,7 +1,9 @@
 """Pytest fixtures: isolation from the user's files, temporary run stores, one trained run.
 
 Tests never touch the network, the user's runs directory or anything outside the clone
-(helpers.py holds the shared functions and the paths of the committed fixture files).
+(helpers.py holds the shared functions and the paths of the committed fixture files). A
+user's clone has nothing beside it, so reading the developers' `../shared` folder fails the
+test that did it (an audit hook sees every `open`, in CI as everywhere).
 Property tests run under a derandomized hypothesis profile without an example database
 when `$CI` is set, so CI is deterministic; locally they explore new examples each run.
 """
@@ -9,12 +11,35 @@ when `$CI` is set, so CI is deterministic; locally they explore new examples eac
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
-from helpers import FIXTURE_TEXT, GPT2_RANKS, train_fixture_run
+from helpers import FIXTURE_TEXT, GPT2_RANKS, REPO, train_fixture_run
+
+BESIDE_THE_CLONE = str(REPO.parent / "shared")
+_outside_reads: list[str] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        path = os.path.abspath(os.fsdecode(args[0]))
+        if path == BESIDE_THE_CLONE or path.startswith(BESIDE_THE_CLONE + os.sep):
+            _outside_reads.append(path)
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture(autouse=True)
+def _reads_only_the_clone():
+    """Fail a test that opened a file in the `shared/` folder beside the clone."""
+    seen = len(_outside_reads)
+    yield
+    new = _outside_reads[seen:]
+    assert not new, f"the test read {new[0]} outside the clone; use tests/fixtures/ instead"
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)

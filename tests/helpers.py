@@ -65,3 +65,36 @@ def train_fixture_run(runs_dir: Path, corpus: Path, name: str = "fixture", max_i
     trainer = Trainer.new_run(RunStore(runs_dir), cfg)
     trainer.fit()
     return trainer.run
+
+
+# ---- the CLI, as a user meets it ----------------------------------------------------------------
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    """Run `gptbench ARGV` in-process: (exit code, stderr)."""
+    rc, _, err = run_cli_output(capsys, *argv)
+    return rc, err
+
+
+def run_cli_output(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run `gptbench ARGV` in-process: (exit code, stdout, stderr); usage errors included."""
+    from gptbench.cli import main
+
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse's usage errors
+        rc = exc.code
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def tree_snapshot(root: Path, ignore: tuple[str, ...] = (".lock",)) -> dict[str, bytes]:
+    """Every file under `root` and its bytes (to prove a failed command changed nothing)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name not in ignore}
+
+
+def assert_one_line(err: str, *needles: str) -> None:
+    """A user error as the CLI prints it: one line, no traceback, naming the problem."""
+    assert err.startswith("gptbench: error: "), err
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in err, err

@@ -8,27 +8,11 @@ from pathlib import Path
 import pytest
 
 from gptbench.cli import main
+from helpers import assert_one_line, run_cli
+from helpers import tree_snapshot as snapshot
 
 SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--max-iters", "5",
          "--device", "cpu", "--backend", "torch", "--sample-tokens", "0"]
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str]:
-    rc = main(list(argv))
-    err = capsys.readouterr().err
-    return rc, err
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def assert_one_line(err: str, *needles: str) -> None:
-    assert err.startswith("gptbench: error: "), err
-    assert err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for n in needles:
-        assert n in err, err
 
 
 @pytest.fixture

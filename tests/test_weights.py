@@ -95,3 +95,36 @@ def test_save_is_atomic_on_failure(tmp_path):
     with pytest.raises(WeightsError):
         save_tensors(p, bad, {"config": json.dumps({})})
     assert p.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+# ---- against the reference implementation (the `safetensors` package, test-only) ------------
+def test_files_interoperate_with_the_safetensors_package(tmp_path):
+    """gptbench's own reader and writer (weights.py) agree with Hugging Face's `safetensors`
+    both ways, metadata and bfloat16 included."""
+    import torch
+    from safetensors.numpy import load_file, save_file
+    from safetensors.torch import save_file as save_torch
+
+    from gptbench.backends.weights import load_tensors, save_tensors
+
+    rng = np.random.default_rng(0)
+    tensors = {"a.weight": rng.standard_normal((3, 5)).astype(np.float32), "b": rng.standard_normal(7).astype(np.float16),
+               "ids": np.arange(4, dtype=np.int64)}
+    save_tensors(tmp_path / "ours.safetensors", tensors, {"k": "v"})
+    theirs = load_file(tmp_path / "ours.safetensors")
+    assert set(theirs) == set(tensors)
+    for k in tensors:
+        np.testing.assert_array_equal(theirs[k], tensors[k])
+        assert theirs[k].dtype == tensors[k].dtype
+    save_file(tensors, tmp_path / "theirs.safetensors", metadata={"k": "v"})
+    back, meta = load_tensors(tmp_path / "theirs.safetensors")
+    assert meta == {"k": "v"}
+    for k in tensors:
+        np.testing.assert_array_equal(back[k], tensors[k])
+    bf = torch.randn(4, 6).to(torch.bfloat16)
+    save_torch({"w": bf}, tmp_path / "bf16.safetensors")
+    np.testing.assert_array_equal(load_tensors(tmp_path / "bf16.safetensors")[0]["w"], bf.float().numpy())
+    save_tensors(tmp_path / "ours-bf16.safetensors", {"w": bf.float().numpy()}, dtype="bfloat16")
+    from safetensors.torch import load_file as load_torch
+
+    assert torch.equal(load_torch(tmp_path / "ours-bf16.safetensors")["w"], bf)

@@ -4,12 +4,15 @@ Each command module exposes `register(subparsers)` that adds its parser and sets
 `func(args) -> int`. Heavy imports (torch, mlx, textual, datasets) happen inside the
 command functions, so `gptbench --help` stays fast and works with any one framework.
 
-Every `UserError` is printed as one line and exits with status 2; no traceback.
+Every `UserError` is printed as one line and exits with status 2; so is an operating-system
+error (a full disk, a read-only folder) or running out of memory: never a traceback for
+what the user or the machine can fix.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -48,13 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # command not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     for command in sub.choices.values():  # `gptbench train --runs-dir X` works too
         command.add_argument("--runs-dir", default=argparse.SUPPRESS, help="directory holding runs")
     return parser
@@ -77,6 +74,27 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except MemoryError:
+        print("gptbench: error: out of memory; use a smaller model, batch or --max-new-tokens", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine's, not the code's: a full disk, a read-only folder
+        print(f"gptbench: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: what failed, where, and what to do."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    hint = {
+        errno.ENOSPC: "free some disk space and try again",
+        errno.EDQUOT: "your disk quota is full; free some space",
+        errno.EFBIG: "a file grew past this system's size limit (ulimit -f)",
+        errno.EROFS: "the folder is on a read-only file system; choose another",
+        errno.EACCES: "check the permissions, or choose another folder",
+        errno.EPERM: "check the permissions, or choose another folder",
+    }.get(exc.errno or 0, "")
+    reason = exc.strerror or type(exc).__name__
+    return f"{reason}{where}" + (f"; {hint}" if hint else "")
 
 
 if __name__ == "__main__":

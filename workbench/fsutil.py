@@ -1,9 +1,10 @@
 """Atomic file writes: a reader (or a crash) never sees a half-written file.
 
-Crash points for fault-injection tests: with `GPTBENCH_FAULT_KILL=before:N` (or `after:N`)
-the process sends itself SIGKILL just before (after) the N-th rename of an atomically
-written `.safetensors` file, the moments a checkpoint is most fragile. Unset, it costs one
-comparison per write.
+Crash points for fault-injection tests: with `GPTBENCH_FAULT_KILL=WHEN:N[:NAME]` the
+process sends itself SIGKILL just before (WHEN=before) or after (after) the N-th rename of
+an atomically written file whose name ends with NAME (default `.safetensors`: the moments a
+checkpoint is most fragile; `config.json` or `status.json` reach the others). Unset, it
+costs one comparison per write.
 """
 
 from __future__ import annotations
@@ -32,17 +33,23 @@ _DIR_MODE = _FILE_MODE | ((_FILE_MODE & 0o444) >> 2)  # rw-r--r-- -> rwxr-xr-x
 TMP_DIR_SUFFIX = ".tmpdir"
 
 
-def _fault_plan() -> tuple[str, int] | None:
-    when, _, n = (os.environ.get("GPTBENCH_FAULT_KILL") or "").partition(":")
-    return (when, int(n)) if when in ("before", "after") and n.isdigit() else None
+def _fault_plan() -> tuple[str, int, str] | None:
+    when, _, rest = (os.environ.get("GPTBENCH_FAULT_KILL") or "").partition(":")
+    n, _, name = rest.partition(":")
+    return (when, int(n), name or ".safetensors") if when in ("before", "after") and n.isdigit() else None
 
 
 _FAULT = _fault_plan()
 _renames = 0
 
 
+def _count_rename(target: Path) -> None:
+    global _renames
+    _renames += _FAULT is not None and target.name.endswith(_FAULT[2])
+
+
 def _crash_point(target: Path, when: str) -> None:
-    if _FAULT is not None and target.suffix == ".safetensors" and _FAULT == (when, _renames):
+    if _FAULT is not None and target.name.endswith(_FAULT[2]) and _FAULT[:2] == (when, _renames):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -62,8 +69,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        global _renames
-        _renames += target.suffix == ".safetensors"
+        _count_rename(target)
         _crash_point(target, "before")
         os.replace(tmp_path, target)
         fsync_dir(target.parent)

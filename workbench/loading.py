@@ -47,7 +47,10 @@ def load_model(
     backend: str = "auto",
     device: str = "auto",
     dtype: str = "float32",
+    batch_size: int = 1,
 ) -> LoadedModel:
+    """The model and tokenizer of a run's checkpoint or of a weights file, on a backend.
+    Refuses (one line) a model, plus a KV cache for `batch_size` rows, that cannot fit."""
     if (run is None) == (weights is None):
         raise UserError("give exactly one of --run NAME or --weights FILE.safetensors")
     if run is not None:
@@ -60,8 +63,9 @@ def load_model(
             raise UserError("--weights needs --tokenizer (gpt2, byte, bpe:PATH, or a run folder / tokenizer.json)")
         path, tok, source = Path(weights), load_tokenizer_spec(tokenizer), str(weights)
     config = read_config(path)
-    check_memory(config.inference_bytes(), backend_class(backend).available_memory(device),
-                 f"loading this {format_params(config.num_params())}-parameter model", "use a machine with more memory")
+    check_memory(config.inference_bytes(batch_size), backend_class(backend).available_memory(device),
+                 f"generating {batch_size} sample{'s' if batch_size > 1 else ''} with this {format_params(config.num_params())}-parameter model",
+                 "ask for fewer --num-samples" if batch_size > 1 else "use a machine with more memory")
     config, tensors = load_weights(path)
     if tok.vocab_size > config.vocab_size:
         raise UserError(f"tokenizer has {tok.vocab_size} tokens but the model only {config.vocab_size}; pick the tokenizer the model was trained with")

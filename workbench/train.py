@@ -296,7 +296,7 @@ class Trainer:
             trainer._resume_notes.extend(_schedule_notes(start, t, saved["train"]))
             if sha != saved_sha and saved_sha:
                 trainer._resume_notes.append("the corpus changed since the run started; continuing on the new text (--accept-changed-data)")
-            writer.rewind(start)
+            writer.rewind(start if ckpt is not None else -1)  # from step 0, its eval is redone too
             trainer._write_config()
         except BaseException:
             writer.close()
@@ -412,6 +412,7 @@ class Trainer:
             f"backend {self.backend.describe()}, {self.data.tokenizer.spec} tokenizer (vocab {self.data.tokenizer.vocab_size}), "
             f"{len(self.data.train):,} train / {len(self.data.val):,} val tokens, {tokens_per_step:,} tokens/step",
             *self._resume_notes,
+            *self.backend.hints(),
         ]
         for line in header:
             self._log(line)

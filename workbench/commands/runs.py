@@ -1,18 +1,46 @@
-"""`gptbench runs`: list runs as a table or JSON."""
+"""`gptbench runs`: list runs as a table (fitted to the terminal) or as JSON."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
+from typing import Callable
 
 from gptbench.backends.spec import format_params
+from gptbench.runstore import RunSummary
+
+# (header, cell, right-aligned), most important first: a narrow terminal drops columns
+# from the end of this list until the rest fit, rather than cutting every cell.
+COLUMNS: list[tuple[str, Callable[[RunSummary], str], bool]] = [
+    ("name", lambda s: s.name, False),
+    ("status", lambda s: s.state, False),
+    ("step", lambda s: "converted" if s.converted else (f"{s.step}/{s.max_iters}" if s.max_iters else "-"), True),
+    ("best val", lambda s: f"{s.best_val_loss:.4f}" if s.best_val_loss is not None else "-", True),
+    ("params", lambda s: format_params(s.params) if s.params else "-", True),
+    ("backend", lambda s: s.backend or "-", False),
+    ("tokenizer", lambda s: s.tokenizer or "-", False),
+    ("created", lambda s: time.strftime("%Y-%m-%d %H:%M", time.localtime(s.created)) if s.created else "-", False),
+    ("device", lambda s: s.device or "-", False),
+]
+CELL_PADDING = 3  # rich's box: one space each side plus a rule
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="list runs", description="List every run in the runs directory.")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=run_runs)
+
+
+def fit_columns(summaries: list[RunSummary], width: int) -> list[int]:
+    """Indexes of the columns to show at `width`: all that fit, in priority order (name
+    and status always)."""
+    widths = [max(len(header), *(len(cell(s)) for s in summaries)) + CELL_PADDING for header, cell, _ in COLUMNS]
+    keep = list(range(len(COLUMNS)))
+    while len(keep) > 2 and sum(widths[i] for i in keep) + 1 > width:
+        keep.pop()
+    return keep
 
 
 def run_runs(args: argparse.Namespace) -> int:
@@ -23,26 +51,25 @@ def run_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([s.to_dict() for s in summaries], indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"runs in {store.root}", title_justify="left")
-    for col in ("name", "status", "step", "best val", "params", "backend", "device", "tokenizer", "created"):
-        table.add_column(col, justify="right" if col in ("step", "best val", "params") else "left")
-    for s in summaries:
-        table.add_row(
-            s.name,
-            s.state + (f" ({s.error})" if s.state == "corrupt" else ""),
-            f"{s.step}/{s.max_iters}" if s.max_iters else "-",
-            f"{s.best_val_loss:.4f}" if s.best_val_loss is not None else "-",
-            format_params(s.params) if s.params else "-",
-            s.backend or "-",
-            s.device or "-",
-            s.tokenizer or "-",
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(s.created)) if s.created else "-",
-        )
     if not summaries:
         print(f"no runs in {store.root}; start one with: gptbench train --no-ui")
         return 0
-    Console().print(table)
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=shutil.get_terminal_size((100, 24)).columns)
+    keep = fit_columns(summaries, console.width)
+    table = Table(title=f"runs in {store.root}", title_justify="left")
+    for i in keep:
+        header, _, right = COLUMNS[i]
+        table.add_column(header, justify="right" if right else "left", no_wrap=True, overflow="ellipsis")
+    for s in summaries:
+        table.add_row(*(COLUMNS[i][1](s) for i in keep))
+    console.print(table)
+    notes = [f"{s.name}: {s.error}" for s in summaries if s.error and s.state in ("failed", "corrupt", "crashed", "stale")]
+    for note in notes:
+        console.print(note, markup=False, highlight=False)
+    hidden = [COLUMNS[i][0] for i in range(len(COLUMNS)) if i not in keep]
+    if hidden:
+        console.print(f"({', '.join(hidden)} hidden at this width; gptbench runs --json has every field)", style="dim")
     return 0

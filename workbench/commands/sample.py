@@ -57,7 +57,7 @@ def run_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     loaded = load_model(
         RunStore(args.runs_dir), run=args.run, checkpoint=args.checkpoint, weights=args.weights,
-        tokenizer=args.tokenizer, backend=args.backend, device=args.device,
+        tokenizer=args.tokenizer, backend=args.backend, device=args.device, batch_size=args.num_samples,
     )
     prompt = read_prompt(args, loaded.tokenizer)
     ids = encode_prompt(loaded.tokenizer, prompt)  # bad characters fail here, before any output
