@@ -20,7 +20,7 @@ import numpy as np
 from gptbench.errors import UserError
 
 
-MAX_NEW_TOKENS = 1_000_000  # one request; longer texts are several requests
+MAX_NEW_TOKENS = 100_000_000  # past this, the token buffer alone would need ~1 GB a row
 
 
 @dataclass(frozen=True)
