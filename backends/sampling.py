@@ -52,8 +52,10 @@ class SamplingParams:
             raise UserError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
         if not self.repetition_window >= 0:
             raise UserError(f"repetition_window must be >= 0 (0 = penalty off), got {self.repetition_window}")
-        if not 0 <= self.max_new_tokens <= MAX_NEW_TOKENS:
-            raise UserError(f"max_new_tokens must be in [0, {MAX_NEW_TOKENS:,}], got {self.max_new_tokens:,}")
+        if not self.max_new_tokens >= 0:
+            raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.max_new_tokens > MAX_NEW_TOKENS:
+            raise UserError(f"max_new_tokens must be at most {MAX_NEW_TOKENS:,}, got {self.max_new_tokens:,}")
         object.__setattr__(self, "top_k", int(self.top_k))
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
         ids = tuple(int(t) for t in self.stop_token_ids)

@@ -113,7 +113,7 @@ def test_resuming_a_damaged_run_is_one_line_and_changes_nothing(capsys, baby, ca
 
 @pytest.mark.parametrize("flags,needle", [
     (["--temperature", "nan"], "temperature must be >= 0"),
-    (["--max-new-tokens", "1000000000000"], "max_new_tokens must be in [0, 100,000,000]"),
+    (["--max-new-tokens", "1000000000000"], "max_new_tokens must be at most 100,000,000"),
     (["--num-samples", "100000000"], "ask for fewer --num-samples"),
     (["--checkpoint", "step-7"], "has no checkpoint step-7"),
 ])
