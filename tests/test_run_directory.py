@@ -316,3 +316,17 @@ def test_convert_into_an_existing_run_in_use_is_refused(capsys, baby, tmp_path):
     assert_one_line(err, "locked by another")
     assert tree_snapshot(root / "target") == before
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_a_run_with_a_relative_corpus_path_resumes_from_anywhere(capsys, runs_dir, tmp_path, monkeypatch):
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "text.txt").write_text(FIXTURE_TEXT)
+    monkeypatch.chdir(tmp_path / "here")
+    rc, _ = run_cli(capsys, "--runs-dir", runs_dir, "train", "--no-ui", "--data", "text.txt", "--name", "rel", "--max-iters", "3",
+                    "--device", "cpu", "--backend", "torch", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+                    "--block-size", "16", "--sample-tokens", "0", "--eval-iters", "2")
+    assert rc == 0
+    assert Run(runs_dir / "rel").config()["data"]["spec"] == str(tmp_path / "here" / "text.txt")
+    monkeypatch.chdir(tmp_path)
+    rc, err = resume(capsys, Run(runs_dir / "rel"), "--max-iters", "5")
+    assert rc == 0, err

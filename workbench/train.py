@@ -179,8 +179,10 @@ class Trainer:
         name = cfg.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         writer = RunWriter.create(store.root, name)
         try:
+            from gptbench.data.sources import absolute_spec
+
             backend_name = resolve_backend_name(cfg.backend)
-            cfg = replace(cfg, name=name, backend=backend_name)
+            cfg = replace(cfg, name=name, backend=backend_name, data=absolute_spec(cfg.data))
             data = prepare_data(
                 cfg.data, cfg.tokenizer, block_size=cfg.model["block_size"], val_fraction=cfg.train.val_fraction,
                 progress=reporter.log,

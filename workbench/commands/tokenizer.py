@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=lambda args: _no_action(p))
 
     t = sub.add_parser("train", help="train a byte-level BPE on a corpus and save it to a folder")
-    t.add_argument("--corpus", default="default", help="corpus spec, as for --data (default: the Python stdlib sources)")
+    t.add_argument("--corpus", default="default", help="the corpus, as for train --data (default: the Python stdlib sources)")
     t.add_argument("--vocab-size", type=int, required=True, help="ids in all, including <|endoftext|> (>= 257)")
     t.add_argument("--out", required=True, help="folder to write tokenizer.json + tokenizer.tiktoken into")
     t.add_argument("--max-docs", type=int, default=None, help="use only the first N documents")
@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("stats", help="bytes/token of char, byte, gpt2 and given tokenizers on a corpus")
-    s.add_argument("--corpus", default="default", help="corpus spec, as for --data (default: the Python stdlib sources)")
+    s.add_argument("--corpus", default="default", help="the corpus, as for train --data (default: the Python stdlib sources)")
     s.add_argument("--tokenizer", action="append", default=[], metavar="SPEC",
                    help="another tokenizer to compare (bpe:PATH, bpe:N, gpt2:PATH, ...); repeatable")
     s.add_argument("--max-docs", type=int, default=None, help="use only the first N documents")

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from gptbench import paths
+from gptbench.data.sources import data_help
 from gptbench.errors import UserError
 
 # flag name -> (section, key, type, help)
@@ -68,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="NAME", help="continue a run from its last checkpoint")
     p.add_argument("--preset", help="tiny | small | gpt2 | gpt2-medium | gpt2-large | gpt2-xl (default tiny)")
     p.add_argument("--config", metavar="FILE", help="TOML file with preset/model/train/data keys")
-    p.add_argument("--data", help="text file, folder, glob, tinyshakespeare, hf:NAME..., or default (offline stdlib corpus)")
+    p.add_argument("--data", help=data_help())
     p.add_argument("--tokenizer", help="char | byte | gpt2[:RANKS_FILE] | bpe:PATH | bpe:VOCAB_SIZE (default char)")
     p.add_argument("--backend", help="auto | torch | mlx (default auto)")
     p.add_argument("--device", help="auto | cpu | cuda | mps (torch) | gpu (mlx) (default auto)")

@@ -41,17 +41,34 @@ TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/maste
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 DOWNLOAD_TIMEOUT_S = 10.0
 STRUCTURED = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+# (form, what it is, the short name errors use): the one description of the grammar;
+# `--data`'s help and the error for a path that does not exist are both made from it.
 DATA_FORMS = (
-    ("default", "the running Python's standard-library sources (offline)"),
-    ("tinyshakespeare", "downloaded once, SHA-256 checked"),
-    ("PATH | FOLDER | 'GLOB'", "UTF-8 text files, one document per file"),
-    ("FILE.jsonl#FIELD", "records (.jsonl/.json/.parquet/.csv), field `text` by default"),
-    ("hf:NAME[:CONFIG][:SPLIT][#FIELD]", "a Hugging Face dataset, streamed"),
+    ("default", "the running Python's standard-library sources (offline)", "default"),
+    ("tinyshakespeare", "downloaded once, SHA-256 checked", "tinyshakespeare"),
+    ("PATH | FOLDER | 'GLOB'", "UTF-8 text files, one document per file", "a text file, a folder, a glob like 'data/*.txt'"),
+    ("FILE.jsonl#FIELD", "records (.jsonl/.json/.parquet/.csv), field `text` by default",
+     "FILE.jsonl#FIELD (.jsonl/.json/.parquet/.csv)"),
+    ("hf:NAME[:CONFIG][:SPLIT][#FIELD]", "a Hugging Face dataset, streamed", "hf:NAME[:CONFIG][:SPLIT][#FIELD]"),
 )
-SPEC_HELP = (
-    "default, tinyshakespeare, a text file, a folder, a glob like 'data/*.txt', "
-    "FILE.jsonl#FIELD (.jsonl/.json/.parquet/.csv), or hf:NAME[:CONFIG][:SPLIT][#FIELD]"
-)
+SPEC_HELP = ", ".join(short for _, _, short in DATA_FORMS[:-1]) + ", or " + DATA_FORMS[-1][2]
+
+
+def absolute_spec(spec: str | None) -> str | None:
+    """The spec with a local path made absolute (globs and #FIELD kept), so a run records
+    where its corpus is and resumes from any working directory."""
+    s = (spec or "").strip()
+    if not s or s in ("default", "pystdlib", "tinyshakespeare") or s.startswith("hf:"):
+        return spec
+    path_part, sep, field_ = s, "", ""
+    if "#" in s and not Path(s).expanduser().exists():
+        path_part, sep, field_ = s.rpartition("#")
+    return os.path.abspath(os.path.expanduser(path_part)) + sep + field_
+
+
+def data_help() -> str:
+    """`--data`'s help text."""
+    return "the corpus: " + "; ".join(f"{form} ({what})" for form, what, _ in DATA_FORMS)
 
 
 @dataclass
