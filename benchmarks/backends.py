@@ -57,7 +57,7 @@ def cases(mode: str, configs: list[str], backends: list[str], blas: str | None) 
                 if shape == "tiny":
                     # with the fastest BLAS available, so matmuls do not hide what compile changes
                     out.append({**base, "variant": "+OpenBLAS eager" if blas else "eager step", "env": fast,
-                                "compile_step": False, "decode_tokens": 0})
+                                "compile": False, "decode_tokens": 0})
     return out
 
 
@@ -65,18 +65,16 @@ def cases(mode: str, configs: list[str], backends: list[str], blas: str | None) 
 def run_case(case: dict) -> dict:
     import numpy as np
 
-    from gptbench.backends.base import OptimConfig, create_backend
-    from gptbench.backends.spec import GPTConfig
+    from gptbench.backends.base import create_backend
     from gptbench.backends.generate import generate_tokens
     from gptbench.backends.sampling import SamplingParams
-    from gptbench.config import PRESETS
+    from gptbench.backends.spec import GPTConfig
+    from gptbench.config import PRESETS, TrainConfig
 
     model = dict(PRESETS[case["shape"]]["model"], dropout=0.0)
     cfg = GPTConfig(vocab_size=VOCAB, **model)
-    be = create_backend(cfg, case["backend"], device="auto", seed=0)
-    if case.get("compile_step") is False:
-        be.compile_step = False
-    be.setup_optimizer(OptimConfig())
+    be = create_backend(cfg, case["backend"], device="auto", seed=0, compile=case.get("compile"))
+    be.setup_optimizer(TrainConfig().optim_config())
     rng = np.random.default_rng(0)
     B, T = case["batch"], cfg.block_size
 

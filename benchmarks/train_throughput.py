@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptbench.backends.base import OptimConfig, create_backend
+from gptbench.backends.base import create_backend
 from gptbench.config import resolve_run_config
 from gptbench.data import get_batch
 
@@ -66,7 +66,7 @@ def measure(preset: str, backend: str, device: str, steps: int, warmup: int, voc
     model_cfg = cfg.model_config(vocab)
     t = cfg.train
     be = create_backend(model_cfg, backend, device=device, seed=0, compile=compile)
-    be.setup_optimizer(OptimConfig(weight_decay=t.weight_decay, beta1=t.beta1, beta2=t.beta2, grad_clip=t.grad_clip))
+    be.setup_optimizer(t.optim_config())
     rng = np.random.default_rng(0)
     data = rng.integers(0, vocab, size=1_000_000).astype(np.uint16)
     T = model_cfg.block_size
