@@ -299,7 +299,6 @@ def _preset_of(config: GPTConfig) -> str:
 
 
 def _to_run(source: Source, name: str, dtype: str, force: bool, to: str, verify_on: str, device: str, store: "RunStore", tokenizer: str | None) -> ConvertResult:
-    from gptbench.backends.base import create_backend
     from gptbench.backends.weights import load_weights
     from gptbench.config import TrainConfig
     from gptbench.runstore import RUN_FORMAT_VERSION, RunState, RunWriter, validate_run_name
