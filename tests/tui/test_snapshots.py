@@ -84,7 +84,7 @@ def test_chat(snap_compare, runs, size):
         await settle(pilot)
         pilot.app.open_chat("baby-char")
         await settle(pilot)
-        await wait_for(pilot, lambda: pilot.app.screen.model is not None, timeout=60, what="model loaded")
+        await wait_for(pilot, lambda: pilot.app.screen.picker.model is not None, timeout=60, what="model loaded")
         pilot.app.screen.query_one("#prompt").value = "héllo"  # not in the char vocabulary: inline error
         await steady(pilot)
 

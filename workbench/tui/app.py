@@ -53,24 +53,20 @@ def _train_screen() -> Screen:
     return TrainScreen()
 
 
-def _chat_screen() -> Screen:
-    from gptbench.tui.screens.chat import ChatScreen
-
-    return ChatScreen()
-
-
 class GPTBenchApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "gptbench"
-    # Only the Runs screen is imported at startup; the others load on first use.
-    MODES = {"runs": RunsScreen, "train": _train_screen, "chat": _chat_screen}
+    # Only the Runs screen is imported at startup; the others load on first use. The chat
+    # mode is added per app in __init__: its screen is created with the run to chat with.
+    MODES = {"runs": RunsScreen, "train": _train_screen}
     DEFAULT_MODE = "runs"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    # F2-F4 stay out of the footer (it must fit 80 columns); F1 help and Ctrl+P list them.
     BINDINGS = [
         Binding("f1,question_mark", "help", "Help"),
-        Binding("f2", "switch_mode('runs')", "Runs"),
-        Binding("f3", "switch_mode('train')", "Train"),
-        Binding("f4", "switch_mode('chat')", "Chat"),
+        Binding("f2", "go('runs')", "Runs", show=False),
+        Binding("f3", "go('train')", "Train", show=False),
+        Binding("f4", "go('chat')", "Chat", show=False),
     ]
 
     def __init__(
@@ -100,8 +96,9 @@ class GPTBenchApp(App[None]):
         self._scan_wanted = False
         self._scan_seq = 0  # scans started
         self._after_scan: list[tuple[int, Callable[[], None]]] = []
-        self._chat_request: str | None = None
+        self.chat_screen: Screen | None = None  # the chat mode's screen, once created
         self._startup = startup
+        self.add_mode("chat", self._chat_mode_screen)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     @property
@@ -200,21 +197,30 @@ class GPTBenchApp(App[None]):
 
         self.push_screen(CompareScreen(names, self.runs_dir, self.clock))
 
-    def open_chat(self, name: str | None = None) -> None:
+    def _chat_mode_screen(self) -> Screen:
+        return self._chat(None)
+
+    def _chat(self, run: str | None) -> Screen:
         from gptbench.tui.screens.chat import ChatScreen
 
-        self._chat_request = name
-        if self.current_mode == "chat":
-            screen = self.screen
-            if isinstance(screen, ChatScreen) and name is not None:
-                self._chat_request = None
-                screen.choose_run(name)
-        else:
-            self.switch_mode("chat")
+        if self.chat_screen is None:
+            self.chat_screen = ChatScreen(run)
+        elif run is not None:
+            self.chat_screen.open_run(run)  # type: ignore[attr-defined]
+        return self.chat_screen
 
-    def take_chat_request(self) -> str | None:
-        name, self._chat_request = self._chat_request, None
-        return name
+    def open_chat(self, name: str | None = None) -> None:
+        """The chat screen, chatting with `name` (or with whatever it had) ."""
+        self._chat(name)
+        self.switch_mode("chat")
+
+    async def action_go(self, mode: str) -> None:
+        """F2/F3/F4: the mode's own screen (Runs, the Train form, Chat), closing any
+        dashboard, comparison or dialog opened on top of it."""
+        if self.current_mode != mode:
+            await self.switch_mode(mode)
+        while len(self.screen_stack) > 1:
+            await self.pop_screen()
 
     def action_help(self) -> None:
         from gptbench.tui.screens.help import HelpScreen
@@ -275,7 +281,7 @@ class GPTBenchApp(App[None]):
         seen: set[str] = set()
         for mode, title in MODE_TITLES.items():
             seen.add(title)
-            yield SystemCommand(f"Go to {title}", f"Switch to the {title} screen", partial(self.switch_mode, mode))
+            yield SystemCommand(f"Go to {title}", f"Switch to the {title} screen", partial(self.run_action, f"go({mode!r})"))
         yield SystemCommand("Help", "Show keys and how the app works", self.action_help)
         seen.add("Help")
         for key, active in screen.active_bindings.items():

@@ -193,6 +193,7 @@ class WatchSnapshot:
 
     name: str
     state: str
+    summary: RunSummary  # what the run browser shows (state, step, error...), read with the rest
     status: dict[str, Any]
     config: dict[str, Any] | None
     config_error: str
@@ -215,6 +216,7 @@ class RunWatcher:
         self.log = TextTail(run.log_path)
         self.status: dict[str, Any] = {}
         self.state = "unknown"
+        self.summary = RunSummary(run.name, "unknown")
         self.config: dict[str, Any] | None = None
         self.config_error = ""
         self.checkpoints: list[CheckpointInfo] = []
@@ -236,9 +238,9 @@ class RunWatcher:
                 status = self.run.status()
             except CorruptRunError:
                 status = {}
-            state = read_summary(self.run, self.clock()).state if self.run.path.is_dir() else "missing"
-            if status != self.status or state != self.state:
-                self.status, self.state, changed = status, state, True
+            summary = read_summary(self.run, self.clock()) if self.run.path.is_dir() else RunSummary(self.run.name, "missing")
+            if status != self.status or summary != self.summary:
+                self.status, self.summary, self.state, changed = status, summary, summary.state, True
             if self.series.extend(self.metrics.poll()):
                 changed = True
             sig = _sig(self.run.checkpoints_dir)  # a checkpoint appears or goes: the folder changes
@@ -253,7 +255,7 @@ class RunWatcher:
                 list(s.eval_step), list(s.eval_train_loss), list(s.val_loss), s.sample_step, s.sample_text, s.version,
             )
             return WatchSnapshot(
-                self.run.name, self.state, dict(self.status), self.config, self.config_error,
+                self.run.name, self.state, self.summary, dict(self.status), self.config, self.config_error,
                 list(self.checkpoints), series, list(self.log.lines), self.log.total,
             )
 
@@ -285,6 +287,25 @@ def config_diff(configs: dict[str, dict[str, Any] | None]) -> list[tuple[str, li
         if any(json.dumps(v, sort_keys=True, default=str) != json.dumps(values[0], sort_keys=True, default=str) for v in values):
             rows.append((key, values))
     return rows
+
+
+# ---- run states ----------------------------------------------------------------------------
+def state_reason(summary: RunSummary, status: dict[str, Any] | None = None, now: float | None = None) -> str:
+    """Why a run is in a state that needs explaining ('' when it needs none): the recorded
+    error of a failed, aborted or corrupt run, the reader's reason for a crashed one, or
+    what a missing heartbeat means."""
+    if summary.error:
+        return summary.error
+    if summary.state == "crashed":
+        return (f"its trainer process is gone (killed, or the machine restarted) without a final status; "
+                f"r resumes it from its last checkpoint")
+    if summary.state == "stale":
+        beat = (status or {}).get("heartbeat")
+        age = fmt_duration((now if now is not None else time.time()) - beat) if isinstance(beat, (int, float)) else "minutes"
+        return f"no heartbeat for {age}: its trainer is hung, or runs on another machine"
+    if summary.state == "failed":
+        return "no reason was recorded; see log.txt"
+    return ""
 
 
 # ---- formatting ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Compare runs: train and val loss curves overlaid (one colour per run) and a config diff
-that lists only the keys whose values differ."""
+that lists only the keys whose values differ, every run's column fitted to the screen."""
 
 from __future__ import annotations
 
@@ -10,31 +10,46 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.events import Resize
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Static
 
 from gptbench.runstore import Run
 from gptbench.tui.runsdata import Clock, RunWatcher, WatchSnapshot, config_diff
-from gptbench.tui.widgets.charts import PALETTE, SMOOTHING_LEVELS, MetricChart, Series
+from gptbench.tui.widgets.charts import PALETTE, MetricChart, Series
+
+MIN_VALUE_WIDTH = 8  # a run's column never gets narrower than this (the table scrolls instead)
 
 
-def _cell(value: object) -> str:
+def cell_text(value: object, width: int) -> Text:
+    """A config value in at most `width` cells; a long one (a path, a list) keeps its end,
+    the part that tells runs apart."""
     if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
+        text = "—"
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    if len(text) > width:
+        text = "…" + text[-(width - 1):]
+    return Text(text)
 
 
 class CompareScreen(Screen):
     TITLE = "gptbench"
+    HELP = """\\
+Train and val loss of the marked runs, one colour per run, and the config keys whose values
+differ (long values keep their end). **l** toggles a log scale, **+**/**-** change the
+smoothing of the train curves.
+"""
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("l", "toggle_log", "Log scale"),
-        Binding("plus,equals_sign", "smooth(1)", "Smooth +"),
-        Binding("minus", "smooth(-1)", "Smooth -"),
+        Binding("plus,equals_sign", "smooth(1)", "Smooth", key_display="+/-"),
+        Binding("minus", "smooth(-1)", "Smooth less", show=False),
     ]
 
     def __init__(self, names: list[str], runs_dir: Path, clock: Clock) -> None:
@@ -43,23 +58,30 @@ class CompareScreen(Screen):
         self.sub_title = "Compare · " + ", ".join(names)
         self.watchers = [RunWatcher(Run(runs_dir / n), clock) for n in names]
         self.snaps: dict[str, WatchSnapshot] = {}
-        self.log_y = False
-        self.smooth_index = 1
+        self._poller: Timer | None = None
+        self._diff_width = 0
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
         with Horizontal(id="compare-charts"):
-            yield MetricChart("train loss", xlabel="step", id="compare-train")
-            yield MetricChart("val loss", xlabel="step", id="compare-val")
+            yield MetricChart("train loss", xlabel="step", id="compare-train", log_scalable=True, smoothable=True, smoothing_index=1)
+            yield MetricChart("val loss", xlabel="step", id="compare-val", log_scalable=True)
         with Vertical(id="compare-diff-box"):
             yield Static("", id="compare-diff-title")
             yield DataTable(id="compare-diff", zebra_stripes=True, cursor_type="row")
         yield Footer()
 
     def on_mount(self) -> None:
-        self._apply_options()
         self.load()
-        self.set_interval(1.0, self.load)
+        self._poller = self.set_interval(1.0, self.load)
+
+    def on_screen_suspend(self) -> None:
+        if self._poller is not None:
+            self._poller.pause()
+
+    def on_screen_resume(self) -> None:
+        if self._poller is not None:
+            self._poller.resume()
 
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def load(self) -> None:
@@ -92,30 +114,37 @@ class CompareScreen(Screen):
 
     def _show_diff(self) -> None:
         table = self.query_one("#compare-diff", DataTable)
-        table.clear(columns=True)
-        table.add_column("key", key="key")
-        for i, name in enumerate(self.names):
-            table.add_column(Text(name, style=f"bold rgb{PALETTE[i % len(PALETTE)]}"), key=name)
         configs = {n: (self.snaps[n].config if n in self.snaps else None) for n in self.names}
         rows = config_diff(configs)
+        key_width = max([len("key"), *(len(k) for k, _ in rows)])
+        # every run's column gets an equal share of what the key column leaves (2 cells of padding each)
+        room = (table.scrollable_content_region.width or self.size.width) - (key_width + 2)
+        width = max(MIN_VALUE_WIDTH, room // max(1, len(self.names)) - 2)
+        self._diff_width = table.size.width
+        table.clear(columns=True)
+        table.add_column("key", key="key", width=key_width)
+        for i, name in enumerate(self.names):
+            label = Text(name if len(name) <= width else name[: width - 1] + "…", style=f"bold rgb{PALETTE[i % len(PALETTE)]}")
+            table.add_column(label, key=name, width=width)
         for key, values in rows:
-            table.add_row(key, *(_cell(v) for v in values), key=key)
+            table.add_row(key, *(cell_text(v, width) for v in values), key=key)
         title = f"config diff: {len(rows)} key{'s' if len(rows) != 1 else ''} differ" if rows else "config diff: the configs are identical"
         self.query_one("#compare-diff-title", Static).update(Text(title, style="bold"))
 
-    def _apply_options(self) -> None:
-        sm = SMOOTHING_LEVELS[self.smooth_index]
-        suffix = f" · smoothing {sm:g}" if sm else ""
-        self.query_one("#compare-train", MetricChart).set_options(log_y=self.log_y, smoothing=sm, title=f"train loss{suffix}")
-        self.query_one("#compare-val", MetricChart).set_options(log_y=self.log_y, title="val loss")
+    def on_resize(self, event: Resize) -> None:
+        self.call_after_refresh(self._refit_diff)  # the table has its new size after this layout
+
+    def _refit_diff(self) -> None:
+        if self.snaps and self.query_one("#compare-diff", DataTable).size.width != self._diff_width:
+            self._show_diff()
 
     def action_back(self) -> None:
         self.app.pop_screen()
 
     def action_toggle_log(self) -> None:
-        self.log_y = not self.log_y
-        self._apply_options()
+        for chart in self.query(MetricChart).results(MetricChart):
+            chart.toggle_log_scale()
 
     def action_smooth(self, delta: int) -> None:
-        self.smooth_index = max(0, min(len(SMOOTHING_LEVELS) - 1, self.smooth_index + delta))
-        self._apply_options()
+        for chart in self.query(MetricChart).results(MetricChart):
+            chart.change_smoothing(delta)

@@ -1,13 +1,13 @@
 """The live dashboard of one run: loss / learning-rate / throughput charts, progress and
-ETA, the latest sample and the log tail. Works for new, running and finished runs alike,
-because it only reads the run directory (and, for a run this app just launched, the
-trainer's output file until the run directory exists)."""
+ETA, the latest sample and the log tail. Works for new, running, finished, failed and
+converted runs alike, because it only reads the run directory (and, for a run this app
+just launched, the trainer's output file until the run directory exists)."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
@@ -17,11 +17,12 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Header, Log, ProgressBar, Static
+from textual.widgets import Footer, Header, ProgressBar, Static
 
 from gptbench.runstore import Run
-from gptbench.tui.runsdata import Clock, RunWatcher, WatchSnapshot, fmt_duration, fmt_loss, fmt_rate
-from gptbench.tui.widgets.charts import PALETTE, SMOOTHING_LEVELS, MetricChart, Series
+from gptbench.tui.runsdata import Clock, RunWatcher, WatchSnapshot, fmt_duration, fmt_loss, fmt_rate, state_reason
+from gptbench.tui.widgets.charts import PALETTE, MetricChart, Series
+from gptbench.tui.widgets.logpane import LogPane
 from gptbench.tui.widgets.runtable import state_text
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 POLL_INTERVAL_S = 1.0
 CHART_INTERVAL_S = 2.0  # charts redraw at most this often (status and log follow every poll)
 SIDE_CHARTS_EVERY = 5  # learning rate and tokens/s: every 5th loss-chart redraw
+ENDED_STATES = ("finished", "stopped", "failed", "crashed")
 
 
 class RunPolled(Message):
@@ -55,16 +57,43 @@ class LaunchPolled(Message):
         return isinstance(message, LaunchPolled)
 
 
+def progress_of(snap: WatchSnapshot) -> tuple[int, int]:
+    """(step reached, planned steps) from the status, falling back to metrics and config."""
+    st, s = snap.status, snap.series
+    step = st.get("step")
+    if not isinstance(step, int):
+        step = s.train_step[-1] if s.train_step else 0
+    max_iters = st.get("max_iters") or (snap.config or {}).get("train", {}).get("max_iters") or 0
+    return int(step), int(max_iters)
+
+
+def ran_for(status: dict[str, Any]) -> float:
+    """How long the trainer ran: its training time, or (when it ended before its first
+    timing window, e.g. NaN at the first log step) the wall time between its start and
+    its last status."""
+    elapsed = float(status.get("elapsed") or 0.0)
+    started, beat = status.get("started"), status.get("heartbeat")
+    wall = float(beat) - float(started) if isinstance(started, (int, float)) and isinstance(beat, (int, float)) else 0.0
+    return max(elapsed, wall)
+
+
 class DashboardScreen(Screen):
     TITLE = "gptbench"
+    HELP = """\\
+The dashboard only reads the run's files, so it works for runs started anywhere and closing
+it never stops training. **s** stops the run gracefully (it saves a checkpoint first),
+**r** resumes a stopped, failed or finished run with a new step budget, **c** chats with
+its best checkpoint. **l** toggles a log scale on the loss chart, **+**/**-** change the
+smoothing of the training curves.
+"""
     BINDINGS = [
         Binding("escape", "back", "Back"),
-        Binding("l", "toggle_log", "Log scale"),
-        Binding("plus,equals_sign", "smooth(1)", "Smooth +"),
-        Binding("minus", "smooth(-1)", "Smooth -"),
         Binding("s", "stop", "Stop"),
         Binding("r", "resume", "Resume"),
-        Binding("c", "chat", "Chat with run"),
+        Binding("l", "toggle_log", "Log scale"),
+        Binding("plus,equals_sign", "smooth(1)", "Smooth", key_display="+/-"),
+        Binding("minus", "smooth(-1)", "Smooth less", show=False),
+        Binding("c", "chat", "Chat with run", show=False),
     ]
 
     def __init__(self, name: str, runs_dir: Path, clock: Clock) -> None:
@@ -73,11 +102,10 @@ class DashboardScreen(Screen):
         self.sub_title = f"Dashboard · {name}"
         self.watcher = RunWatcher(Run(runs_dir / name), clock)
         self.snap: WatchSnapshot | None = None
-        self.log_y = False
-        self.smoothing_index = 1
         self._log_shown = 0
         self._launch_shown = 0
         self._busy = False
+        self._poller: Timer | None = None
         self._series_version = -1
         self._charts_at = 0.0  # monotonic time of the last chart rebuild
         self._charts_timer: Timer | None = None
@@ -89,10 +117,6 @@ class DashboardScreen(Screen):
     def gapp(self) -> "GPTBenchApp":
         return self.app  # type: ignore[return-value]
 
-    @property
-    def smoothing(self) -> float:
-        return SMOOTHING_LEVELS[self.smoothing_index]
-
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
         with Vertical(id="dash-status"):
@@ -102,23 +126,34 @@ class DashboardScreen(Screen):
                 # a determinate bar from the start: an indeterminate one animates at 60 fps
                 yield ProgressBar(total=1, show_eta=False, id="dash-progress")
             yield Static("", id="dash-eta")
+            yield Static("", id="dash-reason")
         with Horizontal(id="dash-charts"):
-            yield MetricChart("loss", xlabel="step", id="chart-loss", empty="waiting for the first metrics…")
+            yield MetricChart("loss", xlabel="step", id="chart-loss", empty="waiting for the first metrics…",
+                              log_scalable=True, smoothable=True, smoothing_index=1)
             with Vertical(id="dash-side"):
                 yield MetricChart("learning rate", id="chart-lr", empty="waiting…")
-                yield MetricChart("tokens/s", id="chart-tps", empty="waiting…")
+                yield MetricChart("tokens/s", id="chart-tps", empty="waiting…", smoothable=True, smoothing_index=1)
         with Horizontal(id="dash-bottom"):
-            with VerticalScroll(id="dash-sample"):
+            with VerticalScroll(id="dash-sample", can_focus=False):
                 yield Static("", id="sample-text")
-            yield Log(id="dash-log", max_lines=500, auto_scroll=True)
+            yield LogPane(id="dash-log")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#dash-sample").border_title = "latest sample"
         self.query_one("#dash-log").border_title = "log"
-        self._apply_chart_options()
-        self.set_interval(POLL_INTERVAL_S, self.poll)
+        self._poller = self.set_interval(POLL_INTERVAL_S, self.poll)
         self.poll()
+
+    def on_screen_suspend(self) -> None:
+        # hidden (another mode, or a dialog on top): no polling, the trainer needs the CPU
+        if self._poller is not None:
+            self._poller.pause()
+
+    def on_screen_resume(self) -> None:
+        if self._poller is not None:
+            self._poller.resume()
+            self.poll()
 
     # ---- polling (worker thread) -------------------------------------------------------------
     def poll(self) -> None:
@@ -143,14 +178,13 @@ class DashboardScreen(Screen):
             self._busy = False
 
     def on_launch_polled(self, msg: LaunchPolled) -> None:
-        log = self.query_one("#dash-log", Log)
+        log = self.query_one(LogPane)
         if len(msg.lines) != self._launch_shown:
-            log.clear()
-            log.write_lines(msg.lines)
+            log.replace(msg.lines)
             self._launch_shown = len(msg.lines)
         if msg.returncode is not None and msg.returncode != 0:
             self._set_static("#dash-state", Text("✖ failed to start", style="bold red"))
-            self._set_static("#dash-eta", Text(msg.error, style="red"))
+            self._set_reason(msg.error)
         else:
             self._set_static("#dash-state", state_text("starting"))
 
@@ -162,50 +196,60 @@ class DashboardScreen(Screen):
         """Update only what changed: every widget update costs a repaint, and while a run
         trains each millisecond the app spends is taken from the trainer."""
         self.snap = snap
-        st, s = snap.status, snap.series
+        s = snap.series
         self._set_static("#dash-state", state_text(snap.state, self.gapp.frame()))
-        step = int(st.get("step", s.train_step[-1] if s.train_step else 0) or 0)
-        max_iters = int(st.get("max_iters") or (snap.config or {}).get("train", {}).get("max_iters") or 0)
+        step, max_iters = progress_of(snap)
         bar = self.query_one("#dash-progress", ProgressBar)
+        bar.display = not snap.summary.converted
         if max_iters and (bar.total, bar.progress) != (max_iters, min(step, max_iters)):
             bar.update(total=max_iters, progress=min(step, max_iters))
         self._set_static("#dash-eta", self._eta_text(snap, step, max_iters))
+        reason = state_reason(snap.summary, snap.status, self.gapp.clock())
+        self._set_reason(reason)
         if s.version != self._series_version:
             self._schedule_charts()
         if s.sample_step is not None and (s.sample_step, s.sample_text) != self._sample_shown:
             self._sample_shown = (s.sample_step, s.sample_text)
             self.query_one("#dash-sample").border_title = f"sample at step {s.sample_step:,}"
             self.query_one("#sample-text", Static).update(Text(s.sample_text))
+        log = self.query_one(LogPane)
         new = min(snap.log_total - self._log_shown, len(snap.log_lines))
         if self._log_shown == 0 and self._launch_shown:
-            self.query_one("#dash-log", Log).clear()
+            log.replace([])  # the trainer's output until now: its log.txt takes over
             self._launch_shown = 0
         if new > 0:
-            self.query_one("#dash-log", Log).write_lines(snap.log_lines[-new:])
+            log.append(snap.log_lines[-new:])
         self._log_shown = snap.log_total
+        log.set_reason(reason)
 
     def _set_static(self, selector: str, text: Text) -> None:
         if self._shown.get(selector) != text.markup:
             self._shown[selector] = text.markup
             self.query_one(selector, Static).update(text)
 
+    def _set_reason(self, reason: str) -> None:
+        """Why the run ended or needs attention, under the progress line (wrapped, red)."""
+        self._set_static("#dash-reason", Text(f"✖ {reason}" if reason else "", style="red"))
+        self.query_one("#dash-reason").display = bool(reason)
+
     def _eta_text(self, snap: WatchSnapshot, step: int, max_iters: int) -> Text:
         st, s = snap.status, snap.series
-        val = fmt_loss(st.get("best_val_loss"))
+        if snap.summary.converted:
+            source = ((snap.config or {}).get("converted_from") or {}).get("source", "another format")
+            at = f" at step {step:,}" if step else ""
+            return Text(f"converted from {source}{at} · no training metrics")
         tps = st.get("tokens_per_sec")
         if tps is None and s.tokens_per_sec:
             tps = s.tokens_per_sec[-1]
-        parts = [f"step {step:,}/{max_iters:,}" if max_iters else f"step {step:,}", f"best val {val}", f"{fmt_rate(tps)} tok/s"]
+        parts = [f"step {step:,}/{max_iters:,}" if max_iters else f"step {step:,}", f"best val {fmt_loss(st.get('best_val_loss'))}",
+                 f"{fmt_rate(tps)} tok/s"]
         if snap.state == "running":
             sps = s.steps_per_sec()
             eta = fmt_duration((max_iters - step) / sps) if sps and max_iters > step else "…"
             parts.append(f"ETA {eta}")
-        elif snap.state in ("finished", "stopped", "failed"):
-            parts.append(f"{snap.state} after {fmt_duration(float(st.get('elapsed') or 0.0))}")
-        text = Text("  ·  ".join(parts))
-        if st.get("error"):
-            text.append(f"  {st['error']}", style="red")
-        return text
+        elif snap.state in ENDED_STATES:
+            parts.append(f"{snap.state} after {fmt_duration(ran_for(st))}")
+        return Text("  ·  ".join(parts))
 
     def _schedule_charts(self) -> None:
         """Rebuild the charts now, or once CHART_INTERVAL_S after the last rebuild: plotting
@@ -237,22 +281,17 @@ class DashboardScreen(Screen):
             self.query_one("#chart-lr", MetricChart).set_series([Series("lr", s.train_step, s.lr, PALETTE[2], smooth=False)])
             self.query_one("#chart-tps", MetricChart).set_series([Series("tok/s", s.train_step, s.tokens_per_sec, PALETTE[3])])
 
-    def _apply_chart_options(self) -> None:
-        title = f"loss · smoothing {self.smoothing:g}" if self.smoothing else "loss"
-        self.query_one("#chart-loss", MetricChart).set_options(log_y=self.log_y, smoothing=self.smoothing, title=title)
-        self.query_one("#chart-tps", MetricChart).set_options(smoothing=self.smoothing)
-
     # ---- actions ------------------------------------------------------------------------------
     def action_back(self) -> None:
         self.app.pop_screen()
 
     def action_toggle_log(self) -> None:
-        self.log_y = not self.log_y
-        self._apply_chart_options()
+        for chart in self.query(MetricChart).results(MetricChart):
+            chart.toggle_log_scale()
 
     def action_smooth(self, delta: int) -> None:
-        self.smoothing_index = max(0, min(len(SMOOTHING_LEVELS) - 1, self.smoothing_index + delta))
-        self._apply_chart_options()
+        for chart in self.query(MetricChart).results(MetricChart):
+            chart.change_smoothing(delta)
 
     def action_stop(self) -> None:
         state = self.snap.state if self.snap else "starting"
@@ -265,9 +304,8 @@ class DashboardScreen(Screen):
         if self.snap is None:
             self.notify(f"{self.run_name} has not started yet", severity="warning")
             return
-        st = self.snap.status
-        max_iters = int(st.get("max_iters") or (self.snap.config or {}).get("train", {}).get("max_iters") or 0)
-        self.gapp.ask_resume(self.run_name, int(st.get("step") or 0), max_iters, self.snap.state, open_dashboard=False)
+        step, max_iters = progress_of(self.snap)
+        self.gapp.ask_resume(self.run_name, step, max_iters, self.snap.state, open_dashboard=False)
 
     def action_chat(self) -> None:
         self.gapp.open_chat(self.run_name)

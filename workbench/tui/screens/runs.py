@@ -21,7 +21,7 @@ from gptbench.backends.spec import format_params
 from gptbench.errors import UserError
 from gptbench.runstore import Run, RunSummary
 from gptbench.tui.launcher import LAUNCH_DIR
-from gptbench.tui.runsdata import RunWatcher, WatchSnapshot, fmt_age, fmt_duration, fmt_loss, fmt_rate
+from gptbench.tui.runsdata import RunWatcher, WatchSnapshot, fmt_age, fmt_duration, fmt_loss, fmt_rate, state_reason
 from gptbench.tui.screens.modals import ConfirmScreen, rename_screen
 from gptbench.tui.widgets.charts import PALETTE, MetricChart, Series
 from gptbench.tui.widgets.runtable import COLUMNS, SORT_KEYS, RunTable, matches, row_cells, state_text
@@ -33,16 +33,22 @@ MAX_WATCHERS = 16  # details-panel watchers kept for quick re-selection
 
 
 def summary_table(s: RunSummary, snap: WatchSnapshot | None, now: float, frame: int = 0) -> Table:
-    """The key facts of a run as a two-column grid."""
+    """The key facts of a run as a two-column grid; a run that failed, crashed, went
+    stale or is corrupt says why right under its status."""
     grid = Table.grid(padding=(0, 1))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column(overflow="fold")
     grid.add_row("status", state_text(s.state, frame))
-    if s.state == "corrupt":
-        grid.add_row("reason", Text(s.error, style="red"))
-        return grid
-    pct = f" ({100 * s.step / s.max_iters:.0f}%)" if s.max_iters else ""
-    grid.add_row("step", f"{s.step:,} / {s.max_iters:,}{pct}")
+    reason = state_reason(s, snap.status if snap else None, now)
+    if reason:
+        grid.add_row("reason", Text(reason, style="red"))
+    if s.state in ("corrupt", "starting") or (s.state == "crashed" and not s.created):
+        return grid  # nothing else is known about it
+    if s.converted:
+        grid.add_row("step", f"converted at step {s.step:,}" if s.step else "converted (no training here)")
+    else:
+        pct = f" ({100 * s.step / s.max_iters:.0f}%)" if s.max_iters else ""
+        grid.add_row("step", f"{s.step:,} / {s.max_iters:,}{pct}")
     grid.add_row("best val", fmt_loss(s.best_val_loss))
     cfg = snap.config if snap else None
     shape = ""
@@ -60,8 +66,6 @@ def summary_table(s: RunSummary, snap: WatchSnapshot | None, now: float, frame: 
         with_val = [c for c in snap.checkpoints if c.val_loss is not None]
         best = min(with_val, key=lambda c: c.val_loss).step if with_val else snap.checkpoints[-1].step
         grid.add_row("checkpoints", f"{len(snap.checkpoints)} (best: step-{best})")
-    if s.error:
-        grid.add_row("error", Text(s.error, style="red"))
     return grid
 
 
@@ -90,17 +94,25 @@ class RunsScreen(Screen):
     TITLE = "gptbench"
     SUB_TITLE = "Runs"
     AUTO_FOCUS = "#runs-table"
+    HELP = """\
+**Enter** opens the selected run's live dashboard. **Space** marks the selected run for
+comparison (◆ before its name) and moves to the next row, so Space Space marks two runs in
+a row; press it again on a marked run to unmark it. **m** compares the marked runs.
+**Home**/**End** go to the first/last run, **/** filters (every word must match a name,
+status, backend, tokenizer or corpus), **o** cycles the sort column and **O** reverses it.
+"""
+    # The footer shows the first keys a newcomer needs; every key is in F1 help and Ctrl+P.
     BINDINGS = [
         Binding("t", "new_run", "New run"),
-        Binding("c", "chat", "Chat with run"),
-        Binding("r", "resume", "Resume"),
-        Binding("s", "stop", "Stop"),
+        Binding("c", "chat", "Chat"),
+        Binding("r", "resume", "Resume", show=False),
+        Binding("s", "stop", "Stop", show=False),
         Binding("space", "mark", "Mark"),
         Binding("m", "compare", "Compare"),
-        Binding("e", "rename", "Rename"),
-        Binding("d,delete", "delete", "Delete"),
-        Binding("slash", "filter", "Filter"),
-        Binding("o", "sort", "Sort"),
+        Binding("e", "rename", "Rename", show=False),
+        Binding("d,delete", "delete", "Delete", show=False),
+        Binding("slash", "filter", "Filter", show=False),
+        Binding("o", "sort", "Sort", show=False),
         Binding("O", "reverse_sort", "Reverse sort", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
@@ -306,8 +318,8 @@ class RunsScreen(Screen):
         s = self.current_run
         self.gapp.open_chat(s.name if s is not None and s.state != "corrupt" else None)
 
-    def action_new_run(self) -> None:
-        self.gapp.switch_mode("train")
+    async def action_new_run(self) -> None:
+        await self.app.run_action("go('train')")
 
     def action_stop(self) -> None:
         s = self._require()
@@ -381,6 +393,7 @@ class RunsScreen(Screen):
         self.app.push_screen(ConfirmScreen("Delete run", msg, "Delete", danger=True), done)
 
     def action_mark(self) -> None:
+        """Mark (or unmark) the selected run for comparison and move to the next row."""
         s = self._require()
         if s is None:
             return

@@ -274,5 +274,5 @@ class TrainScreen(Screen):
             self.query_one(f"#{sid}", Select).value = default
         self.validate_form()
 
-    def action_runs(self) -> None:
-        self.app.switch_mode("runs")
+    async def action_runs(self) -> None:
+        await self.app.run_action("go('runs')")

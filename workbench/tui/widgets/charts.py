@@ -1,16 +1,18 @@
 """Line charts of training metrics, drawn by plotext through textual-plotext.
 
-The chart keeps its data and rebuilds the plotext figure only when the data, its size, the
-theme or the log-scale/smoothing settings change: `render()` is called on every repaint of
-the widget, and a plotext build costs milliseconds, so an unchanged chart is served from a
-cache. Long runs are smoothed first (EMA on the full series) and then bucket-averaged to
-the chart's width, so a 100k-step curve costs the same to draw as a 100-step one.
+A chart owns its data and its view options (log scale, smoothing): screens forward the
+`l` and `+`/`-` keys to `toggle_log_scale()` / `change_smoothing()` and never keep a
+copy of that state. The plotext figure is rebuilt only when the data, the size, the
+theme or an option changes: `render()` runs on every repaint, and a plotext build costs
+milliseconds, so an unchanged chart is served from a cache. Long runs are smoothed first
+(EMA on the full series) and then bucket-averaged to the chart's width, so a 100k-step
+curve costs the same to draw as a 100-step one.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual.app import RenderResult
@@ -42,35 +44,48 @@ class Series:
     color: tuple[int, int, int] | str = PALETTE[0]
     smooth: bool = True  # apply the chart's smoothing (eval points usually are not)
     marker: str = "braille"
-    extra: dict = field(default_factory=dict)
 
 
 def nice_ticks(lo: float, hi: float, count: int) -> list[float]:
-    """Round tick positions (1/2/5 x 10^k) covering [lo, hi]."""
+    """Round tick positions (1/2/2.5/5 x 10^k) inside [lo, hi]: the step whose number of
+    ticks comes closest to `count` without exceeding it."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo or count < 2:
         return [lo]
-    raw = (hi - lo) / (count - 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step) * step
-    ticks = []
-    t = first
-    while t <= hi + 1e-9 * step:
-        ticks.append(round(t, 10))
-        t += step
-    return ticks
+    mag = 10 ** math.floor(math.log10((hi - lo) / count))
+    best: list[float] = []
+    for step in (m * mag for m in (1, 2, 2.5, 5, 10, 20, 25, 50)):
+        first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+        ticks = [round(k * step, 10) for k in range(first, last + 1)]
+        if len(ticks) <= count:
+            return ticks if len(ticks) >= 2 or not best else best
+        best = ticks
+    return best
 
 
 def tick_label(v: float) -> str:
+    """A short axis or value label: 15460 -> 15.5k, 2e6 -> 2M, 0.00035 -> 0.00035."""
     if abs(v) >= 1e6:
-        return f"{v / 1e6:g}M"
+        return f"{v / 1e6:.3g}M"
     if abs(v) >= 1e4:
-        return f"{v / 1e3:g}k"
-    return f"{v:g}"
+        return f"{v / 1e3:.3g}k"
+    if v == 0 or abs(v) >= 1e-4:
+        return f"{v:.4g}"
+    return f"{v:.1e}"
+
+
+def _span(lo: float, hi: float) -> tuple[float, float]:
+    """An axis range around a single value (plotext would draw -1..1 around it)."""
+    if hi > lo:
+        return lo, hi
+    pad = max(abs(lo) * 0.05, 1.0 if abs(lo) >= 1 else max(abs(lo) * 0.5, 1e-6))
+    return lo - pad, hi + pad
 
 
 class MetricChart(PlotextPlot):
-    """A titled line chart of one or more series against step."""
+    """A titled line chart of one or more series against step.
+
+    `log_scalable` / `smoothable` say which view options the chart offers; it keeps their
+    state and shows it in its title ("loss · smoothing 0.6  (log)")."""
 
     DEFAULT_CSS = """
     MetricChart { height: 1fr; width: 1fr; min-height: 5; }
@@ -82,6 +97,9 @@ class MetricChart(PlotextPlot):
         *,
         xlabel: str = "",
         empty: str = "no data yet",
+        log_scalable: bool = False,
+        smoothable: bool = False,
+        smoothing_index: int = 0,
         name: str | None = None,
         id: str | None = None,  # noqa: A002 - Textual's convention
         classes: str | None = None,
@@ -90,31 +108,54 @@ class MetricChart(PlotextPlot):
         self.chart_title = title
         self.xlabel = xlabel
         self.empty = empty
+        self.log_scalable = log_scalable
+        self.smoothable = smoothable
         self.series: list[Series] = []
         self.log_y = False
-        self.smoothing = 0.0
+        self.smoothing_index = smoothing_index if smoothable else 0
         self._version = 0
         self._cache_key: tuple | None = None
         self._cache: Text | None = None
 
-    def set_series(self, series: list[Series], *, log_y: bool | None = None, smoothing: float | None = None, title: str | None = None) -> None:
+    # ---- state -------------------------------------------------------------------------------
+    @property
+    def smoothing(self) -> float:
+        return SMOOTHING_LEVELS[self.smoothing_index]
+
+    @property
+    def title_text(self) -> str:
+        title = self.chart_title
+        if self.smoothable and self.smoothing:
+            title += f" · smoothing {self.smoothing:g}"
+        if self.log_y:
+            title += "  (log)"
+        return title
+
+    def set_series(self, series: list[Series]) -> None:
         self.series = series
-        if log_y is not None:
-            self.log_y = log_y
-        if smoothing is not None:
-            self.smoothing = smoothing
-        if title is not None:
-            self.chart_title = title
+        self._changed()
+
+    def toggle_log_scale(self) -> None:
+        if self.log_scalable:
+            self.log_y = not self.log_y
+            self._changed()
+
+    def change_smoothing(self, delta: int) -> None:
+        if self.smoothable:
+            index = max(0, min(len(SMOOTHING_LEVELS) - 1, self.smoothing_index + delta))
+            if index != self.smoothing_index:
+                self.smoothing_index = index
+                self._changed()
+
+    def _changed(self) -> None:
         self._version += 1
         self.refresh()
-
-    def set_options(self, *, log_y: bool | None = None, smoothing: float | None = None, title: str | None = None) -> None:
-        self.set_series(self.series, log_y=log_y, smoothing=smoothing, title=title)
 
     @property
     def has_data(self) -> bool:
         return any(s.xs for s in self.series)
 
+    # ---- drawing -----------------------------------------------------------------------------
     def render(self) -> RenderResult:
         w, h = self.size.width, self.size.height
         key = (self._version, w, h, self.app.theme)
@@ -124,14 +165,15 @@ class MetricChart(PlotextPlot):
         return self._cache
 
     def _build(self, w: int, h: int) -> Text:
+        title = self.title_text
         if not self.has_data:
-            msg = f"{self.chart_title}: {self.empty}" if self.chart_title else self.empty
+            msg = f"{title}: {self.empty}" if title else self.empty
             return Text(msg, style="dim", justify="center", overflow="ellipsis")
         if w < 20 or h < 7:  # too small to plot: the latest values instead
-            text = Text(f"{self.chart_title}\n" if self.chart_title else "", style="bold", overflow="ellipsis")
+            text = Text(f"{title}\n" if title else "", style="bold", overflow="ellipsis")
             for s in self.series:
                 if s.ys:
-                    text.append(f"{s.label} {s.ys[-1]:.4g}\n", style="")
+                    text.append(f"{s.label} {tick_label(s.ys[-1])}\n", style="")
             return text
         plt = self.plt
         plt.clear_figure()
@@ -139,7 +181,7 @@ class MetricChart(PlotextPlot):
         plt._set_size(w, h)
         plt.theme(self._get_plotext_theme_name(self.app.theme))
         max_points = max(8, 2 * w)
-        x_lo, x_hi = math.inf, -math.inf
+        x_lo, x_hi, y_lo, y_hi = math.inf, -math.inf, math.inf, -math.inf
         for s in self.series:
             xs, ys = s.xs, s.ys
             if s.smooth and self.smoothing > 0:
@@ -151,17 +193,28 @@ class MetricChart(PlotextPlot):
             if not px:
                 continue
             x_lo, x_hi = min(x_lo, px[0]), max(x_hi, px[-1])
+            y_lo, y_hi = min(y_lo, *py), max(y_hi, *py)
             if len(px) == 1:
                 plt.scatter(px, py, label=s.label, color=s.color, marker="•")
             else:
                 plt.plot(px, py, label=s.label, color=s.color, marker=s.marker)
-        if self.log_y:
-            plt.yscale("log")
-        if x_hi > x_lo:
-            ticks = nice_ticks(x_lo, x_hi, max(2, min(6, w // 12)))
+        if x_lo <= x_hi:
+            # round ticks in the metric's own units; one point gets an axis around it, not -1..1
+            lo, hi = _span(x_lo, x_hi)
+            plt.xlim(lo, hi)
+            ticks = nice_ticks(x_lo, x_hi, max(2, min(6, w // 12))) if x_hi > x_lo else [x_lo]
             plt.xticks(ticks, [tick_label(t) for t in ticks])
-        if self.chart_title:
-            plt.title(self.chart_title + ("  (log)" if self.log_y else ""))
+            if self.log_y:
+                plt.yscale("log")
+                if y_hi <= y_lo:
+                    plt.ylim(y_lo / 1.1, y_hi * 1.1)
+            else:
+                lo, hi = _span(y_lo, y_hi)
+                plt.ylim(lo, hi)
+                ticks = nice_ticks(lo, hi, max(3, min(6, (h - 4) // 2))) if y_hi > y_lo else [y_lo]
+                plt.yticks(ticks, [tick_label(t) for t in ticks])
+        if title:
+            plt.title(title)
         if self.xlabel and h >= 12:
             plt.xlabel(self.xlabel)
         return Text.from_ansi(plt.build(), no_wrap=True)

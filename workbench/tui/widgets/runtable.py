@@ -1,12 +1,15 @@
-"""The run browser's table: one row per run, updated in place as runs progress."""
+"""The run browser's table: one row per run, updated in place as runs progress, with
+columns fitted to what they show now (not the widest value ever shown)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.binding import Binding
 from textual.coordinate import Coordinate
+from textual.events import Resize
 from textual.widgets import DataTable
 
 from gptbench.backends.spec import format_params
@@ -60,6 +63,7 @@ COLUMNS: list[tuple[str, str, Callable[[RunSummary], Any]]] = [
 ]
 SORT_KEYS = {key: fn for key, _, fn in COLUMNS}
 SEARCHED = ("name", "state", "backend", "device", "tokenizer", "corpus", "error")
+NAME_MIN, NAME_SHARE = 12, 0.4  # the Name column gets at most 40% of the table (12 cells at least)
 
 
 def matches(s: RunSummary, query: str) -> bool:
@@ -68,15 +72,21 @@ def matches(s: RunSummary, query: str) -> bool:
     return all(word in hay for word in query.lower().split())
 
 
-def short_reason(error: str) -> str:
-    """Why a run is corrupt, in a few words for the table (the details panel has it all)."""
-    if error.startswith("config.json is missing"):
-        return "no config.json"
-    if error.startswith("config.json"):
-        return "bad config.json"
-    if error.startswith("status.json"):
-        return "bad status.json"
-    return "unreadable files"
+def short_reason(s: RunSummary) -> str:
+    """Why a run is corrupt or crashed, in a few words for the table (the details panel
+    has it all); '' for other states."""
+    error = s.error
+    if s.state == "corrupt":
+        if error.startswith("config.json is missing"):
+            return "no config.json"
+        if error.startswith("config.json"):
+            return "bad config.json"
+        if error.startswith("status.json"):
+            return "bad status.json"
+        return "unreadable files"
+    if s.state == "crashed":
+        return "killed while starting" if error.startswith("killed while starting") else "process gone"
+    return ""
 
 
 def short_corpus(corpus: str, width: int = 24) -> str:
@@ -84,18 +94,22 @@ def short_corpus(corpus: str, width: int = 24) -> str:
     return tail if len(tail) <= width else "…" + tail[-(width - 1) :]
 
 
+def step_text(s: RunSummary) -> str:
+    if s.converted:
+        return "converted"
+    return f"{s.step:,}/{s.max_iters:,}" if s.max_iters else "-"
+
+
 def row_cells(s: RunSummary, *, marked: bool, now: float, frame: int) -> tuple:
     name = Text(("◆ " if marked else "  ") + s.name, style="bold" if marked else "")
-    if s.state == "corrupt":
-        status = state_text("corrupt")
-        status.append(f": {short_reason(s.error)}", style="red")
-    else:
-        status = state_text(s.state, frame)
-    step = f"{s.step:,}/{s.max_iters:,}" if s.max_iters else "-"
+    status = state_text(s.state, frame)
+    reason = short_reason(s)
+    if reason:
+        status.append(f": {reason}", style="red")
     return (
         name,
         status,
-        Text(step, justify="right"),
+        Text(step_text(s), justify="right"),
         Text(fmt_loss(s.best_val_loss), justify="right"),
         Text(format_params(s.params) if s.params else "-", justify="right"),
         s.backend or "-",
@@ -107,20 +121,34 @@ def row_cells(s: RunSummary, *, marked: bool, now: float, frame: int) -> tuple:
     )
 
 
+def _width(cell: Any) -> int:
+    return cell.cell_len if isinstance(cell, Text) else cell_len(str(cell))
+
+
 class RunTable(DataTable):
     """A DataTable keyed by run name that updates changed cells in place and keeps the
-    cursor on the same run when rows are added, removed or re-ordered."""
+    cursor on the same run when rows are added, removed or re-ordered.
 
-    BINDINGS = [Binding("enter", "select_cursor", "Dashboard")]
+    Column widths follow the rows shown now and the table's width: a long name is cut
+    with an ellipsis instead of pushing every other column out of view, and the Name
+    column stays put when the table scrolls sideways. Home/End go to the first/last run."""
+
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Dashboard"),
+        Binding("home", "first_row", "First run", show=False),
+        Binding("end", "last_row", "Last run", show=False),
+    ]
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:  # noqa: A002
-        super().__init__(cursor_type="row", zebra_stripes=True, id=id, classes=classes)
+        super().__init__(cursor_type="row", zebra_stripes=True, fixed_columns=1, id=id, classes=classes)
         self._order: list[str] = []
         self._cells: dict[str, tuple] = {}
+        self._widths: list[int] = []
 
     def on_mount(self) -> None:
         for key, header, _ in COLUMNS:
-            self.add_column(header, key=key)
+            self.add_column(header, key=key, width=len(header))
+        self._widths = [len(h) for _, h, _ in COLUMNS]
 
     @property
     def current_name(self) -> str | None:
@@ -133,22 +161,70 @@ class RunTable(DataTable):
         if name in self._order:
             self.move_cursor(row=self._order.index(name), animate=False)
 
+    def action_first_row(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=0, column=0)
+
+    def action_last_row(self) -> None:
+        if self.row_count:
+            self.move_cursor(row=self.row_count - 1, column=0)
+
+    # ---- contents ------------------------------------------------------------------------------
+    def fitted_widths(self, rows: list[tuple[str, tuple]]) -> list[int]:
+        """Each column as wide as its widest current cell (or header); Name capped to a
+        share of the table so the other columns stay visible."""
+        widths = [len(header) for _, header, _ in COLUMNS]
+        for _, cells in rows:
+            for i, cell in enumerate(cells):
+                widths[i] = max(widths[i], _width(cell))
+        room = self.scrollable_content_region.width or self.size.width
+        if room:
+            widths[0] = min(widths[0], max(NAME_MIN, int(room * NAME_SHARE)))
+        return widths
+
     def show(self, rows: list[tuple[str, tuple]]) -> None:
         names = [n for n, _ in rows]
-        if names != self._order:
-            current = self.current_name
-            self.clear()
-            for name, cells in rows:
-                self.add_row(*cells, key=name)
-            self._order = names
-            if current in names:
-                self.move_cursor(row=names.index(current), animate=False)
+        widths = self.fitted_widths(rows)
+        if names != self._order or widths != self._widths:
+            self._rebuild(rows, widths)
         else:
             keys = [k for k, _, _ in COLUMNS]
             for name, cells in rows:
                 old = self._cells.get(name, ())
                 for key, new_cell, old_cell in zip(keys, cells, old):
                     if new_cell != old_cell:
-                        self.update_cell(name, key, new_cell, update_width=True)
+                        self.update_cell(name, key, self._fit(new_cell, widths[keys.index(key)]))
         self._cells = dict(rows)
 
+    def _rebuild(self, rows: list[tuple[str, tuple]], widths: list[int]) -> None:
+        current, scroll_x = self.current_name, self.scroll_x  # clear() scrolls home
+        if widths != self._widths:
+            # a DataTable column only ever grows: re-create the columns at their new widths
+            self.clear(columns=True)
+            for (key, header, _), width in zip(COLUMNS, widths):
+                self.add_column(header, key=key, width=width)
+            self._widths = widths
+        else:
+            self.clear()
+        for name, cells in rows:
+            self.add_row(*(self._fit(c, w) for c, w in zip(cells, widths)), key=name)
+        self._order = [n for n, _ in rows]
+        if current in self._order:
+            self.move_cursor(row=self._order.index(current), animate=False)
+        if scroll_x:
+            self.call_after_refresh(setattr, self, "scroll_x", scroll_x)
+
+    @staticmethod
+    def _fit(cell: Any, width: int) -> Any:
+        if _width(cell) <= width:
+            return cell
+        text = cell.copy() if isinstance(cell, Text) else Text(str(cell))
+        text.truncate(width, overflow="ellipsis")
+        return text
+
+    def on_resize(self, event: Resize) -> None:
+        if self._cells:
+            rows = [(n, self._cells[n]) for n in self._order if n in self._cells]
+            widths = self.fitted_widths(rows)
+            if widths != self._widths:
+                self._rebuild(rows, widths)

@@ -1,0 +1,144 @@
+"""The chat's sampling form: every control of the next reply, validated as you type.
+
+The form owns its fields and answers `settings()` with the `ReplySettings` a reply is
+generated (and later described) with. Enter in a valid field posts `SamplingForm.Applied`,
+so the screen can send focus back to the prompt; the switches say "on"/"off" in words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.validation import Integer, Number, Validator
+from textual.widgets import Input, Label, Switch
+
+from gptbench.backends.sampling import SamplingParams
+from gptbench.errors import UserError
+from gptbench.tui.widgets.form import Field, input_error
+
+
+@dataclass(frozen=True)
+class SamplingField:
+    key: str  # a SamplingParams field, and the id of its Input
+    label: str
+    default: str
+    validator: Validator
+    convert: Callable[[str], Any]
+
+
+SAMPLING_FIELDS: list[SamplingField] = [
+    SamplingField("temperature", "Temperature", "0.8", Number(minimum=0, failure_description="temperature must be ≥ 0 (0 = greedy)"), float),
+    SamplingField("top_k", "Top-k", "0", Integer(minimum=0, failure_description="top-k must be an integer ≥ 0 (0 = off)"), int),
+    SamplingField("top_p", "Top-p", "1.0", Number(minimum=0, maximum=1, failure_description="top-p must be in (0, 1] (1 = off)"), float),
+    SamplingField("min_p", "Min-p", "0.0", Number(minimum=0, maximum=0.999, failure_description="min-p must be in [0, 1) (0 = off)"), float),
+    SamplingField("repetition_penalty", "Rep. penalty", "1.0", Number(minimum=0.01, failure_description="repetition penalty must be > 0 (1 = off)"), float),
+    SamplingField("max_new_tokens", "Max tokens", "200", Integer(minimum=1, maximum=100_000, failure_description="max tokens must be an integer ≥ 1"), int),
+    SamplingField("seed", "Seed", "", Integer(failure_description="seed must be an integer (blank = random)"), int),
+]
+
+
+@dataclass(frozen=True)
+class ReplySettings:
+    """How one reply is generated; its turn keeps them to say so under the reply."""
+
+    params: SamplingParams
+    use_cache: bool
+    continue_transcript: bool
+
+    def describe(self) -> str:
+        p = self.params
+        seed = f" · seed {p.seed}" if p.seed is not None else ""
+        return (f"T {p.temperature:g} · top-k {p.top_k} · top-p {p.top_p:g} · min-p {p.min_p:g} · "
+                f"rep {p.repetition_penalty:g}{seed} · {'kv-cache' if self.use_cache else 'no cache'}")
+
+
+class LabeledSwitch(Horizontal):
+    """A switch whose label says its state ("KV cache: on"), not only its colour."""
+
+    def __init__(self, label: str, value: bool, *, switch_id: str) -> None:
+        super().__init__(classes="switch-row")
+        self.label = label
+        self.switch = Switch(value, id=switch_id)
+        self.state_label = Label(self._text(value), classes="switch-label")
+
+    def compose(self) -> ComposeResult:
+        yield self.switch
+        yield self.state_label
+
+    @property
+    def value(self) -> bool:
+        return self.switch.value
+
+    @on(Switch.Changed)
+    def _changed(self, event: Switch.Changed) -> None:
+        self.state_label.update(self._text(event.value))
+
+    def _text(self, value: bool) -> Text:
+        return Text.assemble(f"{self.label}: ", ("on", "bold") if value else ("off", ""))
+
+
+class SamplingForm(Vertical):
+    """Temperature, top-k/p, min-p, repetition penalty, length, seed, KV cache and
+    transcript mode of the next reply; each field's problem shows under it."""
+
+    class Applied(Message):
+        """A valid field was confirmed with Enter."""
+
+        def __init__(self, field_id: str) -> None:
+            super().__init__()
+            self.field_id = field_id
+
+    def compose(self) -> ComposeResult:
+        yield Label("Sampling", classes="side-label")
+        for f in SAMPLING_FIELDS:
+            yield Field(f.label, Input(f.default, id=f.key, compact=True, validators=[f.validator], valid_empty=f.key == "seed",
+                                       placeholder="random" if f.key == "seed" else ""), f.key)
+        yield LabeledSwitch("KV cache", True, switch_id="kv-cache")
+        yield LabeledSwitch("Continue transcript", False, switch_id="transcript")
+
+    def _field(self, input_id: str | None) -> Field | None:
+        return next((f for f in self.query(Field).results(Field) if f.input_widget.id == input_id), None)
+
+    @on(Input.Changed)
+    def _changed(self, event: Input.Changed) -> None:
+        field = self._field(event.input.id)
+        if field is not None:
+            field.set_error(input_error(event.input))
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        field = self._field(event.input.id)
+        problem = input_error(event.input)
+        if field is not None:
+            field.set_error(problem)
+        if not problem:
+            self.post_message(self.Applied(event.input.id or ""))
+
+    def settings(self) -> tuple[ReplySettings | None, str]:
+        """The settings of the next reply, or None and what to fix (every bad field also
+        shows its own message)."""
+        values: dict[str, Any] = {}
+        bad = []
+        for f in SAMPLING_FIELDS:
+            w = self.query_one(f"#{f.key}", Input)
+            problem = input_error(w)
+            self.query_one(f"#field-{f.key}", Field).set_error(problem)
+            if problem:
+                bad.append(f.label)
+            elif w.value.strip():
+                values[f.key] = f.convert(w.value.strip())
+        if bad:
+            return None, f"fix the sampling settings first: {', '.join(bad)}"
+        try:
+            params = SamplingParams(**values)
+        except UserError as exc:
+            return None, str(exc)
+        use_cache = self.query_one("#kv-cache", Switch).value
+        return ReplySettings(params, use_cache, self.query_one("#transcript", Switch).value), ""
