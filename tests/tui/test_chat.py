@@ -6,7 +6,7 @@ refused inline."""
 from __future__ import annotations
 
 import pytest
-from tui_fixtures import copy_trained_run, frozen_clock, make_fixture_runs, screen_text, settle, squash, wait_for
+from tui_fixtures import copy_trained_run, frozen_clock, make_fixture_runs, screen_text, settle, squash, wait_for, write_run
 
 from gptbench.backends.generate import generate
 from gptbench.backends.sampling import SamplingParams
@@ -178,3 +178,117 @@ async def test_runs_without_checkpoints_explain_themselves(tmp_path):
         await pilot.press("enter")
         await settle(pilot)
         assert screen.transcript.turns == [] and "no model loaded" in screen_text(app)
+
+
+async def test_keyboard_flow_focus_returns_to_the_prompt(tmp_path):
+    """Esc and Enter in a field lead back to the prompt, entering the screen focuses it,
+    switches say on/off in words, and Tab order does not depend on what scrolls."""
+    from textual.widgets import Input
+
+    from gptbench.tui.widgets.sampling import SamplingForm
+    from gptbench.tui.widgets.transcript import History
+
+    root = make_fixture_runs(tmp_path / "runs")
+    app = make_app(root)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        screen = await open_chat(pilot, "baby-char")
+        prompt = screen.query_one("#prompt", Input)
+        assert screen.focused is prompt
+
+        temperature = screen.query_one("#temperature", Input)
+        temperature.focus()
+        await pilot.press("escape")  # nothing streaming: Esc is the way back to the prompt
+        assert screen.focused is prompt
+
+        temperature.focus()
+        await pilot.press("ctrl+u", *"0.5", "enter")  # a valid value: applied, back to the prompt
+        await settle(pilot)
+        assert screen.focused is prompt
+        settings, problem = screen.query_one(SamplingForm).settings()
+        assert problem == ""
+        assert settings.params.temperature == 0.5
+
+        temperature.focus()
+        await pilot.press("ctrl+u", *"hot", "enter")  # invalid: stays, says why
+        await settle(pilot)
+        assert screen.focused is temperature
+        assert "temperature must be" in screen_text(app)
+        temperature.value = "0.8"
+
+        screen.query_one("#kv-cache").focus()  # scrolls the sidebar down to the switches
+        await settle(pilot)
+        text = screen_text(app)
+        assert "KV cache: on" in text
+        assert "Context: prompt only" in text
+        await pilot.press("space")
+        await settle(pilot)
+        assert "KV cache: off" in screen_text(app)
+
+        await pilot.press("f2")
+        await settle(pilot)
+        assert app.current_mode == "runs"
+        await pilot.press("f4")
+        await settle(pilot)
+        assert app.screen is screen
+        assert screen.focused is prompt  # typed text lands in the prompt
+        await pilot.press(*"abc")
+        assert prompt.value == "abc"
+
+        # neither the sidebar nor the history is a Tab stop, scrolled or not
+        sidebar, history = screen.query_one("#chat-sidebar"), screen.query_one(History)
+        assert sidebar.max_scroll_y > 0  # the sidebar scrolls at 80x24
+        chain = [w.id for w in screen.focus_chain]
+        assert "chat-sidebar" not in chain
+        assert "chat-history" not in chain
+        sidebar.scroll_end(animate=False)
+        history.scroll_end(animate=False)
+        await settle(pilot)
+        assert [w.id for w in screen.focus_chain] == chain
+
+
+async def test_chat_screen_is_given_its_run_and_switches_run_on_request(tmp_path):
+    from gptbench.tui.widgets.modelpicker import ModelPicker
+
+    root = make_fixture_runs(tmp_path / "runs")
+    write_run(root, "from-hf", step=0, max_iters=1, converted_from="hf:gpt2", checkpoint=True)
+    app = make_app(root)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        assert not hasattr(app, "take_chat_request")  # no mailbox: the run goes to the screen
+        screen = await open_chat(pilot, "baby-char")
+        assert screen is app.chat_screen
+        assert screen.run_name == "baby-char"
+        picker = screen.query_one(ModelPicker)
+        assert picker.model_key == ("baby-char", "best")
+        options = [str(o[0]) for o in picker.query_one("#chat-run")._options]
+        assert "from-hf" in options  # a converted run (step 0) has a checkpoint to chat with
+        assert "lr-too-high" in options
+
+        await pilot.press("f2")
+        await settle(pilot)
+        app.open_chat("from-hf")  # as `c` on another run does
+        await settle(pilot)
+        assert app.screen is screen  # the same screen, now on the other run
+        await wait_for(pilot, lambda: picker.model_key == ("from-hf", "best"), timeout=60, what="converted run loaded")
+        assert "from-hf@step-0" in screen_text(app)
+
+
+async def test_the_latest_turn_stays_in_view_when_the_terminal_shrinks(chat_runs):
+    root, name = chat_runs
+    app = make_app(root)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = await open_chat(pilot, name)
+        set_fields(screen, temperature=0, max_new_tokens=120)
+        for prompt in ("ROMEO:", "JULIET:", "ROMEO: the"):
+            await send(pilot, screen, prompt)
+        assert len(screen.transcript.turns) == 3
+        await pilot.resize_terminal(80, 24)
+        await settle(pilot)
+        text = screen_text(app)
+        assert "› ROMEO: the" in text
+        assert "kv-cache" in text.split("› ROMEO: the")[-1]  # down to its last line (the settings)
+        await pilot.resize_terminal(100, 30)
+        await settle(pilot)
+        assert "kv-cache" in screen_text(app).split("› ROMEO: the")[-1]

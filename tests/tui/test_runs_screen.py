@@ -13,6 +13,7 @@ from tui_fixtures import (
     frozen_clock,
     make_fixture_runs,
     notifications,
+    region_text,
     row_text,
     screen_text,
     settle,
@@ -422,3 +423,195 @@ async def test_gptbench_train_with_the_ui_launches_headless_training_and_opens_i
         assert launch.proc.wait(timeout=60) == 2
         await wait_for(pilot, lambda: "failed to start" in screen_text(app), what="the trainer's error")
         assert "gone.txt" in squash(screen_text(app)).replace("\n", "")
+
+
+async def test_columns_fit_what_is_shown_now_and_the_name_column_stays(fixture_runs):
+    long_name = "a-very-long-run-name-that-goes-on-and-on-about-its-hyperparameters-lr3e-4"[:64]
+    write_run(fixture_runs, long_name, created=FROZEN_NOW - 60)
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one(RunTable)
+        width = table.scrollable_content_region.width
+        name_col = table.columns["name"]
+        assert name_col.width <= 0.3 * width  # capped: the long name does not push the rest away
+        header = screen_text(app).splitlines()[5]
+        for col in ("Name", "Status", "Step", "Best val", "Params", "Backend", "Device"):
+            assert col in header, (col, header)
+        assert long_name[:20] in screen_text(app)
+        assert "…" in screen_text(app)  # cut with an ellipsis
+
+        await select(pilot, long_name)
+        await pilot.press("d")
+        await settle(pilot)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: long_name not in table_names(app), what="long run deleted")
+        await settle(pilot)
+        # fitted to what is left: "  lr-too-high" is the longest name now
+        assert table.columns["name"].width == len("  lr-too-high")
+
+        # scrolled sideways, the names stay in view
+        table.scroll_x = table.max_scroll_x
+        await settle(pilot)
+        assert table.scroll_x > 0
+        assert "baby-char" in screen_text(app)
+
+
+async def test_home_and_end_go_to_the_first_and_last_run(fixture_runs):
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one(RunTable)
+        await select(pilot, "baby-char")
+        await pilot.press("end")
+        await settle(pilot)
+        assert table.current_name == table_names(app)[-1]
+        assert table.scroll_x == 0
+        assert "broken-run" in screen_text(app)
+        await pilot.press("home")
+        await settle(pilot)
+        assert table.current_name == table_names(app)[0]
+
+
+async def test_marking_is_documented_in_help(fixture_runs):
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("f1")
+        await settle(pilot)
+        text = squash(screen_text(app))
+        assert "Space marks the selected run" in text
+        assert "moves to the next row" in text
+
+
+async def _open_each_screen(pilot, app):  # noqa: ANN001, ANN202
+    """Yield after showing runs, dashboard, compare, train and chat in turn."""
+    yield "runs"
+    app.open_dashboard("baby-char")
+    await wait_for(pilot, lambda: getattr(app.screen, "snap", None) is not None, what="dashboard")
+    await settle(pilot)
+    yield "dashboard"
+    await pilot.press("escape")
+    app.open_compare(["baby-char", "gpt2-wide"])
+    await wait_for(pilot, lambda: len(getattr(app.screen, "snaps", {})) == 2, what="compare")
+    await settle(pilot)
+    yield "compare"
+    await pilot.press("escape")
+    await pilot.press("f3")
+    await settle(pilot)
+    yield "train"
+    await pilot.press("f4")
+    await settle(pilot)
+    yield "chat"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_the_footer_fits_every_screen(fixture_runs, size):
+    """Every key the footer shows is shown whole (the rest are in F1 help and Ctrl+P)."""
+    app = make_app(fixture_runs)
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        seen = []
+        async for name in _open_each_screen(pilot, app):
+            footer = screen_text(app).rstrip("\n").splitlines()[-1]
+            shown: dict[str, list[str]] = {}  # description -> its keys (one binding may have several)
+            for b in app.screen.active_bindings.values():
+                if b.binding.show and b.binding.description:
+                    shown.setdefault(b.binding.description, []).append(b.binding.key_display or app.get_key_display(b.binding))
+            assert shown, name
+            for description, keys in shown.items():
+                assert any(f"{key} {description}" in footer for key in keys), (name, keys, description, footer)
+            assert "^p palette" in footer
+            seen.append(name)
+        assert seen == ["runs", "dashboard", "compare", "train", "chat"]
+
+
+async def test_every_run_state_is_shown_with_its_reason(tmp_path):
+    """The states of the run directory (gptbench.runstore.format.RunState) in the table, and
+    why a failed, crashed, stale or corrupt run is so in the details panel."""
+    import os
+
+    from gptbench.runstore import RunWriter
+    from gptbench.runstore.format import LOCK
+
+    root = tmp_path / "runs"
+    write_run(root, "done", created=FROZEN_NOW - 900)
+    write_run(root, "halted", state="stopped", step=500, created=FROZEN_NOW - 800)
+    write_run(root, "diverged", state="failed", step=10, max_iters=100, created=FROZEN_NOW - 700,
+              error="loss became nan at step 10; lower --lr (no checkpoint was saved)", log_error=True)
+    write_run(root, "training", state="running", step=700, created=FROZEN_NOW - 600, pid=os.getpid())
+    write_run(root, "vanished", state="running", step=300, created=FROZEN_NOW - 500, pid=999_999)  # no such process
+    write_run(root, "hung", state="running", step=200, created=FROZEN_NOW - 400, pid=os.getpid(), heartbeat=FROZEN_NOW - 600)
+    fresh = RunWriter.create(root, "fresh")  # a config and no status yet (a gptbench 0.1 trainer between the two)
+    fresh.write_config(json.loads((root / "done" / "config.json").read_text()) | {"name": "fresh", "created": FROZEN_NOW - 300})
+    fresh.close()
+    (root / "fresh" / "status.json").unlink()
+    claiming = RunWriter.create(root, "claiming")  # still loading data: the folder and its lock only
+    (root / "killed-early").mkdir()
+    (root / "killed-early" / LOCK).touch()  # a lock nobody holds: killed while starting
+    (root / "garbled").mkdir()
+    (root / "garbled" / "config.json").write_text("{ nope")
+    try:
+        app = make_app(root)
+        async with app.run_test(size=(160, 44)) as pilot:
+            await settle(pilot)
+            expected = {
+                "done": "✔ finished", "halted": "■ stopped", "diverged": "✖ failed", "training": "running",
+                "vanished": "✖ crashed: process gone", "hung": "? stale", "fresh": "○ new", "claiming": "… starting",
+                "killed-early": "✖ crashed: killed while starting", "garbled": "! corrupt: bad config.json",
+            }
+            assert sorted(table_names(app)) == sorted(expected)
+            for name, status in expected.items():
+                assert status in row_text(app, name), (name, row_text(app, name))
+            reasons = {
+                "diverged": "loss became nan at step 10; lower --lr (no checkpoint was saved)",
+                "vanished": "its trainer process is gone",
+                "hung": "no heartbeat for 10m00s",
+                "killed-early": "killed while starting, before its config was written",
+                "garbled": "config.json is unreadable",
+            }
+            for name, reason in reasons.items():
+                await select(pilot, name)
+                details = region_text(app, "#details-summary")
+                assert f"reason {reason}" in details, (name, details)
+            await select(pilot, "done")
+            assert "reason" not in region_text(app, "#details-summary")
+    finally:
+        claiming.close()
+
+
+async def test_a_converted_run_shows_converted_instead_of_a_step_count(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "from-hf", step=0, max_iters=1, converted_from="hf:gpt2")
+    app = make_app(root)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        row = row_text(app, "from-hf")
+        assert "✔ finished | converted |" in row
+        assert "0/1" not in row
+        await select(pilot, "from-hf")
+        assert "converted (no training here)" in squash(screen_text(app))
+
+
+async def test_compare_shows_every_run_when_a_value_is_very_wide(tmp_path):
+    root = tmp_path / "runs"
+    names = [f"run-{i}" for i in range(5)]
+    for i, name in enumerate(names):
+        write_run(root, name, step=100, max_iters=100, lr=1e-3 * (i + 1), corpus=f"corpus-{i}.txt")
+    cfg_path = root / "run-2" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["data"]["spec"] = "/home/someone/.cache/gptbench/tokens/" + "0123456789abcdef" * 6 + "/corpus-2.txt"
+    cfg_path.write_text(json.dumps(cfg))
+    app = make_app(root)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        app.open_compare(names)
+        await wait_for(pilot, lambda: len(getattr(app.screen, "snaps", {})) == 5, what="compare data")
+        await settle(pilot)
+        diff_box = screen_text(app).split("config diff")[1]
+        for name in names:
+            assert name in diff_box, name
+        assert "…" in diff_box
+        assert "corpus-2.txt" in diff_box  # a long value keeps its end
+        table = app.screen.query_one("#compare-diff")
+        assert table.max_scroll_x == 0

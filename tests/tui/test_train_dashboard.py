@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from tui_fixtures import frozen_clock, make_fixture_runs, notifications, screen_text, settle, squash, wait_for
+from tui_fixtures import FROZEN_NOW, frozen_clock, make_fixture_runs, notifications, screen_text, settle, squash, wait_for, write_run
 
 from gptbench.runstore import Run
 from gptbench.tui.app import create_app
@@ -202,3 +202,81 @@ async def test_a_launch_that_fails_shows_the_trainers_error(tmp_path):
         await wait_for(pilot, lambda: "failed to start" in screen_text(app), what="error on the dashboard")
         assert "nope.txt" in squash(screen_text(app)).replace("\n", "")
         assert any("nope.txt" in n for n in notifications(app))
+
+
+NAN_ERROR = "loss became nan at step 10; lower --lr or raise --warmup-iters, and resume from the last checkpoint (no checkpoint was saved)"
+
+
+async def test_a_failed_run_says_why_in_the_header_and_the_log(tmp_path):
+    """As the trainer leaves a run that diverged at its first log step: status `failed`
+    with `error` and `step`, elapsed 0 (no timing window ended), the reason last in log.txt."""
+    root = tmp_path / "runs"
+    t0 = FROZEN_NOW - 600
+    write_run(root, "diverged", state="failed", step=10, max_iters=100, created=t0, elapsed=0.0, heartbeat=t0 + 5 + 3.0,
+              error=NAN_ERROR, log_error=True)
+    write_run(root, "old-failed", state="failed", step=300, max_iters=2000, created=t0, elapsed=41.0,
+              error="loss became nan at step 300; lower --lr")  # an older trainer: the reason in status.json only
+    app = make_app(root)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = await open_dashboard(pilot, "diverged")
+        text = squash(screen_text(app))
+        header = text.split("╭", 1)[0]  # everything above the charts
+        assert "✖ failed" in header
+        assert "10%" in header
+        assert "step 10/100" in header
+        assert "failed after 3s" in header
+        assert "loss became nan at step 10; lower --lr or raise --warmup-iters" in header.replace("\n", " ")
+        log = screen.query_one("#dash-log")
+        shown = " ".join(" ".join(s.text.split()) for s in log.lines)
+        assert shown.count("loss became nan at step 10") == 1  # from log.txt, not repeated
+        assert shown.endswith("(no checkpoint was saved)")
+
+        await pilot.press("escape")
+        screen = await open_dashboard(pilot, "old-failed")
+        log = screen.query_one("#dash-log")
+        shown = " ".join(" ".join(s.text.split()) for s in log.lines)
+        assert shown.endswith("✖ loss became nan at step 300; lower --lr")  # the pane adds it
+        assert "failed after 41s" in squash(screen_text(app))
+
+
+async def test_a_converted_run_says_converted_not_a_step_count(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "from-hf", step=0, max_iters=1, converted_from="hf:gpt2")
+    app = make_app(root)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await open_dashboard(pilot, "from-hf")
+        text = squash(screen_text(app))
+        assert "converted from hf:gpt2 · no training metrics" in text
+        assert "0/1" not in text
+        assert "0%" not in text  # no progress bar
+
+
+async def test_function_keys_leave_a_dashboard_and_hidden_dashboards_stop_polling(tmp_path):
+    root = make_fixture_runs(tmp_path / "runs")
+    app = make_app(root)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("f3")
+        await settle(pilot)
+        app.open_dashboard("live-run")  # as Start on the train form does
+        await settle(pilot)
+        dash = app.screen
+        assert isinstance(dash, DashboardScreen)
+        polls = []
+        real_poll = dash.watcher.poll
+        dash.watcher.poll = lambda *a, **k: polls.append(1) or real_poll(*a, **k)
+        await wait_for(pilot, lambda: len(polls) >= 1, what="the dashboard polling")
+
+        await pilot.press("f2")  # to the runs screen: the dashboard stays in the train mode, hidden
+        await settle(pilot)
+        seen = len(polls)
+        await pilot.pause(1.0)  # the poll interval is 1 s: a visible dashboard would have polled again
+        await settle(pilot)
+        assert len(polls) == seen
+
+        await pilot.press("f3")  # F3 means the train form, even from a dashboard opened by it
+        await settle(pilot)
+        assert isinstance(app.screen, TrainScreen)
+        assert app.screen_stack == [app.screen]

@@ -63,9 +63,14 @@ def write_run(
     eval_interval: int = 250,
     checkpoint: bool = False,
     pid: int = 0,
+    heartbeat: float | None = None,
+    log_error: bool = False,
+    converted_from: str = "",
 ) -> Path:
     """A run directory as the trainer writes it (through `RunWriter`, with fixed times),
-    with formula metrics up to `step`."""
+    with formula metrics up to `step`. `log_error` also writes `error` to log.txt (as the
+    trainer does since the run directory's version 2); `converted_from` makes it look like
+    `gptbench convert` output (no metrics)."""
     from gptbench.backends.spec import GPTConfig
     from gptbench.runstore import EvalRecord, RunState, RunWriter, SampleRecord, TrainRecord
     from gptbench.tokenizers.byte import ByteTokenizer
@@ -89,13 +94,16 @@ def write_run(
         "versions": {"python": "3.11.7", "gptbench": "0.1.0", "numpy": "2.1.0", "torch": "2.13.0"},
         "command": f"gptbench train --name {name}",
     }
+    if converted_from:
+        cfg.update(command="convert", converted_from={"source": converted_from, "kind": "hf", "dtype": "float32"},
+                   data={"spec": None, "name": f"converted from {converted_from}"})
     writer.save_tokenizer(tok)
     writer.write_config(cfg)
     best = None
     t0 = created + 5.0
     morning = time.mktime((2024, 6, 1, 9, 0, 0, 0, 0, -1))  # log stamps read 2024-06-01 09:00:SS in any time zone
     writer.log(f"run {name}: {params / 1e3:.1f}K parameters", at=morning)
-    for s in range(0, step + 1, 10):
+    for s in range(0, step + 1 if not converted_from else 0, 10):
         loss = scale * (3.0 * math.exp(-s / 500) + 1.3 + 0.04 * math.sin(s / 23))
         if s % eval_interval == 0 or s == step:
             val = scale * (3.0 * math.exp(-s / 500) + 1.42)
@@ -105,14 +113,18 @@ def write_run(
         if s:
             writer.append_metric(TrainRecord(s, round(loss, 5), _lr(s, lr, lr / 10, 100, max_iters), 0.9,
                                              6100.0 + 400 * math.sin(s / 70), s * 0.15, t0 + s * 0.16))
-    if step:
+    if step and not converted_from:
         writer.append_metric(SampleRecord(step - step % eval_interval,
                                           "ROMEO: the king said to the queen,\nand so it goes, my lord.\nJULIET: the cat to the dog.", t0))
     if checkpoint:
         write_checkpoint(writer, model, step, best)
+    if error and log_error:
+        writer.log(error, at=morning + 30)
+    if heartbeat is None:
+        heartbeat = time.time() if state == "running" else created + 5.0 + elapsed
     writer.set_status(
         RunState(state), pid=pid or 999_999, host=os.uname().nodename,
-        heartbeat=time.time() if state == "running" else created + elapsed, step=step, max_iters=max_iters,
+        heartbeat=heartbeat, step=step, max_iters=max_iters,
         best_val_loss=round(best, 5) if best else None, tokens_per_sec=6123.0, elapsed=elapsed, **({"error": error} if error else {}),
     )
     writer.close()
@@ -221,3 +233,11 @@ def squash(text: str) -> str:
     import re
 
     return re.sub(r" +", " ", text)
+
+
+def region_text(app: Any, selector: str) -> str:
+    """What the screen shows inside one widget's region, its lines joined by spaces and
+    runs of spaces collapsed (wrapped text reads as one line)."""
+    region = app.screen.query_one(selector).region
+    lines = screen_text(app).splitlines()[region.y : region.y + region.height]
+    return squash(" ".join(line[region.x : region.x + region.width] for line in lines)).strip()

@@ -6,7 +6,8 @@ engine crops the transcript from the left to the model's context window; `/reset
 
 Replies are generated on a worker thread and streamed; the main thread only waits, so
 Ctrl-C during a reply sets the cancel event (the reply stops within one token) instead of
-killing the program. Ctrl-C at the prompt is ignored; Ctrl-D (end of input) exits.
+killing the program, and the reply's closing stats line on stderr says `cancelled`, once.
+Ctrl-C at the prompt is ignored; Ctrl-D (end of input) exits.
 """
 
 from __future__ import annotations
@@ -189,12 +190,12 @@ def _reply_in_worker(session: ChatSession, line: str, out) -> None:
         except KeyboardInterrupt:
             cancel.set()
     worker.join()
+    # one line on stderr says how the reply ended (stdout keeps only the transcript)
     if last is not None:
         note = ", cancelled" if last.finish_reason == "cancelled" else ""
         print(f"[{last.generation_tokens} tokens, {last.tokens_per_sec:.1f} tok/s{note}]", file=sys.stderr, flush=True)
-    if cancel.is_set():
-        out.write("[cancelled]\n")
-        out.flush()
+    elif cancel.is_set():
+        print("[cancelled]", file=sys.stderr, flush=True)
 
 
 def run_chat(args: argparse.Namespace) -> int:

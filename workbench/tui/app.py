@@ -278,17 +278,15 @@ class GPTBenchApp(App[None]):
     # ---- command palette -------------------------------------------------------------------------
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Every action of the current screen (from its bindings) plus navigation."""
-        seen: set[str] = set()
         for mode, title in MODE_TITLES.items():
-            seen.add(title)
             yield SystemCommand(f"Go to {title}", f"Switch to the {title} screen", partial(self.run_action, f"go({mode!r})"))
         yield SystemCommand("Help", "Show keys and how the app works", self.action_help)
-        seen.add("Help")
+        seen: set[str] = {"Help"}
         for key, active in screen.active_bindings.items():
             b = active.binding
-            if not b.description or b.description in seen or b.system:
-                continue
-            if active.node is not screen and active.node is not self and not b.show:
+            if not b.description or b.description in seen or b.system or active.node is self:
+                continue  # the app's own keys (F1-F4) are the entries above
+            if active.node is not screen and not b.show:
                 continue  # a widget's own navigation keys (cursor up, page down...)
             seen.add(b.description)
             yield SystemCommand(b.description, f"{screen.sub_title or screen.title} · key {key}", partial(self._run_binding, active.node, b.action))

@@ -18,7 +18,9 @@ terminal with `gptbench train --no-ui` appear within a second). **Train** starts
 dashboard only reads the run's files. **Chat** loads a checkpoint and streams replies.
 
 Everywhere: `Ctrl+P` opens the command palette (every action, searchable), `F1` this help,
-`F2` runs, `F3` train, `F4` chat, `Ctrl+Q` quits. Themes: palette → *Theme*.
+`F2` runs, `F3` the train form, `F4` chat (from a dashboard too), `Ctrl+Q` quits. The footer
+shows the most used keys of a screen; the table below has all of them. Themes: palette →
+*Theme*.
 """
 
 
@@ -35,20 +37,18 @@ def _key_label(key: str) -> str:
 
 def bindings_table(screen: Screen, app: object) -> Table:
     """Keys of the screen (and its focused widget) then the global ones, one row per action."""
-    rows: dict[str, tuple[list[str], bool]] = {}
+    rows: dict[tuple[bool, str], list[str]] = {}  # (global?, description) -> keys
     for key, active in screen.active_bindings.items():
         b: Binding = active.binding
         if not b.description or b.system:
             continue
         if active.node is not screen and active.node is not app and not b.show:
             continue  # a widget's own navigation keys
-        keys, _ = rows.setdefault(b.description, ([], active.node is app))
-        keys.append(key)
+        rows.setdefault((active.node is app, b.description), []).append(key)
     table = Table(box=None, show_header=True, header_style="bold", padding=(0, 2), expand=False)
     table.add_column("Key", style="bold cyan", no_wrap=True)
     table.add_column("Action")
-    ordered = sorted(rows.items(), key=lambda kv: kv[1][1])  # screen keys first, then global
-    for desc, (keys, is_global) in ordered:
+    for (is_global, desc), keys in sorted(rows.items(), key=lambda kv: kv[0][0]):  # screen keys first, then global
         table.add_row(_key_label(",".join(keys)), desc + (" (everywhere)" if is_global else ""))
     return table
 
@@ -58,12 +58,16 @@ class HelpScreen(ModalScreen[None]):
 
     def __init__(self, screen: Screen, title: str, runs_dir: str) -> None:
         super().__init__()
-        self.about = f"# gptbench\n\nRuns directory: `{runs_dir}`\n\n{ABOUT}"
+        # what this screen is for and its keys first (what F1 is pressed for), then the app
+        screen_help = f"## {title}\n\n{screen.HELP}" if screen.HELP else f"## {title}"
+        self.intro = f"# gptbench\n\nRuns directory: `{runs_dir}`\n\n{screen_help}"
+        self.about = f"## How the app works\n\n{ABOUT}"
         self.keys = bindings_table(screen, screen.app)
         self.keys_title = f"Keys on this screen ({title})"
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(classes="dialog help-dialog"):
-            yield Markdown(self.about)
+            yield Markdown(self.intro)
             yield Static(Text(self.keys_title, style="bold"), classes="help-keys-title")
             yield Static(self.keys, classes="help-keys")
+            yield Markdown(self.about)

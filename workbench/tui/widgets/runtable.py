@@ -63,7 +63,7 @@ COLUMNS: list[tuple[str, str, Callable[[RunSummary], Any]]] = [
 ]
 SORT_KEYS = {key: fn for key, _, fn in COLUMNS}
 SEARCHED = ("name", "state", "backend", "device", "tokenizer", "corpus", "error")
-NAME_MIN, NAME_SHARE = 12, 0.4  # the Name column gets at most 40% of the table (12 cells at least)
+NAME_MIN, NAME_SHARE = 12, 0.3  # the Name column gets at most 30% of the table (12 cells at least)
 
 
 def matches(s: RunSummary, query: str) -> bool:

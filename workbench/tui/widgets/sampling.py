@@ -59,11 +59,11 @@ class ReplySettings:
 
 
 class LabeledSwitch(Horizontal):
-    """A switch whose label says its state ("KV cache: on"), not only its colour."""
+    """A switch whose label says its state in words ("KV cache: on"), not only by colour."""
 
-    def __init__(self, label: str, value: bool, *, switch_id: str) -> None:
+    def __init__(self, label: str, value: bool, *, switch_id: str, on_text: str = "on", off_text: str = "off") -> None:
         super().__init__(classes="switch-row")
-        self.label = label
+        self.label, self.on_text, self.off_text = label, on_text, off_text
         self.switch = Switch(value, id=switch_id)
         self.state_label = Label(self._text(value), classes="switch-label")
 
@@ -80,7 +80,7 @@ class LabeledSwitch(Horizontal):
         self.state_label.update(self._text(event.value))
 
     def _text(self, value: bool) -> Text:
-        return Text.assemble(f"{self.label}: ", ("on", "bold") if value else ("off", ""))
+        return Text.assemble(f"{self.label}: ", (self.on_text, "bold") if value else (self.off_text, ""))
 
 
 class SamplingForm(Vertical):
@@ -100,7 +100,8 @@ class SamplingForm(Vertical):
             yield Field(f.label, Input(f.default, id=f.key, compact=True, validators=[f.validator], valid_empty=f.key == "seed",
                                        placeholder="random" if f.key == "seed" else ""), f.key)
         yield LabeledSwitch("KV cache", True, switch_id="kv-cache")
-        yield LabeledSwitch("Continue transcript", False, switch_id="transcript")
+        # on: the model continues the whole conversation so far, not just the new prompt
+        yield LabeledSwitch("Context", False, switch_id="transcript", on_text="whole chat", off_text="prompt only")
 
     def _field(self, input_id: str | None) -> Field | None:
         return next((f for f in self.query(Field).results(Field) if f.input_widget.id == input_id), None)
