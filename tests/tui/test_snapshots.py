@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from tui_fixtures import frozen_clock, make_fixture_runs, settle, wait_for
+from tui_fixtures import FROZEN_NOW, frozen_clock, make_fixture_runs, settle, wait_for, write_run
 
 from textual.widgets import Input
 
@@ -98,6 +98,39 @@ def test_compare(snap_compare, runs, size):
         pilot.app.open_compare(["baby-char", "gpt2-wide", "lr-too-high"])
         await wait_for(pilot, lambda: len(getattr(pilot.app.screen, "snaps", {})) == 3, what="compare data")
         await settle(pilot)
+
+    assert snap_compare(make_app(runs), terminal_size=size, run_before=before)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_failed_run_dashboard(snap_compare, runs, size):
+    """The reason a run failed in the header (wrapped) and as the log's last line."""
+    write_run(runs, "diverged", state="failed", step=10, max_iters=100, created=FROZEN_NOW - 600, elapsed=0.0,
+              heartbeat=FROZEN_NOW - 600 + 8.0, log_error=True,
+              error="loss became nan at step 10; lower --lr or raise --warmup-iters, and resume from the last "
+                    "checkpoint (no checkpoint was saved)")
+
+    async def before(pilot):
+        await settle(pilot)
+        pilot.app.open_dashboard("diverged")
+        await wait_for(pilot, lambda: getattr(pilot.app.screen, "snap", None) is not None, what="dashboard data")
+        await settle(pilot)
+
+    assert snap_compare(make_app(runs), terminal_size=size, run_before=before)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_run_states(snap_compare, runs, size):
+    """Crashed, stale and converted runs in the table; the crashed run's reason in the details."""
+    write_run(runs, "vanished", state="running", step=300, created=FROZEN_NOW - 100, pid=999_999)
+    write_run(runs, "hung", state="running", step=200, created=FROZEN_NOW - 200, heartbeat=FROZEN_NOW - 600,
+              pid=__import__("os").getpid())
+    write_run(runs, "gpt2-from-hf", step=0, max_iters=1, created=FROZEN_NOW - 300, converted_from="hf:gpt2")
+
+    async def before(pilot):
+        await settle(pilot)
+        await select(pilot, "vanished")
+        await steady(pilot)
 
     assert snap_compare(make_app(runs), terminal_size=size, run_before=before)
 

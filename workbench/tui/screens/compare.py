@@ -117,8 +117,9 @@ smoothing of the train curves.
         configs = {n: (self.snaps[n].config if n in self.snaps else None) for n in self.names}
         rows = config_diff(configs)
         key_width = max([len("key"), *(len(k) for k, _ in rows)])
-        # every run's column gets an equal share of what the key column leaves (2 cells of padding each)
-        room = (table.scrollable_content_region.width or self.size.width) - (key_width + 2)
+        # every run's column gets an equal share of what the key column and a vertical
+        # scrollbar leave (2 cells of padding per column)
+        room = (table.size.width or self.size.width) - (key_width + 2) - table.styles.scrollbar_size_vertical
         width = max(MIN_VALUE_WIDTH, room // max(1, len(self.names)) - 2)
         self._diff_width = table.size.width
         table.clear(columns=True)

@@ -200,7 +200,8 @@ smoothing of the training curves.
         self._set_static("#dash-state", state_text(snap.state, self.gapp.frame()))
         step, max_iters = progress_of(snap)
         bar = self.query_one("#dash-progress", ProgressBar)
-        bar.display = not snap.summary.converted
+        if bar.display == snap.summary.converted:
+            bar.display = not snap.summary.converted
         if max_iters and (bar.total, bar.progress) != (max_iters, min(step, max_iters)):
             bar.update(total=max_iters, progress=min(step, max_iters))
         self._set_static("#dash-eta", self._eta_text(snap, step, max_iters))
@@ -222,15 +223,17 @@ smoothing of the training curves.
         self._log_shown = snap.log_total
         log.set_reason(reason)
 
-    def _set_static(self, selector: str, text: Text) -> None:
-        if self._shown.get(selector) != text.markup:
-            self._shown[selector] = text.markup
-            self.query_one(selector, Static).update(text)
+    def _set_static(self, selector: str, text: Text) -> bool:
+        if self._shown.get(selector) == text.markup:
+            return False
+        self._shown[selector] = text.markup
+        self.query_one(selector, Static).update(text)
+        return True
 
     def _set_reason(self, reason: str) -> None:
         """Why the run ended or needs attention, under the progress line (wrapped, red)."""
-        self._set_static("#dash-reason", Text(f"✖ {reason}" if reason else "", style="red"))
-        self.query_one("#dash-reason").display = bool(reason)
+        if self._set_static("#dash-reason", Text(f"✖ {reason}" if reason else "", style="red")):
+            self.query_one("#dash-reason").display = bool(reason)
 
     def _eta_text(self, snap: WatchSnapshot, step: int, max_iters: int) -> Text:
         st, s = snap.status, snap.series
