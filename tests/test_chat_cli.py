@@ -90,7 +90,7 @@ def test_ctrl_c_cancels_the_reply_not_the_program(trained_run, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gptbench", "chat", "--runs-dir", str(trained_run.path.parent), "--run", trained_run.name,
-         "--device", "cpu", "--max-new-tokens", "10000000", "--temperature", "1.0", "--seed", "0"],
+         "--device", "cpu", "--max-new-tokens", "1000000", "--temperature", "1.0", "--seed", "0"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )
     chunks: queue.Queue = queue.Queue()

@@ -12,7 +12,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -26,6 +26,9 @@ from gptbench.runstore import Run, RunStore, RunSummary, read_summary
 from gptbench.tui.launcher import Launch, Launcher
 from gptbench.tui.runsdata import Clock, RunScanner
 from gptbench.tui.screens.runs import RunsScreen
+
+if TYPE_CHECKING:
+    from gptbench.tui.screens.chat import ChatScreen
 
 MODE_TITLES = {"runs": "Runs", "train": "Train", "chat": "Chat"}
 
@@ -96,7 +99,7 @@ class GPTBenchApp(App[None]):
         self._scan_wanted = False
         self._scan_seq = 0  # scans started
         self._after_scan: list[tuple[int, Callable[[], None]]] = []
-        self.chat_screen: Screen | None = None  # the chat mode's screen, once created
+        self.chat_screen: ChatScreen | None = None  # the chat mode's screen, once created
         self._startup = startup
         self.add_mode("chat", self._chat_mode_screen)
 
@@ -200,17 +203,17 @@ class GPTBenchApp(App[None]):
     def _chat_mode_screen(self) -> Screen:
         return self._chat(None)
 
-    def _chat(self, run: str | None) -> Screen:
+    def _chat(self, run: str | None) -> "ChatScreen":
         from gptbench.tui.screens.chat import ChatScreen
 
         if self.chat_screen is None:
             self.chat_screen = ChatScreen(run)
         elif run is not None:
-            self.chat_screen.open_run(run)  # type: ignore[attr-defined]
+            self.chat_screen.open_run(run)
         return self.chat_screen
 
     def open_chat(self, name: str | None = None) -> None:
-        """The chat screen, chatting with `name` (or with whatever it had) ."""
+        """Show the chat screen, chatting with `name` (or with the run it had)."""
         self._chat(name)
         self.switch_mode("chat")
 

@@ -297,8 +297,8 @@ def state_reason(summary: RunSummary, status: dict[str, Any] | None = None, now:
     if summary.error:
         return summary.error
     if summary.state == "crashed":
-        return (f"its trainer process is gone (killed, or the machine restarted) without a final status; "
-                f"r resumes it from its last checkpoint")
+        return ("its trainer process is gone (killed, or the machine restarted) without a final status; "
+                "r resumes it from its last checkpoint")
     if summary.state == "stale":
         beat = (status or {}).get("heartbeat")
         age = fmt_duration((now if now is not None else time.time()) - beat) if isinstance(beat, (int, float)) else "minutes"
