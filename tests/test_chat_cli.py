@@ -78,12 +78,17 @@ def test_bad_commands_and_lines_are_one_line_errors_and_the_chat_goes_on(trained
 
 def test_reset_clears_the_transcript(trained_run, monkeypatch, capsys):
     code, out, _ = chat(trained_run, monkeypatch, capsys, ["ROMEO:", "/reset", "/history", "/help"], "--max-new-tokens", "5")
-    assert code == 0 and "[transcript cleared]" in out and "[transcript is empty]" in out and "/temp X" in out
+    assert code == 0
+    assert "[transcript cleared]" in out
+    assert "[transcript is empty]" in out
+    assert "/temp X" in out
 
 
 def test_bad_sampling_flag_exits_2(trained_run, monkeypatch, capsys):
     code, out, err = chat(trained_run, monkeypatch, capsys, [], "--top-p", "0")
-    assert code == 2 and err.count("\n") == 1 and "top_p" in err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "top_p" in err
 
 
 def test_ctrl_c_cancels_the_reply_not_the_program(trained_run, tmp_path):

@@ -69,7 +69,8 @@ def test_resume_with_conflicting_config(capsys, runs_dir, baby):
     assert rc == 2
     assert_one_line(err, "cannot resume 'baby' with a different n_layer=8 (run has 2)")
     rc, err = run_cli(capsys, "--runs-dir", str(runs_dir), "train", "--no-ui", "--resume", "baby", "--tokenizer", "byte")
-    assert rc == 2 and "tokenizer='byte'" in err
+    assert rc == 2
+    assert "tokenizer='byte'" in err
     assert snapshot(baby) == before
 
 
@@ -109,7 +110,9 @@ def test_sample_from_run_is_seeded(capsys, runs_dir, baby):
     first = capsys.readouterr().out
     assert main(argv) == 0
     second = capsys.readouterr().out
-    assert first == second and first.startswith("ROMEO:") and len(first) > len("ROMEO:") + 10
+    assert first == second
+    assert first.startswith("ROMEO:")
+    assert len(first) > len("ROMEO:") + 10
 
 
 def test_usage_errors_exit_2_on_one_line(capsys):
@@ -117,4 +120,5 @@ def test_usage_errors_exit_2_on_one_line(capsys):
         main(["train", "--no-ui", "--max-iters", "lots"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "invalid int value: 'lots'" in err and err.strip().count("\n") == 0
+    assert "invalid int value: 'lots'" in err
+    assert err.strip().count("\n") == 0

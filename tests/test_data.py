@@ -44,10 +44,13 @@ def nothing_in(cache: Path) -> bool:
 def test_get_batch_shapes_dtypes_and_shift():
     data = np.arange(1000, dtype=np.uint16)
     x, y = get_batch(data, 8, 16, np.random.default_rng(0))
-    assert x.shape == y.shape == (8, 16) and x.dtype == y.dtype == np.int64
-    assert (y[:, :-1] == x[:, 1:]).all() and (y[:, -1] == x[:, -1] + 1).all()
+    assert x.shape == y.shape == (8, 16)
+    assert x.dtype == y.dtype == np.int64
+    assert (y[:, :-1] == x[:, 1:]).all()
+    assert (y[:, -1] == x[:, -1] + 1).all()
     assert ((x[:, 1:] - x[:, :-1]) == 1).all()  # contiguous windows of the data
-    assert x.min() >= 0 and y.max() <= 999
+    assert x.min() >= 0
+    assert y.max() <= 999
 
 
 def test_get_batch_is_deterministic_for_a_seed_and_covers_the_ends():
@@ -55,7 +58,8 @@ def test_get_batch_is_deterministic_for_a_seed_and_covers_the_ends():
     a = get_batch(data, 64, 4, np.random.default_rng(123))
     b = get_batch(data, 64, 4, np.random.default_rng(123))
     c = get_batch(data, 64, 4, np.random.default_rng(124))
-    assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+    assert (a[0] == b[0]).all()
+    assert (a[1] == b[1]).all()
     assert not (a[0] == c[0]).all()
     starts = {int(s) for _ in range(20) for s in get_batch(data, 64, 4, np.random.default_rng(_))[0][:, 0]}
     assert starts == set(range(16))  # every window start 0..len-T-1, and no other
@@ -66,7 +70,9 @@ def test_get_batch_from_memmap(tmp_path):
     np.arange(300, dtype=np.uint16).tofile(path)
     mm = np.memmap(path, dtype=np.uint16, mode="r")
     x, y = get_batch(mm[100:], 4, 10, np.random.default_rng(1))
-    assert type(x) is np.ndarray and x.min() >= 100 and (y - x == 1).all()
+    assert type(x) is np.ndarray
+    assert x.min() >= 100
+    assert (y - x == 1).all()
 
 
 def test_get_batch_too_short():
@@ -80,13 +86,19 @@ def test_text_file_char_split_and_info(text_file, cache):
     assert isinstance(d, PreparedData)
     n = len(TEXT)
     assert (len(d.train), len(d.val)) == (int(n * 0.9), n - int(n * 0.9))
-    assert isinstance(d.train, np.memmap) and d.train.dtype == np.uint16 and d.val.dtype == np.uint16
+    assert isinstance(d.train, np.memmap)
+    assert d.train.dtype == np.uint16
+    assert d.val.dtype == np.uint16
     assert d.tokenizer.decode(d.train) + d.tokenizer.decode(d.val) == TEXT  # val is the tail
     info = d.info
     assert json.loads(json.dumps(info)) == info
-    assert info["name"] == "corpus.txt" and info["source"] == "file" and info["n_docs"] == 1
+    assert info["name"] == "corpus.txt"
+    assert info["source"] == "file"
+    assert info["n_docs"] == 1
     assert info["sha256"] == hashlib.sha256(text_file.read_bytes()).hexdigest()
-    assert info["bytes"] == len(TEXT.encode()) and info["tokenizer"] == "char" and info["cached"] is False
+    assert info["bytes"] == len(TEXT.encode())
+    assert info["tokenizer"] == "char"
+    assert info["cached"] is False
     assert (info["train_tokens"], info["val_tokens"]) == (len(d.train), len(d.val))
     assert Path(info["cache"]).is_relative_to(cache)
 
@@ -111,7 +123,8 @@ def test_crlf_nul_free_unicode_survive_exactly(tmp_path, cache):
 def test_gpt2_corpus_ids_and_uint16(text_file, cache):
     d = prepare_data(str(text_file), GPT2, block_size=16, cache_dir=cache)
     tok = d.tokenizer
-    assert d.train.dtype == np.uint16 and tok.spec == "gpt2"
+    assert d.train.dtype == np.uint16
+    assert tok.spec == "gpt2"
     assert np.concatenate([d.train, d.val]).tolist() == tok.encode(TEXT)
 
 
@@ -120,7 +133,8 @@ def test_vocab_over_65536_is_stored_as_uint32(tmp_path, cache):
     p = tmp_path / "wide.txt"
     p.write_text("".join(chars), encoding="utf-8")
     d = prepare_data(str(p), "char", block_size=8, cache_dir=cache)
-    assert d.tokenizer.vocab_size > 65536 and d.train.dtype == np.uint32
+    assert d.tokenizer.vocab_size > 65536
+    assert d.train.dtype == np.uint32
     assert d.tokenizer.decode(np.concatenate([d.train, d.val])) == "".join(chars)
 
 
@@ -143,8 +157,11 @@ def test_folder_recursive_sorted_skipping_hidden_binary_and_empty(tmp_path, cach
     d = prepare_data(str(tmp_path / "corpus"), "char", block_size=8, cache_dir=cache)
     text = d.tokenizer.decode(np.concatenate([d.train, d.val]))
     assert text == "\n\n".join(["first document " * 20, "second document " * 20, "third document " * 20])
-    assert d.info["n_docs"] == 3 and d.info["source"] == "folder" and d.info["name"] == "corpus"
-    assert d.info["skipped_files"] == 3 and "hidden" not in text
+    assert d.info["n_docs"] == 3
+    assert d.info["source"] == "folder"
+    assert d.info["name"] == "corpus"
+    assert d.info["skipped_files"] == 3
+    assert "hidden" not in text
 
 
 def test_documents_are_separated_by_eot(tmp_path, cache):
@@ -159,14 +176,17 @@ def test_documents_are_separated_by_eot(tmp_path, cache):
 def test_glob_and_max_docs(tmp_path, cache):
     _tree(tmp_path / "corpus")
     d = prepare_data(str(tmp_path / "corpus" / "**" / "*.txt"), "byte", block_size=8, cache_dir=cache)
-    assert d.info["source"] == "glob" and d.info["n_docs"] == 2  # a.txt, b/two.txt (latin1 and empty skipped)
+    assert d.info["source"] == "glob"
+    assert d.info["n_docs"] == 2  # a.txt, b/two.txt (latin1 and empty skipped)
     d1 = prepare_data(str(tmp_path / "corpus"), "byte", block_size=8, cache_dir=cache, max_docs=1)
-    assert d1.info["n_docs"] == 1 and np.concatenate([d1.train, d1.val]).astype(np.uint8).tobytes() == ("first document " * 20).encode()
+    assert d1.info["n_docs"] == 1
+    assert np.concatenate([d1.train, d1.val]).astype(np.uint8).tobytes() == ("first document " * 20).encode()
 
 
 def test_max_tokens_truncates(text_file, cache):
     d = prepare_data(str(text_file), GPT2, block_size=8, cache_dir=cache, max_tokens=500)
-    assert len(d.train) + len(d.val) == 500 and d.info["truncated"] is True
+    assert len(d.train) + len(d.val) == 500
+    assert d.info["truncated"] is True
     full = prepare_data(str(text_file), GPT2, block_size=8, cache_dir=cache)
     assert np.concatenate([d.train, d.val]).tolist() == np.concatenate([full.train, full.val])[:500].tolist()
 
@@ -183,10 +203,12 @@ def test_many_pieces_and_threads_give_the_same_ids(text_file, cache, monkeypatch
 def test_default_corpus_is_python_stdlib_and_deterministic(tmp_path):
     a = prepare_data(None, "byte", block_size=64, cache_dir=tmp_path / "a")
     b = prepare_data("default", "byte", block_size=64, cache_dir=tmp_path / "b")
-    assert a.info["name"] == "pystdlib" and a.info["spec"] == "default"
+    assert a.info["name"] == "pystdlib"
+    assert a.info["spec"] == "default"
     assert a.info["python"] == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert (a.info["sha256"], a.info["n_docs"], a.info["tokens"]) == (b.info["sha256"], b.info["n_docs"], b.info["tokens"])
-    assert 3_000_000 < a.info["bytes"] < 5_000_000 and a.info["n_docs"] > 50
+    assert 3_000_000 < a.info["bytes"] < 5_000_000
+    assert a.info["n_docs"] > 50
     assert b"import " in a.train[:200_000].astype(np.uint8).tobytes()
 
 
@@ -203,7 +225,8 @@ def test_default_corpus_file_selection(tmp_path, monkeypatch):
     monkeypatch.setattr(sources_mod.sysconfig, "get_paths", lambda: {"stdlib": str(lib)})
     monkeypatch.setattr(sources_mod, "PYSTDLIB_CAP_BYTES", 25)
     corpus = load_corpus(None)
-    assert corpus.name == "pystdlib" and corpus.docs_list == ["A" * 10, "J" * 10, "D" * 10]  # sorted, capped
+    assert corpus.name == "pystdlib"
+    assert corpus.docs_list == ["A" * 10, "J" * 10, "D" * 10]  # sorted, capped
     monkeypatch.setattr(sources_mod, "PYSTDLIB_CAP_BYTES", 1000)
     assert load_corpus("default").docs_list == ["A" * 10, "J" * 10, "D" * 10, "Z" * 10]
 
@@ -212,8 +235,11 @@ def test_default_corpus_file_selection(tmp_path, monkeypatch):
 def test_tinyshakespeare_downloaded_once_and_checked(cache, monkeypatch):
     monkeypatch.setenv("GPTBENCH_TINYSHAKESPEARE_URL", TINYSHAKESPEARE.resolve().as_uri())
     d = prepare_data("tinyshakespeare", "char", block_size=256, cache_dir=cache)
-    assert d.info["sha256"] == TINYSHAKESPEARE_SHA256 and d.info["bytes"] == 1_115_394
-    assert d.tokenizer.vocab_size == 65 and len(d.train) == 1_003_854 and len(d.val) == 111_540
+    assert d.info["sha256"] == TINYSHAKESPEARE_SHA256
+    assert d.info["bytes"] == 1_115_394
+    assert d.tokenizer.vocab_size == 65
+    assert len(d.train) == 1_003_854
+    assert len(d.val) == 111_540
     assert (cache / "downloads" / "tinyshakespeare.txt").read_bytes() == TINYSHAKESPEARE.read_bytes()
     monkeypatch.setenv("GPTBENCH_TINYSHAKESPEARE_URL", "http://127.0.0.1:9/offline")  # the cache serves
     again = prepare_data("tinyshakespeare", "char", block_size=256, cache_dir=cache)
@@ -247,7 +273,8 @@ def _error(spec, cache, tokenizer="char", **kw) -> str:
         prepare_data(spec, tokenizer, block_size=kw.pop("block_size", 8), cache_dir=cache, **kw)
     msg = str(e.value)
     assert "\n" not in msg
-    assert nothing_in(cache) and not cache.exists()
+    assert nothing_in(cache)
+    assert not cache.exists()
     return msg
 
 
@@ -339,9 +366,11 @@ def test_second_call_reuses_the_cache_without_tokenizing(text_file, cache, monke
 
     monkeypatch.setattr(CharTokenizer, "encode_arrays", boom)
     second = prepare_data(str(text_file), "char", block_size=8, cache_dir=cache)
-    assert second.info["cached"] is True and first.info["cached"] is False
+    assert second.info["cached"] is True
+    assert first.info["cached"] is False
     assert second.tokenizer == first.tokenizer
-    assert np.array_equal(second.train, first.train) and np.array_equal(second.val, first.val)
+    assert np.array_equal(second.train, first.train)
+    assert np.array_equal(second.val, first.val)
     # A resumed run passing its own (identical) tokenizer reuses the same entry too.
     third = prepare_data(str(text_file), "char", block_size=8, cache_dir=cache, tokenizer=first.tokenizer)
     assert third.info["cached"] is True
@@ -352,7 +381,8 @@ def test_changed_content_is_a_new_entry(text_file, cache):
     a = prepare_data(str(text_file), "byte", block_size=8, cache_dir=cache)
     text_file.write_text(TEXT.replace("fox", "cat"))
     b = prepare_data(str(text_file), "byte", block_size=8, cache_dir=cache)
-    assert b.info["cached"] is False and b.info["cache"] != a.info["cache"]
+    assert b.info["cached"] is False
+    assert b.info["cache"] != a.info["cache"]
     assert np.concatenate([b.train, b.val]).astype(np.uint8).tobytes().decode() == TEXT.replace("fox", "cat")
 
 
@@ -365,7 +395,8 @@ def test_cache_written_by_another_tokenizer_is_rebuilt(tmp_path, text_file, cach
     train_bpe([TEXT], 320).save(tmp_path / "tok")
     b = prepare_data(str(text_file), f"bpe:{tmp_path / 'tok'}", block_size=8, cache_dir=cache)
     assert b.info["cache"] == a.info["cache"]  # same entry...
-    assert b.info["cached"] is False and b.tokenizer.vocab_size == 320  # ...rebuilt
+    assert b.info["cached"] is False
+    assert b.tokenizer.vocab_size == 320  # ...rebuilt
     assert np.concatenate([b.train, b.val]).tolist() == b.tokenizer.encode(TEXT)
     index = json.loads((Path(b.info["cache"]) / "index.json").read_text())
     assert index["tokenizer_fingerprint"] == b.tokenizer.fingerprint()
@@ -378,7 +409,8 @@ def test_damaged_entry_is_rebuilt(text_file, cache):
     tokens = Path(a.info["cache"]) / "tokens.bin"
     tokens.write_bytes(tokens.read_bytes()[:-2])
     b = prepare_data(str(text_file), "byte", block_size=8, cache_dir=cache)
-    assert b.info["cached"] is False and len(b.train) + len(b.val) == len(TEXT)
+    assert b.info["cached"] is False
+    assert len(b.train) + len(b.val) == len(TEXT)
     (Path(a.info["cache"]) / "index.json").write_text("{not json")
     assert prepare_data(str(text_file), "byte", block_size=8, cache_dir=cache).info["cached"] is False
 
@@ -387,25 +419,31 @@ def test_given_tokenizer_with_other_vocab_gets_its_own_ids(text_file, cache):
     derived = prepare_data(str(text_file), "char", block_size=8, cache_dir=cache)
     wider = CharTokenizer(derived.tokenizer.chars + "XYZ")
     d = prepare_data(str(text_file), "char", block_size=8, cache_dir=cache, tokenizer=wider)
-    assert d.info["cached"] is False and d.tokenizer is wider and d.tokenizer.vocab_size == derived.tokenizer.vocab_size + 3
+    assert d.info["cached"] is False
+    assert d.tokenizer is wider
+    assert d.tokenizer.vocab_size == derived.tokenizer.vocab_size + 3
     assert wider.decode(np.concatenate([d.train, d.val])) == TEXT
     again = prepare_data(str(text_file), "char", block_size=8, cache_dir=cache)  # derived entry untouched
-    assert again.info["cached"] is True and again.tokenizer == derived.tokenizer
+    assert again.info["cached"] is True
+    assert again.tokenizer == derived.tokenizer
 
 
 def test_bpe_trained_on_the_corpus_is_cached_with_its_tokens(text_file, cache, monkeypatch):
     a = prepare_data(str(text_file), "bpe:300", block_size=8, cache_dir=cache)
-    assert a.tokenizer.spec == "bpe:300" and (Path(a.info["cache"]) / "tokenizer.tiktoken").is_file()
+    assert a.tokenizer.spec == "bpe:300"
+    assert (Path(a.info["cache"]) / "tokenizer.tiktoken").is_file()
     import gptbench.tokenizers.bpe as bpe_mod
 
     monkeypatch.setattr(bpe_mod, "train_hf_bpe", lambda *a, **k: pytest.fail("retrained"))
     b = prepare_data(str(text_file), "bpe:300", block_size=8, cache_dir=cache)
-    assert b.info["cached"] is True and b.tokenizer == a.tokenizer
+    assert b.info["cached"] is True
+    assert b.tokenizer == a.tokenizer
 
 
 def test_byte_tokenizer_entry_via_tokenizer_object(text_file, cache):
     d = prepare_data(str(text_file), "ignored", block_size=8, cache_dir=cache, tokenizer=ByteTokenizer())
-    assert d.tokenizer.spec == "byte" and len(d.train) + len(d.val) == len(TEXT)
+    assert d.tokenizer.spec == "byte"
+    assert len(d.train) + len(d.val) == len(TEXT)
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):

@@ -45,9 +45,12 @@ def test_jsonl_default_field_and_named_field(tmp_path, cache):
     p = _jsonl(tmp_path / "r.jsonl")
     d = prepare_data(str(p), "char", block_size=8, cache_dir=cache)
     assert _decoded(d) == ALL_TEXT
-    assert d.info["source"] == "records" and d.info["n_docs"] == 60 and d.info["field"] == "text"
+    assert d.info["source"] == "records"
+    assert d.info["n_docs"] == 60
+    assert d.info["field"] == "text"
     body = prepare_data(f"{p}#body", "byte", block_size=8, cache_dir=cache)
-    assert _decoded(body) == "\n\n".join(r["body"] for r in RECORDS) and body.info["field"] == "body"
+    assert _decoded(body) == "\n\n".join(r["body"] for r in RECORDS)
+    assert body.info["field"] == "body"
 
 
 def test_json_array_parquet_and_csv(tmp_path, cache):
@@ -79,9 +82,11 @@ def test_glob_of_jsonl_files_and_max_docs(tmp_path, cache):
     _jsonl(tmp_path / "a.jsonl", RECORDS[:30])
     _jsonl(tmp_path / "b.jsonl", RECORDS[30:])
     d = prepare_data(str(tmp_path / "*.jsonl"), "byte", block_size=8, cache_dir=cache)
-    assert _decoded(d) == ALL_TEXT and d.info["files"] == 2
+    assert _decoded(d) == ALL_TEXT
+    assert d.info["files"] == 2
     d10 = prepare_data(str(tmp_path / "*.jsonl"), "byte", block_size=8, cache_dir=cache, max_docs=10)
-    assert d10.info["n_docs"] == 10 and _decoded(d10) == "\n\n".join(r["text"] for r in RECORDS[:10])
+    assert d10.info["n_docs"] == 10
+    assert _decoded(d10) == "\n\n".join(r["text"] for r in RECORDS[:10])
 
 
 def test_records_cache_reuse(tmp_path, cache, monkeypatch):
@@ -173,10 +178,14 @@ def test_hf_stream_field_caps_and_cache_without_network(cache, monkeypatch):
     d = prepare_data("hf:fake/stories:train#story", "char", block_size=8, cache_dir=cache, max_docs=25)
     assert hub.calls == [("fake/stories", None, "train", True)]
     assert _decoded(d) == "\n\n".join(f"once upon a time {i}" for i in range(25))
-    assert d.info["source"] == "hf" and d.info["spec"] == "hf:fake/stories:train#story" and d.info["n_docs"] == 25
+    assert d.info["source"] == "hf"
+    assert d.info["spec"] == "hf:fake/stories:train#story"
+    assert d.info["n_docs"] == 25
     # Second run: served from the token cache; the hub is not asked again.
     again = prepare_data("hf:fake/stories:train#story", "char", block_size=8, cache_dir=cache, max_docs=25)
-    assert again.info["cached"] is True and len(hub.calls) == 1 and again.tokenizer == d.tokenizer
+    assert again.info["cached"] is True
+    assert len(hub.calls) == 1
+    assert again.tokenizer == d.tokenizer
     assert _error("hf:fake/stories", cache / "other") == "hf:fake/stories:train#text has no field 'text' (fields: story, id); pick one with #FIELD"
     assert _error("hf:fake/missing", cache / "other") == (
         "Hugging Face dataset 'fake/missing' not found (or gated/private); check the name on huggingface.co/datasets"
@@ -191,5 +200,6 @@ def test_hf_hub_that_never_answers_times_out(cache, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: time.sleep(5))
     t0 = time.perf_counter()
     msg = _error("hf:fake/stories#story", cache)
-    assert time.perf_counter() - t0 < 3 and not hub.calls
+    assert time.perf_counter() - t0 < 3
+    assert not hub.calls
     assert msg == "hf:fake/stories:train#story: no answer from the Hugging Face hub in 0.5 s; retry, or pass a local file with --data PATH"

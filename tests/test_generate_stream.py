@@ -134,7 +134,8 @@ def test_stream_decoder_never_splits_characters():
     deltas = [dec.push(bytes([b])) for b in text.encode()]
     assert "".join(deltas) + dec.flush() == text
     assert all("\ufffd" not in d for d in deltas)
-    assert deltas[1] == "" and deltas[2] == "é"
+    assert deltas[1] == ""
+    assert deltas[2] == "é"
 
 
 def test_streamed_deltas_are_whole_characters():
@@ -143,7 +144,8 @@ def test_streamed_deltas_are_whole_characters():
     assert text_of(responses) == text
     assert all("\ufffd" not in r.text for r in responses)
     assert sum(1 for r in responses if r.text == "") == len(text.encode()) - len(text)
-    assert responses[-1].finish_reason == "length" and responses[-1].generation_tokens == len(text.encode())
+    assert responses[-1].finish_reason == "length"
+    assert responses[-1].generation_tokens == len(text.encode())
 
 
 def test_unfinished_character_at_the_end_becomes_replacement():
@@ -153,14 +155,16 @@ def test_unfinished_character_at_the_end_becomes_replacement():
 
 def test_stop_string_across_tokens_is_not_emitted():
     responses = stream(list(b"abc STOP def"), stop=("STOP",))
-    assert text_of(responses) == "abc " and responses[-1].finish_reason == "stop"
+    assert text_of(responses) == "abc "
+    assert responses[-1].finish_reason == "stop"
     assert len(responses) == len("abc STOP")  # stops at the token that completes it
     assert all("S" not in r.text for r in responses)
 
 
 def test_held_back_prefix_is_released_when_it_is_not_a_stop():
     responses = stream(list(b"a STAR b"), stop=("STOP",))
-    assert text_of(responses) == "a STAR b" and responses[-1].finish_reason == "length"
+    assert text_of(responses) == "a STAR b"
+    assert responses[-1].finish_reason == "length"
     assert [r.text for r in responses[2:5]] == ["", "", "STA"]
 
 
@@ -170,13 +174,16 @@ def test_earliest_of_several_stops_wins():
 
 def test_eos_flushes_held_text_and_ends():
     responses = stream(list(b"xyST") + [EOT] + list(b"zzz"), stop=("STOP",), max_new_tokens=20)
-    assert text_of(responses) == "xyST" and responses[-1].finish_reason == "eos"
-    assert responses[-1].token == EOT and len(responses) == 5
+    assert text_of(responses) == "xyST"
+    assert responses[-1].finish_reason == "eos"
+    assert responses[-1].token == EOT
+    assert len(responses) == 5
 
 
 def test_stop_token_ids_end_with_eos():
     responses = stream(list(b"abcdef"), stop_token_ids=(ord("d"),))
-    assert text_of(responses) == "abc" and responses[-1].finish_reason == "eos"
+    assert text_of(responses) == "abc"
+    assert responses[-1].finish_reason == "eos"
 
 
 def test_empty_prompt_starts_from_eot():
@@ -187,7 +194,9 @@ def test_empty_prompt_starts_from_eot():
 
 def test_zero_new_tokens():
     responses = stream([65], max_new_tokens=0)
-    assert len(responses) == 1 and responses[0].finish_reason == "length" and responses[0].token is None
+    assert len(responses) == 1
+    assert responses[0].finish_reason == "length"
+    assert responses[0].token is None
 
 
 # ---- cancellation ----------------------------------------------------------------------------
@@ -211,7 +220,9 @@ def test_cancel_from_another_thread_stops_within_one_token():
     proceed.set()
     worker.join(10)
     assert not worker.is_alive()
-    assert out[-1].finish_reason == "cancelled" and len(out) == 6 and text_of(out) == "abcdef"
+    assert out[-1].finish_reason == "cancelled"
+    assert len(out) == 6
+    assert text_of(out) == "abcdef"
     assert be.step == 6  # nothing computed after the cancelled token
 
 
@@ -220,7 +231,8 @@ def test_cancel_before_start_generates_nothing():
     cancel.set()
     be = ScriptedBackend([[65]])
     out = list(stream_generate(be, BytesEot(), "hi", SamplingParams(max_new_tokens=5), cancel=cancel))
-    assert [r.finish_reason for r in out] == ["cancelled"] and be.calls == []
+    assert [r.finish_reason for r in out] == ["cancelled"]
+    assert be.calls == []
 
 
 # ---- batches -----------------------------------------------------------------------------------
@@ -237,7 +249,8 @@ def test_generate_batch_ends_rows_on_their_own_and_stops_when_all_did():
 def test_generate_batch_stops_early_when_every_row_ended():
     be = ScriptedBackend([[EOT], list(b"x") + [EOT]])
     res = generate_batch(be, BytesEot(), ["a", "b"], SamplingParams(temperature=0, max_new_tokens=50))
-    assert [r.finish_reason for r in res] == ["eos", "eos"] and be.step == 2
+    assert [r.finish_reason for r in res] == ["eos", "eos"]
+    assert be.step == 2
 
 
 @pytest.mark.parametrize("bad", [[], [[]]])

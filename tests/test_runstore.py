@@ -38,8 +38,10 @@ def test_corrupt_runs_are_summarised_not_fatal(tmp_path):
     (tmp_path / "bad-json").mkdir()
     (tmp_path / "bad-json" / "config.json").write_text("{nope")
     rows = {s.name: s for s in store.summaries()}
-    assert rows["no-config"].state == "corrupt" and "config.json is missing" in rows["no-config"].error
-    assert rows["bad-json"].state == "corrupt" and "unreadable" in rows["bad-json"].error
+    assert rows["no-config"].state == "corrupt"
+    assert "config.json is missing" in rows["no-config"].error
+    assert rows["bad-json"].state == "corrupt"
+    assert "unreadable" in rows["bad-json"].error
 
 
 def test_running_run_with_dead_pid_is_crashed(tmp_path, trained_run):
@@ -71,7 +73,8 @@ def test_rename_updates_config(tmp_path, trained_run):
     with pytest.raises(UserError, match="already exists"):
         store.rename("a", "b")
     store.rename("a", "c")
-    assert store.existing("c").config()["name"] == "c" and not (tmp_path / "a").exists()
+    assert store.existing("c").config()["name"] == "c"
+    assert not (tmp_path / "a").exists()
 
 
 def test_lock_is_exclusive_and_released(tmp_path, trained_run):

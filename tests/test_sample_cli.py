@@ -29,17 +29,23 @@ def test_greedy_text_matches_the_engine(trained_run, trained_model, capsys):
     want = generate(trained_model.backend, trained_model.tokenizer, "ROMEO: line", SamplingParams(temperature=0, max_new_tokens=25)).text
     for extra in (["--no-stream"], ["--stream"], ["--no-stream", "--no-kv-cache"]):
         code, out, err = sample(trained_run, capsys, "--prompt", "ROMEO: line", "--temperature", "0", "--max-new-tokens", "25", *extra)
-        assert code == 0 and out == "ROMEO: line" + want + "\n", extra
+        assert code == 0, extra
+        assert out == "ROMEO: line" + want + "\n", extra
         assert "25 tokens" in err
 
 
 def test_json_one_object_per_sample(trained_run, capsys):
     code, out, _ = sample(trained_run, capsys, "--prompt", "JULIET:", "--json", "--num-samples", "3", "--seed", "4", "--max-new-tokens", "30", "--temperature", "1.0")
     rows = [json.loads(line) for line in out.splitlines()]
-    assert code == 0 and [r["sample"] for r in rows] == [0, 1, 2]
+    assert code == 0
+    assert [r["sample"] for r in rows] == [0, 1, 2]
     for r in rows:
-        assert r["generation_tokens"] == 30 and r["prompt_tokens"] == 7 and r["finish_reason"] == "length"
-        assert r["tokens_per_sec"] > 0 and len(r["text"]) == 30 and r["source"] == "fixture@step-150"
+        assert r["generation_tokens"] == 30
+        assert r["prompt_tokens"] == 7
+        assert r["finish_reason"] == "length"
+        assert r["tokens_per_sec"] > 0
+        assert len(r["text"]) == 30
+        assert r["source"] == "fixture@step-150"
     assert len({r["text"] for r in rows}) > 1  # rows are different samples
 
 
@@ -47,7 +53,8 @@ def test_same_seed_same_text(trained_run, capsys):
     args = ("--prompt", "ROMEO:", "--seed", "7", "--max-new-tokens", "40", "--temperature", "1.2", "--top-k", "10", "--no-stream")
     a, b = sample(trained_run, capsys, *args)[1], sample(trained_run, capsys, *args)[1]
     c = sample(trained_run, capsys, *args[:-7], "--seed", "8", *args[-5:])[1]
-    assert a == b and a != c
+    assert a == b
+    assert a != c
 
 
 def test_stop_string_and_num_samples_text_output(trained_run, trained_model, capsys):
@@ -55,14 +62,17 @@ def test_stop_string_and_num_samples_text_output(trained_run, trained_model, cap
     stop = full[6:8]
     code, out, _ = sample(trained_run, capsys, "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "30", "--stop", stop, "--num-samples", "2")
     cut = full[: full.index(stop)]
-    assert code == 0 and out == f"--- sample 1/2 ---\nROMEO:{cut}\n--- sample 2/2 ---\nROMEO:{cut}\n"
+    assert code == 0
+    assert out == f"--- sample 1/2 ---\nROMEO:{cut}\n--- sample 2/2 ---\nROMEO:{cut}\n"
 
 
 def test_weights_file_with_tokenizer_folder(trained_run, capsys):
     ck = trained_run.checkpoint("best")
     code = main(["sample", "--weights", str(ck.path), "--tokenizer", str(trained_run.path), "--prompt", "ROMEO", "--temperature", "0", "--max-new-tokens", "10", "--no-stream", "--device", "cpu"])
     out, _ = capsys.readouterr()
-    assert code == 0 and out.startswith("ROMEO") and len(out) == len("ROMEO") + 10 + 1
+    assert code == 0
+    assert out.startswith("ROMEO")
+    assert len(out) == len("ROMEO") + 10 + 1
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +103,11 @@ BAD = [
 @pytest.mark.parametrize("args, fragment", BAD, ids=[a[0] + "=" + a[1] for a, _ in BAD])
 def test_bad_input_is_one_line_and_exit_2(trained_run, capsys, args, fragment):
     code, out, err = sample(trained_run, capsys, "--max-new-tokens", "3", *args)
-    assert code == 2 and out == ""
-    assert err.startswith("gptbench: error: ") and fragment in err and err.count("\n") == 1
+    assert code == 2
+    assert out == ""
+    assert err.startswith("gptbench: error: ")
+    assert fragment in err
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize(
@@ -116,7 +129,9 @@ def test_bad_model_sources(trained_run, bad_files, capsys, argv, fragment):
         assert "truncated.safetensors" in err
     else:
         assert fragment in err
-    assert code == 2 and err.startswith("gptbench: error: ") and err.count("\n") == 1
+    assert code == 2
+    assert err.startswith("gptbench: error: ")
+    assert err.count("\n") == 1
 
 
 def test_subprocess_exit_code_and_no_traceback(trained_run, tmp_path):
@@ -125,9 +140,13 @@ def test_subprocess_exit_code_and_no_traceback(trained_run, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "gptbench", "sample", "--runs-dir", str(runs), "--run", trained_run.name, "--device", "cpu"]
     bad = subprocess.run([*base, "--top-p", "2"], capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
+    assert bad.stderr.count("\n") == 1
     ok = subprocess.run([*base, "--prompt", "ROMEO:", "--max-new-tokens", "12", "--seed", "1"], capture_output=True, text=True, env=env, timeout=120)
-    assert ok.returncode == 0 and ok.stdout.startswith("ROMEO:") and len(ok.stdout) == len("ROMEO:") + 12 + 1
+    assert ok.returncode == 0
+    assert ok.stdout.startswith("ROMEO:")
+    assert len(ok.stdout) == len("ROMEO:") + 12 + 1
 
 
 def test_stop_token_id_ends_with_eos(trained_run, trained_model, capsys):
@@ -136,5 +155,7 @@ def test_stop_token_id_ends_with_eos(trained_run, trained_model, capsys):
     first = full.tokens.index(stop_id)
     code, out, _ = sample(trained_run, capsys, "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "20", "--stop-token-id", str(stop_id), "--json")
     row = json.loads(out)
-    assert code == 0 and row["finish_reason"] == "eos" and row["generation_tokens"] == first + 1
+    assert code == 0
+    assert row["finish_reason"] == "eos"
+    assert row["generation_tokens"] == first + 1
     assert row["text"] == trained_model.tokenizer.decode(full.tokens[:first])

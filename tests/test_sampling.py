@@ -53,12 +53,14 @@ def test_invalid_params_raise_one_line_user_error(kwargs, fragment):
     with pytest.raises(UserError) as info:
         SamplingParams(**kwargs)
     msg = str(info.value)
-    assert fragment in msg and "\n" not in msg
+    assert fragment in msg
+    assert "\n" not in msg
 
 
 def test_valid_edges_are_accepted():
     p = SamplingParams(temperature=0, top_p=1.0, min_p=0.0, top_k=0, repetition_penalty=1e-3, stop=("", "x"))
-    assert p.greedy and p.stop == ("x",)
+    assert p.greedy
+    assert p.stop == ("x",)
 
 
 # ---- the references against hand-derived values ------------------------------------------

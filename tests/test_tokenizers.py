@@ -49,7 +49,9 @@ def shakespeare_bpe() -> BPETokenizer:
 def test_char_vocab_is_sorted_corpus_characters_and_round_trips():
     tok = CharTokenizer.from_text("hello, world")
     assert tok.chars == " ,dehlorw"
-    assert tok.vocab_size == 9 and tok.eot_id is None and tok.spec == "char"
+    assert tok.vocab_size == 9
+    assert tok.eot_id is None
+    assert tok.spec == "char"
     ids = tok.encode("hello")
     assert ids == [4, 3, 5, 5, 6]
     assert tok.decode(ids) == "hello"
@@ -104,7 +106,9 @@ def test_char_round_trip_property(data, vocab):
 # ---------------------------------------------------------------------------------- byte
 def test_byte_is_utf8():
     tok = ByteTokenizer()
-    assert tok.vocab_size == 256 and tok.eot_id is None and tok.spec == "byte"
+    assert tok.vocab_size == 256
+    assert tok.eot_id is None
+    assert tok.spec == "byte"
     assert tok.encode("aé😀") == list("aé😀".encode())
     assert tok.decode(tok.encode("aé😀")) == "aé😀"
     assert tok.encode_arrays(["é"])[0].tolist() == [0xC3, 0xA9]
@@ -130,7 +134,9 @@ def test_byte_round_trip_property(text):
 def test_gpt2_known_ids():
     tok = gpt2()
     assert tok.encode("Hello world") == [15496, 995]
-    assert tok.vocab_size == 50257 and tok.eot_id == 50256 and tok.spec == "gpt2"
+    assert tok.vocab_size == 50257
+    assert tok.eot_id == 50256
+    assert tok.spec == "gpt2"
     assert tok.decode([15496, 995]) == "Hello world"
     assert tok.decode([50256]) == ENDOFTEXT
 
@@ -168,7 +174,8 @@ def test_gpt2_save_reload_needs_no_original_file(tmp_path):
     assert json.loads((run / "tokenizer.json").read_text())["kind"] == "gpt2"
     again = load_tokenizer(run)
     assert isinstance(again, GPT2Tokenizer)
-    assert again == tok and again.fingerprint() == tok.fingerprint()
+    assert again == tok
+    assert again.fingerprint() == tok.fingerprint()
     assert again.encode("Hello world") == [15496, 995]
     assert (run / "tokenizer.tiktoken").read_bytes() == GPT2_RANKS.read_bytes()
 
@@ -236,7 +243,9 @@ def test_gpt2_path_errors(tmp_path):
 def test_bpe_ranks_are_bytes_then_merges():
     tok = shakespeare_bpe()
     ranks = tok.mergeable_ranks
-    assert tok.vocab_size == 1024 and tok.eot_id == 1023 and tok.spec == "bpe:1024"
+    assert tok.vocab_size == 1024
+    assert tok.eot_id == 1023
+    assert tok.spec == "bpe:1024"
     assert all(ranks[bytes([b])] == b for b in range(256))
     assert sorted(ranks.values()) == list(range(1023))
     # Merge order: every merged token is made of two tokens of lower rank.
@@ -269,7 +278,8 @@ def test_bpe_tiktoken_encoding_equals_hugging_face_encoding():
 
 def test_bpe_never_produces_eot_from_text():
     tok = shakespeare_bpe()
-    assert tok.eot_id not in tok.encode(ENDOFTEXT) and tok.decode(tok.encode(ENDOFTEXT)) == ENDOFTEXT
+    assert tok.eot_id not in tok.encode(ENDOFTEXT)
+    assert tok.decode(tok.encode(ENDOFTEXT)) == ENDOFTEXT
     assert tok.decode([tok.eot_id]) == ENDOFTEXT
 
 
@@ -288,11 +298,14 @@ def test_bpe_save_reload_all_forms(tmp_path):
     sample = SHAKESPEARE[:2000]
     for spec in (f"bpe:{tmp_path / 't'}", f"bpe:{tmp_path / 't' / 'tokenizer.json'}"):
         again = build_tokenizer(spec)
-        assert isinstance(again, BPETokenizer) and again == tok and again.spec == "bpe:1024"
+        assert isinstance(again, BPETokenizer)
+        assert again == tok
+        assert again.spec == "bpe:1024"
         assert again.encode(sample) == tok.encode(sample)
     assert load_tokenizer(tmp_path / "t") == tok
     bare = build_tokenizer(f"bpe:{tmp_path / 't' / 'tokenizer.tiktoken'}")
-    assert bare.encode(sample) == tok.encode(sample) and bare.eot_id == 1023
+    assert bare.encode(sample) == tok.encode(sample)
+    assert bare.eot_id == 1023
 
 
 def test_bpe_vocab_too_small():
@@ -306,7 +319,8 @@ def test_bpe_vocab_too_small():
 
 def test_bpe_small_corpus_gives_fewer_ids_than_asked():
     tok = train_bpe(["ab ab ab"], 4096)
-    assert 257 < tok.vocab_size < 300 and tok.spec == f"bpe:{tok.vocab_size}"
+    assert 257 < tok.vocab_size < 300
+    assert tok.spec == f"bpe:{tok.vocab_size}"
 
 
 def test_bpe_corrupt_files(tmp_path):
@@ -355,7 +369,8 @@ def test_save_reload_identity_every_kind(tmp_path, kind):
     tok.save(tmp_path)
     again = load_tokenizer(tmp_path)
     assert type(again) is type(tok)
-    assert again.to_json() == tok.to_json() and again.fingerprint() == tok.fingerprint()
+    assert again.to_json() == tok.to_json()
+    assert again.fingerprint() == tok.fingerprint()
     assert (again.vocab_size, again.eot_id, again.spec) == (tok.vocab_size, tok.eot_id, tok.spec)
     sample = SHAKESPEARE[-3000:]
     assert again.encode(sample) == tok.encode(sample)
@@ -382,7 +397,8 @@ def test_split_text_pieces_tokenize_like_the_whole(text, max_chars):
 def test_split_text_cuts_long_text_into_bounded_pieces():
     pieces = list(split_text(SHAKESPEARE, 10_000))
     assert "".join(pieces) == SHAKESPEARE
-    assert len(pieces) > 100 and max(map(len, pieces)) <= 10_000
+    assert len(pieces) > 100
+    assert max(map(len, pieces)) <= 10_000
     assert list(split_text("x" * 50, 10)) == ["x" * 50]  # no safe cut: one piece
     assert list(split_text("")) == [""]
 
@@ -393,6 +409,8 @@ def test_bpe_tiktoken_file_is_base64_rank_lines(tmp_path):
     lines = (tmp_path / "tokenizer.tiktoken").read_text().splitlines()
     assert len(lines) == 1023
     first_tok, first_rank = lines[0].split()
-    assert base64.b64decode(first_tok) == b"\x00" and first_rank == "0"
+    assert base64.b64decode(first_tok) == b"\x00"
+    assert first_rank == "0"
     meta = json.loads((tmp_path / "tokenizer.json").read_text())
-    assert meta["special_tokens"] == {ENDOFTEXT: 1023} and meta["pat_str"] == GPT2_PAT_STR
+    assert meta["special_tokens"] == {ENDOFTEXT: 1023}
+    assert meta["pat_str"] == GPT2_PAT_STR

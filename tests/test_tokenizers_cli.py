@@ -19,7 +19,8 @@ def test_train_writes_a_reloadable_tokenizer(tmp_path, capsys):
     assert printed.startswith("trained bpe:512 on tinyshakespeare.txt (1.12 MB, 1 docs) in ")
     assert f"use it with --tokenizer bpe:{out}" in printed
     tok = load_tokenizer(out)
-    assert isinstance(tok, BPETokenizer) and tok.vocab_size == 512
+    assert isinstance(tok, BPETokenizer)
+    assert tok.vocab_size == 512
     assert build_tokenizer(f"bpe:{out}") == tok
     # Refuses to overwrite without --force.
     assert main(["tokenizer", "train", "--corpus", str(TINYSHAKESPEARE), "--vocab-size", "300", "--out", str(out)]) == 2
@@ -49,7 +50,8 @@ def test_stats_table_and_json(tmp_path, capsys, monkeypatch):
     rows = {r["tokenizer"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
     assert list(rows) == ["char", "byte", "gpt2", "bpe:1024"]
     assert rows["char"]["bytes_per_token"] == rows["byte"]["bytes_per_token"] == 1.0
-    assert rows["gpt2"]["vocab_size"] == 50257 and 3.0 < rows["gpt2"]["bytes_per_token"] < 3.6
+    assert rows["gpt2"]["vocab_size"] == 50257
+    assert 3.0 < rows["gpt2"]["bytes_per_token"] < 3.6
     assert 2.4 < rows["bpe:1024"]["bytes_per_token"] < rows["gpt2"]["bytes_per_token"]
     assert main(["tokenizer", "stats", "--corpus", str(corpus)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -79,4 +81,5 @@ def test_stats_without_gpt2_ranks_says_why(tmp_path, capsys, monkeypatch):
 def test_stats_bad_arguments(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("gptbench: error: ") and err.count("\n") == 1
+    assert err.startswith("gptbench: error: ")
+    assert err.count("\n") == 1

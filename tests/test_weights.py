@@ -21,10 +21,12 @@ def test_round_trip_is_exact_and_self_describing(tmp_path):
     save_weights(p, cfg, w)
     assert read_config(p) == cfg
     cfg2, w2 = load_weights(p)
-    assert cfg2 == cfg and all(np.array_equal(w[k], w2[k]) for k in w)
+    assert cfg2 == cfg
+    assert all(np.array_equal(w[k], w2[k]) for k in w)
     # the file is plain safetensors: the reference library reads it
     ref = safetensors.numpy.load_file(str(p))
-    assert set(ref) == set(w) and np.array_equal(ref["wte.weight"], w["wte.weight"])
+    assert set(ref) == set(w)
+    assert np.array_equal(ref["wte.weight"], w["wte.weight"])
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -52,7 +54,8 @@ def test_mismatched_tensors_are_listed(tmp_path):
     with pytest.raises(WeightsError) as exc:
         load_weights(p)
     msg = str(exc.value)
-    assert "missing ln_f.weight" in msg and "unexpected extra.weight" in msg
+    assert "missing ln_f.weight" in msg
+    assert "unexpected extra.weight" in msg
     assert "h.0.attn.c_attn.weight has shape [96, 16], config needs [96, 32]" in msg
 
 
@@ -94,7 +97,8 @@ def test_save_is_atomic_on_failure(tmp_path):
     bad["wte.weight"] = bad["wte.weight"].astype(np.complex64)  # unsaveable
     with pytest.raises(WeightsError):
         save_tensors(p, bad, {"config": json.dumps({})})
-    assert p.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+    assert p.read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 # ---- against the reference implementation (the `safetensors` package, test-only) ------------

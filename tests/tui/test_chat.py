@@ -69,7 +69,10 @@ async def test_reply_streams_and_equals_the_engine(chat_runs):
         assert len(deltas) >= 2  # it streamed, in more than one piece
         assert "".join(d.text for d in deltas) == turn.reply
         text = squash(screen_text(app))
-        assert "300 tokens" in text and "tok/s" in text and "finish: length" in text and "T 0 " in text
+        assert "300 tokens" in text
+        assert "tok/s" in text
+        assert "finish: length" in text
+        assert "T 0 " in text
 
     lm = load_model(RunStore(root), run=name, checkpoint="best", backend="torch", device="cpu")
     expected = generate(lm.backend, lm.tokenizer, "ROMEO:", SamplingParams(temperature=0, max_new_tokens=300)).text
@@ -90,7 +93,8 @@ async def test_escape_cancels_a_reply(chat_runs):
         await wait_for(pilot, lambda: screen.transcript.generating is None, timeout=30, what="cancel")
         await settle(pilot)
         turn = screen.transcript.turns[0]
-        assert turn.finish_reason == "cancelled" and 0 < len(turn.reply) < 100_000
+        assert turn.finish_reason == "cancelled"
+        assert 0 < len(turn.reply) < 100_000
         assert "finish: cancelled" in screen_text(app)
 
 
@@ -103,19 +107,23 @@ async def test_settings_between_turns_regenerate_copy_clear(chat_runs):
         set_fields(screen, temperature=1.0, top_k=20, top_p=0.95, min_p=0.01, repetition_penalty=1.2, max_new_tokens=60, seed=7)
         await send(pilot, screen, "the king")
         first = screen.transcript.turns[0].reply
-        assert len(screen.transcript.turns[0].reply) > 0 and "seed 7" in screen_text(app) and "top-k 20" in screen_text(app)
+        assert len(screen.transcript.turns[0].reply) > 0
+        assert "seed 7" in screen_text(app)
+        assert "top-k 20" in screen_text(app)
 
         await pilot.press("ctrl+r")  # same seed, same settings: the same reply
         await settle(pilot)
         await wait_for(pilot, lambda: screen.transcript.generating is None, what="regenerate")
-        assert len(screen.transcript.turns) == 1 and screen.transcript.turns[0].reply == first
+        assert len(screen.transcript.turns) == 1
+        assert screen.transcript.turns[0].reply == first
 
         set_fields(screen, seed=8)
         await pilot.press("ctrl+r")
         await settle(pilot)
         await wait_for(pilot, lambda: screen.transcript.generating is None, what="regenerate with seed 8")
         second = screen.transcript.turns[0].reply
-        assert second != first and "seed 8" in screen_text(app)
+        assert second != first
+        assert "seed 8" in screen_text(app)
 
         await pilot.press("ctrl+y")
         assert app.clipboard == second
@@ -126,7 +134,8 @@ async def test_settings_between_turns_regenerate_copy_clear(chat_runs):
         cached = screen.transcript.turns[1].reply
         screen.query_one("#kv-cache").value = False
         await send(pilot, screen, "JULIET:")
-        assert screen.transcript.turns[2].reply == cached and "no cache" in screen.transcript.turns[2].meta
+        assert screen.transcript.turns[2].reply == cached
+        assert "no cache" in screen.transcript.turns[2].meta
 
         # copy a reply that is not the last: focus it, press y
         view = screen.transcript.views[1]
@@ -136,7 +145,8 @@ async def test_settings_between_turns_regenerate_copy_clear(chat_runs):
 
         await pilot.press("ctrl+l")
         await settle(pilot)
-        assert screen.transcript.turns == [] and not list(screen.query(TurnView))
+        assert screen.transcript.turns == []
+        assert not list(screen.query(TurnView))
 
 
 async def test_unencodable_prompt_and_bad_settings_are_refused_inline(chat_runs):
@@ -150,7 +160,8 @@ async def test_unencodable_prompt_and_bad_settings_are_refused_inline(chat_runs)
         prompt.value = "¿Qué"  # as if typed (the pilot cannot type non-ASCII keys)
         await settle(pilot)
         text = screen_text(app)
-        assert "cannot encode" in text and "'¿'" in text
+        assert "cannot encode" in text
+        assert "'¿'" in text
         await pilot.press("enter")
         await settle(pilot)
         assert screen.transcript.turns == []  # refused
@@ -162,7 +173,9 @@ async def test_unencodable_prompt_and_bad_settings_are_refused_inline(chat_runs)
         await settle(pilot)
         assert screen.transcript.turns == []
         text = screen_text(app)
-        assert "top-p must be in (0, 1]" in text and "temperature must be" in text and "fix the sampling settings" in text
+        assert "top-p must be in (0, 1]" in text
+        assert "temperature must be" in text
+        assert "fix the sampling settings" in text
 
 
 async def test_runs_without_checkpoints_explain_themselves(tmp_path):
@@ -177,7 +190,8 @@ async def test_runs_without_checkpoints_explain_themselves(tmp_path):
         screen.query_one("#prompt").value = "hello"
         await pilot.press("enter")
         await settle(pilot)
-        assert screen.transcript.turns == [] and "no model loaded" in screen_text(app)
+        assert screen.transcript.turns == []
+        assert "no model loaded" in screen_text(app)
 
 
 async def test_keyboard_flow_focus_returns_to_the_prompt(tmp_path):

@@ -60,17 +60,20 @@ async def test_lists_every_run_with_status_and_columns(fixture_runs):
         )
         assert row_text(app, "gpt2-wide").startswith("  gpt2-wide | ■ stopped | 1,200/5,000 | 2.7075 | 10.61M | torch | cpu | byte | wiki.txt | 2d ago")
         assert "failed | 300/2,000" in row_text(app, "lr-too-high")
-        assert "running | 700/2,000" in row_text(app, "live-run") and "8m ago" in row_text(app, "live-run")
+        assert "running | 700/2,000" in row_text(app, "live-run")
+        assert "8m ago" in row_text(app, "live-run")
         assert "! corrupt: bad config.json" in row_text(app, "broken-run")
         text = screen_text(app)
-        assert "5 runs" in text and "running" in text
+        assert "5 runs" in text
+        assert "running" in text
 
 
 async def test_empty_missing_and_corrupt_directories_do_not_crash(tmp_path):
     app = make_app(tmp_path / "does-not-exist")
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        assert "No runs in" in screen_text(app) and table_names(app) == []
+        assert "No runs in" in screen_text(app)
+        assert table_names(app) == []
         await pilot.press("enter", "d", "e", "r", "s", "space", "m", "o")  # every action on nothing: no crash
         await settle(pilot)
         assert isinstance(app.screen, RunsScreen)
@@ -150,7 +153,8 @@ async def test_filter_and_sort(fixture_runs):
         assert len(table_names(app)) == 5
         await pilot.press("slash", *"no such run", "enter")
         await settle(pilot)
-        assert table_names(app) == [] and "No run matches" in screen_text(app)
+        assert table_names(app) == []
+        assert "No run matches" in screen_text(app)
         await pilot.press("escape")
 
         screen = app.screen
@@ -177,7 +181,8 @@ async def test_details_panel_shows_summary_config_and_chart(fixture_runs):
         await settle(pilot)
         await select(pilot, "baby-char")
         text = squash(screen_text(app))
-        assert "best val 1.4749" in text and "2L 2H 32d ctx 32" in text
+        assert "best val 1.4749" in text
+        assert "2L 2H 32d ctx 32" in text
         assert "checkpoints 1 (best: step-2000)" in text
         chart = app.screen.query_one("#details-chart", MetricChart)
         metrics = [json.loads(line) for line in (fixture_runs / "baby-char" / "metrics.jsonl").read_text().splitlines()]
@@ -224,7 +229,8 @@ async def test_delete_asks_and_deletes_only_that_run(fixture_runs, tmp_path):
         await select(pilot, "gpt2-wide")
         await pilot.press("d")
         await settle(pilot)
-        assert isinstance(app.screen, ConfirmScreen) and "gpt2-wide" in screen_text(app)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "gpt2-wide" in screen_text(app)
         await pilot.press("n")  # cancel
         await settle(pilot)
         assert (fixture_runs / "gpt2-wide").is_dir()
@@ -239,7 +245,8 @@ async def test_delete_asks_and_deletes_only_that_run(fixture_runs, tmp_path):
         await select(pilot, "live-run")  # a training run cannot be deleted
         await pilot.press("d")
         await settle(pilot)
-        assert isinstance(app.screen, RunsScreen) and (fixture_runs / "live-run").is_dir()
+        assert isinstance(app.screen, RunsScreen)
+        assert (fixture_runs / "live-run").is_dir()
 
         await select(pilot, "broken-run")  # a corrupt run can
         await pilot.press("delete")
@@ -259,7 +266,8 @@ async def test_compare_overlays_curves_and_diffs_config(fixture_runs):
         await pilot.press("space")  # marks and moves down to gpt2-wide
         await pilot.press("space")
         await settle(pilot)
-        assert app.screen.marked == {"baby-char", "gpt2-wide"} and "2 marked" in screen_text(app)
+        assert app.screen.marked == {"baby-char", "gpt2-wide"}
+        assert "2 marked" in screen_text(app)
         await pilot.press("m")
         await settle(pilot)
         screen = app.screen
@@ -267,16 +275,21 @@ async def test_compare_overlays_curves_and_diffs_config(fixture_runs):
         train = screen.query_one("#compare-train", MetricChart)
         val = screen.query_one("#compare-val", MetricChart)
         assert [s.label for s in train.series] == ["baby-char", "gpt2-wide"] == [s.label for s in val.series]
-        assert len(train.series[0].xs) == 200 and len(train.series[1].xs) == 120
+        assert len(train.series[0].xs) == 200
+        assert len(train.series[1].xs) == 120
         diff = screen.query_one("#compare-diff")
         keys = [str(r.key.value) for r in diff.ordered_rows]
         assert {"model.n_layer", "model.n_embd", "train.max_iters", "train.lr", "tokenizer.spec", "params"} <= set(keys)
-        assert "train.batch_size" not in keys and "backend" not in keys and "name" not in keys
+        assert "train.batch_size" not in keys
+        assert "backend" not in keys
+        assert "name" not in keys
         text = screen_text(app)
-        assert "keys differ" in text and "model.n_layer" in text
+        assert "keys differ" in text
+        assert "model.n_layer" in text
         await pilot.press("l")
         await settle(pilot)
-        assert train.log_y and "(log)" in screen_text(app)
+        assert train.log_y
+        assert "(log)" in screen_text(app)
         await pilot.press("escape")
         await settle(pilot)
         assert isinstance(app.screen, RunsScreen)
@@ -319,7 +332,8 @@ async def test_resize_to_80x24_and_themes(fixture_runs):
         await settle(pilot)
         assert app.screen.has_class("-narrow")
         text = screen_text(app)
-        assert "live-run" in text and "step" in text  # table and details both visible
+        assert "live-run" in text
+        assert "step" in text  # table and details both visible
         for theme in ("textual-light", "nord", "gruvbox", "textual-dark"):
             app.theme = theme
             await settle(pilot)
@@ -379,18 +393,22 @@ async def test_resume_asks_for_the_step_budget(fixture_runs):
         await pilot.press("r")
         await settle(pilot)
         dialog = app.screen
-        assert isinstance(dialog, InputScreen) and dialog.query_one("#value").value == "4000"
+        assert isinstance(dialog, InputScreen)
+        assert dialog.query_one("#value").value == "4000"
         dialog.query_one("#value").value = "1500"
         await pilot.press("enter")
         await settle(pilot)
-        assert isinstance(app.screen, InputScreen) and "give more than 2000" in screen_text(app)
+        assert isinstance(app.screen, InputScreen)
+        assert "give more than 2000" in screen_text(app)
         await pilot.press("escape")
         await settle(pilot)
-        assert isinstance(app.screen, RunsScreen) and app.launcher.launches == {}  # cancelled: nothing started
+        assert isinstance(app.screen, RunsScreen)
+        assert app.launcher.launches == {}  # cancelled: nothing started
         await select(pilot, "live-run")
         await pilot.press("r")
         await settle(pilot)
-        assert isinstance(app.screen, RunsScreen) and any("already running" in n for n in notifications(app))
+        assert isinstance(app.screen, RunsScreen)
+        assert any("already running" in n for n in notifications(app))
 
 
 async def test_symlinked_directories_are_not_runs(fixture_runs, tmp_path):
@@ -419,7 +437,8 @@ async def test_gptbench_train_with_the_ui_launches_headless_training_and_opens_i
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), what="dashboard")
         launch = app.launcher.get("cli-run")
-        assert launch.command[3:5] == ["train", "--no-ui"] and "--max-iters" in launch.command
+        assert launch.command[3:5] == ["train", "--no-ui"]
+        assert "--max-iters" in launch.command
         assert launch.proc.wait(timeout=60) == 2
         await wait_for(pilot, lambda: "failed to start" in screen_text(app), what="the trainer's error")
         assert "gone.txt" in squash(screen_text(app)).replace("\n", "")

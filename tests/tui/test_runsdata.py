@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 from tui_fixtures import FROZEN_NOW, make_fixture_runs, write_run
@@ -41,11 +40,13 @@ def test_scanner_reports_every_state_and_only_real_changes(tmp_path):
     st["step"] = 900
     (root / "live-run" / "status.json").write_text(json.dumps(st))
     rows, changed = scanner.scan()
-    assert changed and next(s for s in rows if s.name == "live-run").step == 900
+    assert changed
+    assert next(s for s in rows if s.name == "live-run").step == 900
 
     write_run(root, "newcomer", step=10, max_iters=100)
     rows, changed = scanner.scan()
-    assert changed and "newcomer" in {s.name for s in rows}
+    assert changed
+    assert "newcomer" in {s.name for s in rows}
 
 
 def test_scanner_does_not_reread_unchanged_finished_runs(tmp_path, monkeypatch):
@@ -100,10 +101,13 @@ def test_metric_series_handles_resume_and_bad_records():
     recs += [{"type": "eval", "step": 20, "train_loss": 2.8, "val_loss": 2.9}, {"type": "sample", "step": 20, "text": "hi"}]
     recs += [{"type": "train", "step": "x"}, {"type": "mystery"}, {"type": "eval"}]
     assert s.extend(recs)
-    assert s.train_step == [10, 20, 30] and s.eval_step == [20] and s.sample_text == "hi"
+    assert s.train_step == [10, 20, 30]
+    assert s.eval_step == [20]
+    assert s.sample_text == "hi"
     # a resumed run re-logs from its checkpoint at step 20: the curve is cut, not doubled
     s.extend([{"type": "train", "step": 20, "loss": 9.0, "lr": 1e-3, "tokens_per_sec": 1.0, "time": 100}])
-    assert s.train_step == [10, 20] and s.train_loss[-1] == 9.0
+    assert s.train_step == [10, 20]
+    assert s.train_loss[-1] == 9.0
     assert not s.extend([{"type": "nothing"}])
 
 
@@ -122,7 +126,8 @@ def test_text_tail_is_incremental_and_tolerates_partial_lines(tmp_path):
     with open(p, "a") as f:
         f.write("ial\nc\nd\n")
     assert tail.poll() == ["partial", "c", "d"]
-    assert list(tail.lines) == ["partial", "c", "d"] and tail.total == 5
+    assert list(tail.lines) == ["partial", "c", "d"]
+    assert tail.total == 5
     p.write_text("new\n")  # replaced: start again
     assert tail.poll() == ["new"]
 
@@ -131,8 +136,11 @@ def test_watcher_snapshots_only_on_change(tmp_path):
     run = write_run(tmp_path, "r", step=100, max_iters=200)
     w = RunWatcher(Run(run))
     snap = w.poll()
-    assert snap is not None and snap.state == "finished" and snap.series.train_step[-1] == 100
-    assert snap.config["name"] == "r" and snap.log_total == len(snap.log_lines) > 0
+    assert snap is not None
+    assert snap.state == "finished"
+    assert snap.series.train_step[-1] == 100
+    assert snap.config["name"] == "r"
+    assert snap.log_total == len(snap.log_lines) > 0
     assert w.poll() is None
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"type": "train", "step": 110, "loss": 1.0}) + "\n" + '{"type": "tr')
@@ -163,12 +171,15 @@ def test_downsample_keeps_bucket_means():
     xs = list(range(10))
     ys = [float(v) for v in range(10)]
     dx, dy = downsample(xs, ys, 5)
-    assert dx == [1, 3, 5, 7, 9] and dy == [0.5, 2.5, 4.5, 6.5, 8.5]
+    assert dx == [1, 3, 5, 7, 9]
+    assert dy == [0.5, 2.5, 4.5, 6.5, 8.5]
     assert downsample(xs, ys, 20) == (xs, ys)
 
 
 def test_formatting():
-    assert fmt_duration(59) == "59s" and fmt_duration(61) == "1m01s" and fmt_duration(3 * 3600 + 120) == "3h02m"
+    assert fmt_duration(59) == "59s"
+    assert fmt_duration(61) == "1m01s"
+    assert fmt_duration(3 * 3600 + 120) == "3h02m"
     assert fmt_duration(None) == "-"
     assert fmt_age(FROZEN_NOW - 10, FROZEN_NOW) == "just now"
     assert fmt_age(FROZEN_NOW - 300, FROZEN_NOW) == "5m ago"
@@ -193,7 +204,9 @@ def test_train_flags_round_trip_through_the_cli_parser(tmp_path):
 
     resume = build_parser().parse_args(["train", "--resume", "x1", "--max-iters", "80"])
     name, flags = train_flags_from_args(resume)
-    assert name == "x1" and flags[:2] == ["--resume", "x1"] and "--name" not in flags
+    assert name == "x1"
+    assert flags[:2] == ["--resume", "x1"]
+    assert "--name" not in flags
 
 
 def test_launcher_reports_the_trainers_error_line(tmp_path):
@@ -203,8 +216,10 @@ def test_launcher_reports_the_trainers_error_line(tmp_path):
     launch = launcher.start("bad", ["--name", "bad", "--preset", "no-such-preset"])
     launch.proc.wait(timeout=60)
     ended = launcher.reap()
-    assert ended == [launch] and launch.returncode == 2
+    assert ended == [launch]
+    assert launch.returncode == 2
     assert "unknown preset" in launch.error_line()
-    assert launch.out_path.parent.name == ".launch" and not (tmp_path / "runs" / "bad").exists()
+    assert launch.out_path.parent.name == ".launch"
+    assert not (tmp_path / "runs" / "bad").exists()
     assert launcher.reap() == []
     assert os.path.isdir(tmp_path / "runs")

@@ -37,25 +37,33 @@ async def test_dashboard_of_a_finished_run(tmp_path):
         await settle(pilot)
         screen = await open_dashboard(pilot, "baby-char")
         text = squash(screen_text(app))
-        assert "finished" in text and "100%" in text and "step 2,000/2,000" in text and "best val 1.4749" in text
+        assert "finished" in text
+        assert "100%" in text
+        assert "step 2,000/2,000" in text
+        assert "best val 1.4749" in text
         assert "finished after 5m12s" in text
-        assert "sample at step 2,000" in text and "ROMEO: the king said to the queen," in text
+        assert "sample at step 2,000" in text
+        assert "ROMEO: the king said to the queen," in text
         assert "step 2000: train loss 1.3111" in text  # log tail
         loss = screen.query_one("#chart-loss", MetricChart)
-        assert len(loss.series[0].xs) == 200 and loss.series[1].xs[-1] == 2000
+        assert len(loss.series[0].xs) == 200
+        assert loss.series[1].xs[-1] == 2000
         assert len(screen.query_one("#chart-lr", MetricChart).series[0].ys) == 200
         assert "loss · smoothing 0.6" in text
 
         await pilot.press("l")
         await settle(pilot)
-        assert loss.log_y and "(log)" in screen_text(app)
+        assert loss.log_y
+        assert "(log)" in screen_text(app)
         await pilot.press("plus", "plus")
         await settle(pilot)
-        assert loss.smoothing == 0.9 and "smoothing 0.9" in screen_text(app)
+        assert loss.smoothing == 0.9
+        assert "smoothing 0.9" in screen_text(app)
         for _ in range(6):
             await pilot.press("minus")
         await settle(pilot)
-        assert loss.smoothing == 0.0 and "smoothing" not in screen_text(app)
+        assert loss.smoothing == 0.0
+        assert "smoothing" not in screen_text(app)
 
         await pilot.press("s")  # not running: explained, nothing sent
         await settle(pilot)
@@ -73,7 +81,8 @@ async def test_dashboard_follows_a_growing_run_and_tolerates_torn_lines(tmp_path
         screen = await open_dashboard(pilot, "live-run")
         loss = screen.query_one("#chart-loss", MetricChart)
         n0 = len(loss.series[0].xs)
-        assert "running" in screen_text(app) and "35%" in screen_text(app)
+        assert "running" in screen_text(app)
+        assert "35%" in screen_text(app)
         metrics = root / "live-run" / "metrics.jsonl"
         with open(metrics, "a") as f:
             f.write(json.dumps({"type": "train", "step": 710, "loss": 1.9, "lr": 9e-4, "tokens_per_sec": 6000.0, "time": 1.0}) + "\n")
@@ -128,7 +137,8 @@ async def test_train_form_validates_inline(tmp_path, corpus_file):
         assert f"--data {corpus_file}" in squash(screen_text(app)).replace("\n", "")  # the command it will run
         await pilot.press("ctrl+r")
         await settle(pilot)
-        assert form["n_head"].value == "" and form["data"].value == ""
+        assert form["n_head"].value == ""
+        assert form["data"].value == ""
         assert not list(root.glob("*"))  # nothing launched
 
 
@@ -161,15 +171,19 @@ async def test_start_stop_and_resume_a_real_run(tmp_path, corpus_file, request):
         await pilot.click("#start")
         await settle(pilot)
         dash = app.screen
-        assert isinstance(dash, DashboardScreen) and dash.run_name == "ui-run"
+        assert isinstance(dash, DashboardScreen)
+        assert dash.run_name == "ui-run"
         run = Run(root / "ui-run")
         launch = app.launcher.get("ui-run")
         cmd = " ".join(launch.command)
-        assert "-m gptbench train --no-ui" in cmd and "--name ui-run" in cmd and "--eval-interval 1000 " in cmd + " "
+        assert "-m gptbench train --no-ui" in cmd
+        assert "--name ui-run" in cmd
+        assert "--eval-interval 1000 " in cmd + " "
         await wait_for(pilot, lambda: run.status().get("state") == "running" and run.status().get("step", 0) >= 20,
                        timeout=90, what="training to start")
         await wait_for(pilot, lambda: dash.snap is not None and len(dash.snap.series.train_step) >= 2, what="metrics on the dashboard")
-        assert "running" in screen_text(app) and "ETA" in screen_text(app)
+        assert "running" in screen_text(app)
+        assert "ETA" in screen_text(app)
         assert run.status()["pid"] == launch.proc.pid  # its own process (new session), not the app
 
         await pilot.press("s")

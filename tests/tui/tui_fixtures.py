@@ -8,7 +8,6 @@ it running for the length of a test.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -71,7 +70,6 @@ def write_run(
     with formula metrics up to `step`. `log_error` also writes `error` to log.txt (as the
     trainer does since the run directory's version 2); `converted_from` makes it look like
     `gptbench convert` output (no metrics)."""
-    from gptbench.backends.spec import GPTConfig
     from gptbench.runstore import EvalRecord, RunState, RunWriter, SampleRecord, TrainRecord
     from gptbench.tokenizers.byte import ByteTokenizer
     from gptbench.tokenizers.char import CharTokenizer
