@@ -73,7 +73,9 @@ def looks_like_hf_gpt2_tensors(names: list[str]) -> bool:
 
 # ---- config ------------------------------------------------------------------------------
 def check_exportable(config: GPTConfig) -> None:
-    """GPT2LMHeadModel is layernorm + tanh GELU + biases; anything else cannot be exported."""
+    """GPT2LMHeadModel is learned positions + layernorm + tanh GELU + biases, with plain
+    attention and logits; anything else (rotary positions, QK-norm and a logit soft-cap
+    included) is not GPT-2's architecture and cannot be exported."""
     wrong = []
     if config.norm != "layernorm":
         wrong.append(f"norm={config.norm}")
@@ -81,10 +83,16 @@ def check_exportable(config: GPTConfig) -> None:
         wrong.append(f"mlp={config.mlp}")
     if not config.bias:
         wrong.append("bias=False")
+    if config.pos != "learned":
+        wrong.append(f"pos={config.pos}")
+    if config.qk_norm:
+        wrong.append("qk_norm=True")
+    if config.logit_softcap:
+        wrong.append(f"logit_softcap={config.logit_softcap:g}")
     if wrong:
         raise HFError(
-            f"Hugging Face GPT-2 has layernorm, gelu and biases; this model has {', '.join(wrong)}; "
-            "convert it --to torch or --to mlx instead"
+            f"this model is not GPT-2's architecture ({', '.join(wrong)}; Hugging Face GPT-2 has learned positions, "
+            "layernorm, gelu and biases, no QK-norm or logit soft-cap); convert it --to torch or --to mlx instead"
         )
 
 

@@ -10,7 +10,10 @@ the mean loss over micro-batches. Optimizer moments are exported as `exp_avg.<na
 The whole training step (every micro-batch's forward/backward, accumulation, clipping and
 the AdamW update) is one function over (weights, optimizer state, batch, key), compiled
 with `mx.compile` unless `compile=False`; MLX evaluates lazily, so the step returns
-unevaluated scalars and the loop syncs only when it logs. Precision: parameters, moments and compute are float32 (MLX has no autocast); an
+unevaluated scalars and the loop syncs only when it logs. With `OptimConfig.muon`, `_Muon`
+below trains the hidden matrices (the float32 update of `base.MuonConfig`, the same math
+as torch's; `mlx.optimizers.Muon` adds weight decay to the gradient and cannot split
+c_attn) beside `_AdamW`, and its state is exported as `momentum.<name>`. Precision: parameters, moments and compute are float32 (MLX has no autocast); an
 explicit `--dtype bfloat16|float16` is refused rather than silently ignored.
 """
 
@@ -27,9 +30,21 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx.optimizers import MultiOptimizer
+from mlx.utils import tree_flatten, tree_map, tree_map_with_path, tree_unflatten
 
-from gptbench.backends.base import Backend, Batch, OptimConfig, StepResult
+from gptbench.backends.base import (
+    NS_COEFFICIENTS,
+    NS_EPS,
+    NS_STEPS,
+    Backend,
+    Batch,
+    MuonConfig,
+    OptimConfig,
+    StepResult,
+    muon_blocks,
+    optimizer_state_shapes,
+)
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.sampling import SamplingParams, apply_filters
 from gptbench import paths
@@ -61,6 +76,75 @@ class _AdamW(optim.AdamW):
         if parameter.ndim >= 2:
             return super().apply_single(gradient, parameter, state)
         return optim.Adam.apply_single(self, gradient, parameter, state)
+
+
+def orthogonalize(updates: list[mx.array]) -> list[mx.array]:
+    """NS of `base.MuonConfig` for every update, each [blocks, rows, cols], in float32.
+
+    Blocks of the same (transposed when tall) shape run through the iteration as one batch:
+    the hidden matrices of a GPT come in two or three shapes, so a step is a few batched
+    matmul chains instead of one per matrix."""
+    a, b, c = NS_COEFFICIENTS
+    oriented = [u.swapaxes(-1, -2) if u.shape[-2] > u.shape[-1] else u for u in updates]
+    same_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(oriented):
+        same_shape.setdefault(tuple(x.shape[1:]), []).append(i)
+    out: list[mx.array] = list(updates)
+    for members in same_shape.values():
+        X = mx.concatenate([oriented[i] for i in members])
+        X = X / (mx.linalg.norm(X, axis=(-2, -1), keepdims=True) + NS_EPS)
+        for _ in range(NS_STEPS):
+            A = X @ X.swapaxes(-1, -2)
+            X = a * X + (b * A + c * (A @ A)) @ X
+        ends = np.cumsum([oriented[i].shape[0] for i in members])[:-1].tolist()
+        for i, part in zip(members, mx.split(X, ends, axis=0)):
+            out[i] = part.swapaxes(-1, -2) if updates[i].shape[-2] > updates[i].shape[-1] else part
+    return out
+
+
+class _Muon(optim.Optimizer):
+    """Muon over 2-D matrices: the update of `base.MuonConfig`, in float32.
+
+    `blocks` gives each parameter's row blocks by canonical name (the path MLX passes).
+    The learning rate and the momentum are arrays in the state, set by the backend every
+    step, so the compiled training step sees them change (a Python attribute would be
+    frozen into the trace)."""
+
+    def __init__(self, blocks: dict[str, int], muon: MuonConfig) -> None:
+        super().__init__()
+        self.blocks = blocks
+        self.muon = muon
+        self.state["learning_rate"] = mx.array(0.0, dtype=mx.float32)
+        self.state["momentum"] = mx.array(muon.momentum, dtype=mx.float32)
+
+    def init_single(self, parameter: mx.array, state: dict) -> None:
+        state["momentum_buffer"] = mx.zeros(parameter.shape, dtype=mx.float32)
+
+    def apply_gradients(self, gradients: dict, parameters: dict) -> dict:
+        if not self._initialized:
+            self.init(gradients)
+        self.state["step"] = self.step + 1
+        mu, eta, wd = self.state["momentum"], self.state["learning_rate"], self.muon.weight_decay
+
+        def nesterov(path: str, g: mx.array, state: dict) -> mx.array:
+            g = g.astype(mx.float32)
+            state["momentum_buffer"] = mu * state["momentum_buffer"] + (1 - mu) * g
+            return (1 - mu) * g + mu * state["momentum_buffer"]
+
+        updates = tree_flatten(tree_map_with_path(nesterov, gradients, self.state))
+        params = dict(tree_flatten(tree_map(lambda g, p: p, gradients, parameters)))
+        shaped = []
+        for name, u in updates:
+            k = self.blocks[name]
+            shaped.append(u.reshape(k, u.shape[0] // k, u.shape[1]))
+        new = []
+        for (name, u), o in zip(updates, orthogonalize(shaped)):
+            p = params[name]
+            rows = p.shape[0] // self.blocks[name]
+            if wd:
+                p = p * (1 - eta * wd)
+            new.append((name, (p - (eta * max(1.0, rows / p.shape[1]) ** 0.5) * o.reshape(p.shape)).astype(p.dtype)))
+        return tree_unflatten(new)
 
 
 class _KeyStream:
@@ -107,7 +191,10 @@ class MLXBackend(Backend):
             mx.eval(self.model.parameters())
             # Dropout key: a plain array, so it is checkpointed and restored exactly.
             self._key = mx.random.key((seed + 1) % (1 << 64))
-        self.optimizer: _AdamW | None = None
+        self.optimizer: _AdamW | MultiOptimizer | None = None
+        self._adamw: _AdamW | None = None
+        self._muon: _Muon | None = None  # with OptimConfig.muon: the hidden matrices
+        self._muon_steps = 0  # Muon updates taken: the momentum schedule's clock
         self.optim_config: OptimConfig | None = None
         self._step_fn: Any = None
         self._eval_fn: Any = None
@@ -145,13 +232,20 @@ class MLXBackend(Backend):
     # ---- training -------------------------------------------------------------------
     def setup_optimizer(self, optim: OptimConfig) -> None:
         self.optim_config = optim
-        self.optimizer = _AdamW(
+        self._adamw = _AdamW(
             learning_rate=0.0,
             betas=[optim.beta1, optim.beta2],
             eps=optim.eps,
             weight_decay=optim.weight_decay,
             bias_correction=True,
         )
+        blocks = muon_blocks(self.config) if optim.muon is not None else {}
+        if blocks:
+            self._muon = _Muon(blocks, optim.muon)
+            self.optimizer = MultiOptimizer([self._muon, self._adamw], [lambda path, _: path in blocks])
+        else:
+            self._muon, self.optimizer = None, self._adamw
+        self._muon_steps = 0
         with mx.stream(self._device):
             self.optimizer.init(self.model.trainable_parameters())
         self._build_step()
@@ -193,7 +287,12 @@ class MLXBackend(Backend):
         with mx.stream(self._device):
             xs = mx.array(np.stack([np.asarray(x, dtype=np.int32) for x, _ in micro_batches]))
             ys = mx.array(np.stack([np.asarray(y, dtype=np.int32) for _, y in micro_batches]))
-            self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
+            self._adamw.learning_rate = mx.array(lr, dtype=mx.float32)
+            if self._muon is not None:
+                muon = self.optim_config.muon
+                self._muon.learning_rate = mx.array(lr * muon.lr_ratio, dtype=mx.float32)
+                self._muon.state["momentum"] = mx.array(muon.momentum_at(self._muon_steps), dtype=mx.float32)
+                self._muon_steps += 1
             self._key, key = mx.random.split(self._key)  # the dropout key of this step
             loss, norm = self._step_fn(xs, ys, key)
             # Schedule the work without waiting for it: the loop reads the loss only when
@@ -214,36 +313,45 @@ class MLXBackend(Backend):
             return float(loss)
 
     def optimizer_state_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = {}
-        for name, p in self._named_params().items():
-            shapes[f"exp_avg.{name}"] = tuple(p.shape)
-            shapes[f"exp_avg_sq.{name}"] = tuple(p.shape)
-        return shapes
+        return optimizer_state_shapes(self.config, self.optim_config)
+
+    def _state_names(self) -> list[tuple[optim.Optimizer, dict[str, str]]]:
+        """Each optimizer with its per-parameter state entries -> checkpoint name prefixes."""
+        out: list[tuple[optim.Optimizer, dict[str, str]]] = [(self._adamw, {"m": "exp_avg", "v": "exp_avg_sq"})]
+        if self._muon is not None:
+            out.append((self._muon, {"momentum_buffer": "momentum"}))
+        return out
+
+    _SCALARS = ("step", "learning_rate", "momentum")  # optimizer-wide state, not per parameter
 
     def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        assert self.optimizer is not None
-        state = self.optimizer.state
-        flat = dict(tree_flatten({k: v for k, v in state.items() if k not in ("step", "learning_rate")}))
-        mx.eval(list(flat.values()))
+        assert self._adamw is not None
         tensors: dict[str, np.ndarray] = {}
-        for key, value in flat.items():
-            name, _, moment = key.rpartition(".")
-            prefix = {"m": "exp_avg", "v": "exp_avg_sq"}[moment]
-            tensors[f"{prefix}.{name}"] = np.array(value.astype(mx.float32), copy=True)
-        return tensors, {"step": int(state["step"].item())}
+        for opt, prefixes in self._state_names():
+            flat = dict(tree_flatten({k: v for k, v in opt.state.items() if k not in self._SCALARS}))
+            mx.eval(list(flat.values()))
+            for key, value in flat.items():
+                name, _, entry = key.rpartition(".")
+                tensors[f"{prefixes[entry]}.{name}"] = np.array(value.astype(mx.float32), copy=True)
+        return tensors, {"step": int(self._adamw.state["step"].item())}
 
     def set_optimizer_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        assert self.optimizer is not None
-        flat = []
+        assert self._adamw is not None and self.optimizer is not None
+        step = int(meta.get("step", 0))
+        muon_names = set(self._muon.blocks) if self._muon is not None else set()
         with mx.stream(self._device):
-            for name in self._named_params():
-                flat.append((f"{name}.m", mx.array(np.asarray(tensors[f"exp_avg.{name}"], dtype=np.float32))))
-                flat.append((f"{name}.v", mx.array(np.asarray(tensors[f"exp_avg_sq.{name}"], dtype=np.float32))))
-            state = tree_unflatten(flat)
-            state["step"] = mx.array(int(meta.get("step", 0)), dtype=mx.uint64)
-            state["learning_rate"] = mx.array(0.0, dtype=mx.float32)
-            self.optimizer.state = state
-            self.optimizer.init(self.model.trainable_parameters())  # marks it initialised
+            for opt, prefixes in self._state_names():
+                flat = []
+                for name in self._named_params():
+                    if (name in muon_names) == (opt is self._muon):
+                        for entry, prefix in prefixes.items():
+                            flat.append((f"{name}.{entry}", mx.array(np.asarray(tensors[f"{prefix}.{name}"], dtype=np.float32))))
+                state = tree_unflatten(flat)
+                state.update({k: v for k, v in opt.state.items() if k in self._SCALARS})
+                state["step"] = mx.array(step, dtype=mx.uint64)
+                opt.state = state
+            self._muon_steps = step
+            self.optimizer.init(self.model.trainable_parameters())  # marks them initialised
             mx.eval(self.optimizer.state)
         self._build_step()
 

@@ -8,7 +8,10 @@ logits; the loss is `cross_entropy` below, outside the model. Dropout takes an e
 PRNG `key` (the one difference in the forward signature): MLX cannot restore its global
 random state from an array, and an explicit key keeps a compiled training step a pure
 function of (weights, optimizer state, key, batch). Generation appends to a per-layer
-`KVCache`, as in mlx-lm's `KVCache.update_and_fetch`.
+`KVCache`, as in mlx-lm's `KVCache.update_and_fetch`. Rotary embeddings come from
+`spec.rope_tables` (underscore attributes, so never parameters nor in a weights file),
+looked up at the positions the model computes anyway, so cached decoding and left padding
+rotate every token by its true position.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ BLAS = _preload_cblas()  # must run before the first `import mlx.core`
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 
-from gptbench.backends.spec import GPTConfig  # noqa: E402
+from gptbench.backends.spec import GPTConfig, rope_tables  # noqa: E402
 
 CACHE_STEP = 256  # the KV cache grows in chunks of this many positions
 
@@ -120,22 +123,40 @@ def _norm(config: GPTConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
+def apply_rope(x: mx.array, cos: mx.array, sin: mx.array) -> mx.array:
+    """Rotate channel pairs (i, i + D/2) of `x` [B, H, T, D] by the angles whose cos and
+    sin are [1 or B, 1, T, D/2] (the half-split convention of `spec.rope_tables`), in
+    float32 (the tables' dtype), returned in the dtype of `x`."""
+    x1, x2 = mx.split(x, 2, axis=-1)
+    return mx.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.qk_norm_eps = config.norm_eps if config.qk_norm else None
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
-    def __call__(self, x: mx.array, cache: KVCache | None = None, mask: mx.array | None = None, key: mx.array | None = None) -> mx.array:
+    def __call__(
+        self, x: mx.array, cache: KVCache | None = None, mask: mx.array | None = None,
+        rope: tuple[mx.array, mx.array] | None = None, key: mx.array | None = None,
+    ) -> mx.array:
         B, T, C = x.shape
         H, D = self.n_head, C // self.n_head
         q, k, v = mx.split(self.c_attn(x), 3, axis=-1)
         q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)
         k = k.reshape(B, T, H, D).transpose(0, 2, 1, 3)
         v = v.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        if self.qk_norm_eps is not None:  # eps passed explicitly: MLX has no default
+            q = mx.fast.rms_norm(q, None, self.qk_norm_eps)
+            k = mx.fast.rms_norm(k, None, self.qk_norm_eps)
+        if rope is not None:  # before the cache write: the cache holds rotated keys
+            q = apply_rope(q, *rope)
+            k = apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         scale = 1.0 / math.sqrt(D)
@@ -188,9 +209,12 @@ class Block(nn.Module):
         self.ln_2 = _norm(config)
         self.mlp = MLP(config)
 
-    def __call__(self, x: mx.array, cache: KVCache | None = None, mask: mx.array | None = None, key: mx.array | None = None) -> mx.array:
+    def __call__(
+        self, x: mx.array, cache: KVCache | None = None, mask: mx.array | None = None,
+        rope: tuple[mx.array, mx.array] | None = None, key: mx.array | None = None,
+    ) -> mx.array:
         attn_key, mlp_key = mx.random.split(key) if key is not None else (None, None)
-        x = x + self.attn(self.ln_1(x), cache, mask, attn_key)
+        x = x + self.attn(self.ln_1(x), cache, mask, rope, attn_key)
         return x + self.mlp(self.ln_2(x), mlp_key)
 
 
@@ -199,16 +223,21 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if config.pos == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:  # not parameters (underscore names): rebuilt from the config, never saved
+            cos, sin = rope_tables(config)
+            self._rope_cos = mx.array(cos)
+            self._rope_sin = mx.array(sin)
         self.h = [Block(config) for _ in range(config.n_layer)]
         self.ln_f = _norm(config)
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 
     def init_weights(self, seed: int) -> None:
-        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2·n_layer),
-        biases 0, norm gains 1, from one key per tensor derived from the seed (not the
-        global RNG)."""
+        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2·n_layer) (or
+        exactly 0 with `zero_init_proj`), biases 0, norm gains 1, from one key per tensor
+        derived from the seed (not the global RNG), so zeroing one tensor changes no other."""
         from mlx.utils import tree_flatten, tree_unflatten
 
         proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
@@ -218,6 +247,8 @@ class GPT(nn.Module):
         for i, (name, p) in enumerate(flat):
             if name.endswith("c_proj.weight"):
                 value = mx.random.normal(p.shape, key=keys[i]) * proj_std
+                if self.config.zero_init_proj:
+                    value = mx.zeros(p.shape)
             elif p.ndim >= 2:
                 value = mx.random.normal(p.shape, key=keys[i]) * 0.02
             elif name.endswith(".bias"):
@@ -238,15 +269,23 @@ class GPT(nn.Module):
             pos = mx.maximum(pos[None, :] - pad[:, None], 0)
             mask = padding_mask(start, T, pad)
         keys = mx.random.split(key, self.config.n_layer + 1) if key is not None and self.config.dropout > 0 else None
-        x = dropout(self.wte(idx) + self.wpe(pos), self.config.dropout, keys[0] if keys is not None else None)
+        rope = None
+        if self.config.pos == "rope":  # [T] or [B, T] positions -> [1 or B, 1, T, D/2]
+            rope = (self._rope_cos[pos].reshape(-1, 1, T, self._rope_cos.shape[1]),
+                    self._rope_sin[pos].reshape(-1, 1, T, self._rope_sin.shape[1]))
+            x = dropout(self.wte(idx), self.config.dropout, keys[0] if keys is not None else None)
+        else:
+            x = dropout(self.wte(idx) + self.wpe(pos), self.config.dropout, keys[0] if keys is not None else None)
         for i, block in enumerate(self.h):
-            x = block(x, cache.layers[i] if cache is not None else None, mask, keys[i + 1] if keys is not None else None)
+            x = block(x, cache.layers[i] if cache is not None else None, mask, rope, keys[i + 1] if keys is not None else None)
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:, :]
-        if self.config.tie_embeddings:
-            return self.wte.as_linear(x)
-        return self.lm_head(x)
+        logits = self.wte.as_linear(x) if self.config.tie_embeddings else self.lm_head(x)
+        if self.config.logit_softcap:  # in float32, as torch (whose autocast may give bfloat16)
+            cap = self.config.logit_softcap
+            logits = cap * mx.tanh(logits.astype(mx.float32) / cap)
+        return logits
 
 
 def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:

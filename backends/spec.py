@@ -13,10 +13,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from gptbench.errors import ConfigError, reject_unknown_keys
 
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu2", "swiglu")
+POSITIONS = ("learned", "rope")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,16 @@ class GPTConfig:
     - bias: biases in every Linear and LayerNorm (GPT-2 has them; nanoGPT's small
       configs drop them).
     - tie_embeddings: the LM head shares the token-embedding matrix.
+    - pos: `learned` (GPT-2's position table `wpe`) or `rope` (rotary embeddings on queries
+      and keys, base `rope_theta`; no position table): attention then depends on how far
+      apart two tokens are, not where they sit.
+    - qk_norm: RMS-normalise each head's queries and keys (no weight, eps `norm_eps`)
+      before attention, which bounds the attention logits (OLMo 2, nanochat).
+    - logit_softcap: `cap * tanh(logits / cap)` on float32 logits; 0 = off (Gemma 2,
+      nanochat use 15): bounds the logits so early training cannot blow them up.
+    - zero_init_proj: initialise the residual output projections (`attn.c_proj`,
+      `mlp.c_proj`) to exactly zero, so every block starts as the identity
+      (modded-nanogpt, nanochat). An init option only: the architecture is unchanged.
     """
 
     vocab_size: int = 50257
@@ -43,6 +56,11 @@ class GPTConfig:
     mlp: str = "gelu"
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
+    pos: str = "learned"
+    rope_theta: float = 10000.0
+    qk_norm: bool = False
+    logit_softcap: float = 0.0
+    zero_init_proj: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -54,11 +72,11 @@ class GPTConfig:
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"pick e.g. n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
             )
-        for name in ("dropout", "norm_eps"):
+        for name in ("dropout", "norm_eps", "rope_theta", "logit_softcap"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
-        for name in ("bias", "tie_embeddings"):
+        for name in ("bias", "tie_embeddings", "qk_norm", "zero_init_proj"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -69,6 +87,17 @@ class GPTConfig:
             raise ConfigError(f"unknown mlp {self.mlp!r}; choose one of {', '.join(MLPS)}")
         if self.norm_eps <= 0:
             raise ConfigError(f"norm_eps must be positive, got {self.norm_eps}")
+        if self.pos not in POSITIONS:
+            raise ConfigError(f"unknown pos {self.pos!r}; choose one of {', '.join(POSITIONS)}")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ConfigError(
+                f"rope rotates pairs of channels, so the head size n_embd/n_head ({self.head_dim}) must be even; "
+                "change --n-embd or --n-head"
+            )
+        if self.rope_theta <= 1:
+            raise ConfigError(f"rope_theta must be greater than 1, got {self.rope_theta}")
+        if self.logit_softcap < 0:
+            raise ConfigError(f"logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
 
     @property
     def head_dim(self) -> int:
@@ -108,7 +137,9 @@ class GPTConfig:
         Both torch and MLX `Linear` store `[out, in]`, so neither backend transposes.
         """
         C, V, T, H = self.n_embd, self.vocab_size, self.block_size, self.mlp_hidden
-        shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, C), "wpe.weight": (T, C)}
+        shapes: dict[str, tuple[int, ...]] = {"wte.weight": (V, C)}
+        if self.pos == "learned":
+            shapes["wpe.weight"] = (T, C)
 
         def norm(prefix: str) -> None:
             shapes[f"{prefix}.weight"] = (C,)
@@ -184,6 +215,21 @@ class GPTConfig:
         """Training FLOPs per token, nanoGPT/PaLM formula: 6N + 12·L·H·(C/H)·T."""
         n = self.num_params(non_embedding=True)
         return 6 * n + 12 * self.n_layer * self.n_head * self.head_dim * self.block_size
+
+
+def rope_tables(config: GPTConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of every rotary angle, float32 `[block_size, head_dim / 2]`.
+
+    Position p turns channel pair (i, i + D/2) of a head (the half-split convention of
+    GPT-NeoX, HF Llama and `mx.fast.rope(traditional=False)`) by the angle
+    p * rope_theta^(-2i/D). Both backends use these very tables, computed in float64 and
+    rounded once, so their rotations agree bit for bit and stay accurate at long
+    positions (float32 angles drift by ~1e-4 at position 1000).
+    """
+    D = config.head_dim
+    inv_freq = config.rope_theta ** (-np.arange(0, D, 2, dtype=np.float64) / D)
+    angles = np.outer(np.arange(config.block_size, dtype=np.float64), inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
 def format_params(n: int) -> str:

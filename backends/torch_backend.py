@@ -4,6 +4,10 @@ Mixed precision: parameters and optimizer state stay float32; on CUDA the forwar
 under bfloat16 autocast by default (`dtype="float16"` adds a GradScaler). `compile=True`
 compiles the batch loss (model and cross-entropy) with `torch.compile`; weights are always
 read from the uncompiled module, so checkpoints never carry `_orig_mod.` prefixes.
+
+Optimizers: torch's fused AdamW, and with `OptimConfig.muon` the `Muon` below for the
+hidden matrices (the float32 update of `base.MuonConfig`; `torch.optim.Muon` runs
+Newton-Schulz in bfloat16, 1-3% off the exact update, and takes no split blocks).
 """
 
 from __future__ import annotations
@@ -14,7 +18,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from gptbench.backends.base import Backend, Batch, OptimConfig, StepResult
+from gptbench.backends.base import (
+    NS_COEFFICIENTS,
+    NS_EPS,
+    NS_STEPS,
+    Backend,
+    Batch,
+    MuonConfig,
+    OptimConfig,
+    StepResult,
+    muon_blocks,
+    optimizer_state_shapes,
+)
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.sampling import SamplingParams, apply_filters
 from gptbench.backends.torch_model import GPT, ModelCache, cross_entropy
@@ -68,6 +83,67 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def orthogonalize(updates: list[torch.Tensor]) -> list[torch.Tensor]:
+    """NS of `base.MuonConfig` for every update, each [blocks, rows, cols], in float32.
+
+    Blocks of the same (transposed when tall) shape run through the iteration as one batch:
+    the hidden matrices of a GPT come in two or three shapes, so a step is a few batched
+    matmul chains instead of one per matrix."""
+    a, b, c = NS_COEFFICIENTS
+    oriented = [u.mT if u.shape[-2] > u.shape[-1] else u for u in updates]
+    same_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(oriented):
+        same_shape.setdefault(tuple(x.shape[1:]), []).append(i)
+    out: list[torch.Tensor] = list(updates)
+    for members in same_shape.values():
+        X = torch.cat([oriented[i] for i in members])
+        X = X / (torch.linalg.matrix_norm(X, keepdim=True) + NS_EPS)
+        for _ in range(NS_STEPS):
+            A = X @ X.mT
+            X = a * X + (b * A + c * (A @ A)) @ X
+        for i, part in zip(members, X.split([oriented[i].shape[0] for i in members])):
+            out[i] = part.mT if updates[i].shape[-2] > updates[i].shape[-1] else part
+    return out
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon over 2-D matrices: the update of `base.MuonConfig`, in float32.
+
+    Each parameter group holds the matrices orthogonalised in the same number of row
+    blocks (`blocks`); `lr` is set per step by the backend. The step counter drives the
+    momentum warmup and is checkpointed as the optimizer step."""
+
+    def __init__(self, blocks: dict[torch.nn.Parameter, int], muon: MuonConfig) -> None:
+        groups: dict[int, list[torch.nn.Parameter]] = {}
+        for p, k in blocks.items():
+            groups.setdefault(k, []).append(p)
+        super().__init__([{"params": ps, "blocks": k} for k, ps in groups.items()], {"lr": 0.0})
+        self.muon = muon
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        mu = self.muon.momentum_at(self.steps)
+        params, updates = [], []
+        for group in self.param_groups:
+            k = group["blocks"]
+            for p in group["params"]:
+                g = p.grad.float()
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
+                buf = state["momentum_buffer"]
+                buf.mul_(mu).add_(g, alpha=1 - mu)
+                updates.append((g * (1 - mu) + buf * mu).view(k, p.shape[0] // k, p.shape[1]))
+                params.append((p, group))
+        for (p, group), o in zip(params, orthogonalize(updates)):
+            lr, rows = group["lr"], p.shape[0] // group["blocks"]
+            if self.muon.weight_decay:
+                p.mul_(1 - lr * self.muon.weight_decay)
+            p.add_(o.reshape(p.shape).to(p.dtype), alpha=-lr * max(1.0, rows / p.shape[1]) ** 0.5)
+        self.steps += 1
+
+
 class TorchBackend(Backend):
     name = "torch"
 
@@ -96,7 +172,9 @@ class TorchBackend(Backend):
         # The loss of a batch, compiled whole (model and cross-entropy) when asked to;
         # weights are always read from `self.model`, so checkpoints never carry `_orig_mod.`.
         self._loss = torch.compile(self._batch_loss) if compile else self._batch_loss
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer: torch.optim.Optimizer | None = None  # AdamW
+        self.muon: Muon | None = None  # with OptimConfig.muon: the hidden matrices
+        self._muon_names: set[str] = set()
         self.optim_config: OptimConfig | None = None
         self._decode_layout = False  # see _use_decode_layout
         use_amp = dtype != "float32" and self.device.split(":")[0] in ("cuda", "mps")
@@ -143,12 +221,17 @@ class TorchBackend(Backend):
     # ---- training -------------------------------------------------------------------
     def setup_optimizer(self, optim: OptimConfig) -> None:
         params = self._named_params()
-        decay = [p for p in params.values() if p.dim() >= 2]
-        no_decay = [p for p in params.values() if p.dim() < 2]
+        blocks = muon_blocks(self.config) if optim.muon is not None else {}
+        self.muon = Muon({params[n]: k for n, k in blocks.items()}, optim.muon) if blocks else None
+        self._muon_names = set(blocks)
+        adamw = [p for n, p in params.items() if n not in blocks]
+        decay = [p for p in adamw if p.dim() >= 2]
+        no_decay = [p for p in adamw if p.dim() < 2]
         groups = [
             {"params": decay, "weight_decay": optim.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+        groups = [g for g in groups if g["params"]]
         kwargs: dict[str, Any] = {"lr": 0.0, "betas": (optim.beta1, optim.beta2), "eps": optim.eps}
         # One fused kernel per step instead of a dozen foreach passes over the parameters:
         # ~5% of a tiny CPU step (benchmarks/train_throughput.py). CPU support came in 2.4.
@@ -171,6 +254,9 @@ class TorchBackend(Backend):
             raise RuntimeError("setup_optimizer() must be called before train_step()")
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if self.muon is not None:
+            for group in self.muon.param_groups:
+                group["lr"] = lr * self.optim_config.muon.lr_ratio
         self.model.train()
         n = len(micro_batches)
         total = torch.zeros((), device=self.device)
@@ -184,16 +270,20 @@ class TorchBackend(Backend):
             else:
                 scaled.backward()
             total += loss.detach()
+        optimizers = [self.optimizer] if self.muon is None else [self.optimizer, self.muon]
         if self._scaler is not None:
-            self._scaler.unscale_(self.optimizer)
+            for opt in optimizers:
+                self._scaler.unscale_(opt)
         clip = self.optim_config.grad_clip if self.optim_config.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self._param_list, clip, foreach=True)
+        for opt in optimizers:
+            if self._scaler is not None:
+                self._scaler.step(opt)
+            else:
+                opt.step()
         if self._scaler is not None:
-            self._scaler.step(self.optimizer)
             self._scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
         return StepResult(total / n, grad_norm)
 
     @torch.no_grad()
@@ -204,17 +294,20 @@ class TorchBackend(Backend):
         return float(loss)
 
     def optimizer_state_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = {}
-        for name, p in self._named_params().items():
-            shapes[f"exp_avg.{name}"] = tuple(p.shape)
-            shapes[f"exp_avg_sq.{name}"] = tuple(p.shape)
-        return shapes
+        return optimizer_state_shapes(self.config, self.optim_config)
 
     def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         assert self.optimizer is not None
         tensors: dict[str, np.ndarray] = {}
-        step = 0
+        step = self.muon.steps if self.muon is not None else 0
         for name, p in self._named_params().items():
+            if name in self._muon_names:
+                st = self.muon.state.get(p)
+                if st:
+                    tensors[f"momentum.{name}"] = st["momentum_buffer"].detach().cpu().numpy().copy()
+                else:  # before the first step: the buffer starts at zero
+                    tensors[f"momentum.{name}"] = np.zeros(tuple(p.shape), dtype=np.float32)
+                continue
             st = self.optimizer.state.get(p)
             if st:
                 tensors[f"exp_avg.{name}"] = st["exp_avg"].detach().float().cpu().numpy().copy()
@@ -232,9 +325,16 @@ class TorchBackend(Backend):
         assert self.optimizer is not None
         step = int(meta.get("step", 0))
         self.optimizer.state.clear()
+        if self.muon is not None:
+            self.muon.state.clear()
+            self.muon.steps = step
         if step == 0:
-            return  # nothing has moved yet: a fresh AdamW is exactly this state
+            return  # nothing has moved yet: fresh optimizers are exactly this state
         for name, p in self._named_params().items():
+            if name in self._muon_names:
+                buf = np.asarray(tensors[f"momentum.{name}"], dtype=np.float32)
+                self.muon.state[p] = {"momentum_buffer": torch.from_numpy(buf.copy()).to(self.device)}
+                continue
             self.optimizer.state[p] = {
                 "step": torch.tensor(float(step)),
                 "exp_avg": torch.from_numpy(np.asarray(tensors[f"exp_avg.{name}"], dtype=np.float32).copy()).to(self.device),

@@ -5,7 +5,10 @@ Module attribute names are the canonical tensor names (`wte`, `wpe`, `h.N.attn.c
 and torch `Linear` stores `[out, in]`, so `state_dict()` keys are already canonical and no
 tensor is transposed between the backends. The model returns logits; the loss is
 `cross_entropy` below, outside the model. Dropout draws from torch's global RNG (the
-backend checkpoints it). Generation appends to a per-layer `KVCache`.
+backend checkpoints it). Generation appends to a per-layer `KVCache`. Rotary embeddings
+come from `spec.rope_tables` (non-persistent buffers, never in a weights file), looked up
+at the positions the model computes anyway, so cached decoding and left padding rotate
+every token by its true position.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptbench.backends.spec import GPTConfig
+from gptbench.backends.spec import GPTConfig, rope_tables
 
 CACHE_STEP = 256  # the KV cache grows in chunks of this many positions
 
@@ -78,23 +81,41 @@ def _norm(config: GPTConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + D/2) of `x` [B, H, T, D] by the angles whose cos and
+    sin are [1 or B, 1, T, D/2] (the half-split convention of `spec.rope_tables`), in
+    float32 (the tables' dtype), returned in the dtype of `x` (bfloat16 under autocast)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.qk_norm_eps = config.norm_eps if config.qk_norm else None
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         H, D = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, H, D).transpose(1, 2)
         k = k.view(B, T, H, D).transpose(1, 2)
         v = v.view(B, T, H, D).transpose(1, 2)
+        if self.qk_norm_eps is not None:  # eps passed explicitly: torch's default depends on the dtype
+            q = F.rms_norm(q, (D,), eps=self.qk_norm_eps)
+            k = F.rms_norm(k, (D,), eps=self.qk_norm_eps)
+        if rope is not None:  # before the cache write: the cache holds rotated keys
+            q = apply_rope(q, *rope)
+            k = apply_rope(k, *rope)
         start = 0
         if cache is not None:
             start = cache.offset
@@ -143,8 +164,11 @@ class Block(nn.Module):
         self.ln_2 = _norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, mask)
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, mask, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -153,7 +177,12 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if config.pos == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:  # not parameters: rebuilt from the config, never saved
+            cos, sin = rope_tables(config)
+            self.register_buffer("rope_cos", torch.from_numpy(cos), persistent=False)
+            self.register_buffer("rope_sin", torch.from_numpy(sin), persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = _norm(config)
@@ -161,14 +190,18 @@ class GPT(nn.Module):
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 
     def init_weights(self, seed: int) -> None:
-        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2·n_layer),
-        biases 0, norm gains 1, drawn from a generator seeded here (not the global RNG)."""
+        """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2·n_layer) (or
+        exactly 0 with `zero_init_proj`), biases 0, norm gains 1, drawn from a generator
+        seeded here (not the global RNG). A zeroed projection is still drawn, so every other
+        tensor is the one the same seed gives without the option."""
         gen = torch.Generator().manual_seed(seed)
         proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         with torch.no_grad():
             for name, p in self.named_parameters():
                 if name.endswith("c_proj.weight"):
                     p.copy_(torch.randn(p.shape, generator=gen) * proj_std)
+                    if self.config.zero_init_proj:
+                        p.zero_()
                 elif p.dim() >= 2:
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
                 elif name.endswith(".bias"):
@@ -186,15 +219,23 @@ class GPT(nn.Module):
         if pad is not None:  # positions restart at 0 after each row's padding
             pos = (pos[None, :] - pad[:, None]).clamp(min=0)
             mask = padding_mask(start, T, pad)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
+        rope = None
+        if self.config.pos == "rope":  # [T] or [B, T] positions -> [1 or B, 1, T, D/2]
+            rope = (self.rope_cos[pos].view(-1, 1, T, self.rope_cos.shape[1]),
+                    self.rope_sin[pos].view(-1, 1, T, self.rope_sin.shape[1]))
+            x = self.drop(self.wte(idx))
+        else:
+            x = self.drop(self.wte(idx) + self.wpe(pos))
         for i, block in enumerate(self.h):
-            x = block(x, cache.layers[i] if cache is not None else None, mask)
+            x = block(x, cache.layers[i] if cache is not None else None, mask, rope)
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:, :]
-        if self.config.tie_embeddings:
-            return F.linear(x, self.wte.weight)
-        return self.lm_head(x)
+        logits = F.linear(x, self.wte.weight) if self.config.tie_embeddings else self.lm_head(x)
+        if self.config.logit_softcap:  # in float32 at least: tanh in bfloat16 is off by ~7e-2
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits.to(torch.promote_types(logits.dtype, torch.float32)) / cap)
+        return logits
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -32,13 +32,34 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
 
 
+def reference_rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
+    """Rotary embedding of x [..., T, D] at integer `positions` [T], in float64, written
+    from its definition: position p turns the channel pair (i, i + D/2) by the angle
+    p * theta^(-2i/D), i.e. (a, b) -> (a cos - b sin, a sin + b cos)."""
+    D = x.shape[-1]
+    half = D // 2
+    out = np.empty(x.shape, dtype=np.float64)
+    for i in range(half):
+        angle = positions.astype(np.float64) * theta ** (-2.0 * i / D)
+        a, b = x[..., i], x[..., i + half]
+        out[..., i] = a * np.cos(angle) - b * np.sin(angle)
+        out[..., i + half] = a * np.sin(angle) + b * np.cos(angle)
+    return out
+
+
+def _rms(x: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
 def reference_logits(cfg, weights: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
     """Logits [B, T, V] in float64 for token ids [B, T]."""
     w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
     B, T = idx.shape
     C, H = cfg.n_embd, cfg.n_head
     D = C // H
-    x = w["wte.weight"][idx] + w["wpe.weight"][np.arange(T)][None]
+    x = w["wte.weight"][idx]
+    if cfg.pos == "learned":
+        x = x + w["wpe.weight"][np.arange(T)][None]
     causal = np.tril(np.ones((T, T), dtype=bool))
     for i in range(cfg.n_layer):
         p = f"h.{i}"
@@ -48,6 +69,10 @@ def reference_logits(cfg, weights: dict[str, np.ndarray], idx: np.ndarray) -> np
         q = q.reshape(B, T, H, D).transpose(0, 2, 1, 3)
         k = k.reshape(B, T, H, D).transpose(0, 2, 1, 3)
         v = v.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        if cfg.qk_norm:
+            q, k = _rms(q, cfg.norm_eps), _rms(k, cfg.norm_eps)
+        if cfg.pos == "rope":
+            q, k = reference_rope(q, np.arange(T), cfg.rope_theta), reference_rope(k, np.arange(T), cfg.rope_theta)
         att = q @ k.transpose(0, 1, 3, 2) / np.sqrt(D)
         att = np.where(causal, att, -np.inf)
         att = np.exp(att - att.max(axis=-1, keepdims=True))
@@ -65,7 +90,10 @@ def reference_logits(cfg, weights: dict[str, np.ndarray], idx: np.ndarray) -> np
         x = x + _linear(m, w, f"{p}.mlp.c_proj", cfg)
     x = _norm(x, w, "ln_f", cfg)
     head = w["wte.weight"] if cfg.tie_embeddings else w["lm_head.weight"]
-    return x @ head.T
+    logits = x @ head.T
+    if cfg.logit_softcap:
+        logits = cfg.logit_softcap * np.tanh(logits / cfg.logit_softcap)
+    return logits
 
 
 def reference_loss(cfg, weights: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:

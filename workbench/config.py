@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from gptbench.backends.base import OptimConfig
+from gptbench.backends.base import MuonConfig, OptimConfig
 from gptbench.backends.spec import GPTConfig
 from gptbench.errors import ConfigError, UserError, reject_unknown_keys
 
@@ -34,6 +34,11 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 = off
+    optimizer: str = "adamw"  # adamw | muon (Muon for the hidden matrices, AdamW for the rest)
+    muon_lr: float = 0.02  # Keller Jordan's and nanochat's default
+    muon_momentum: float = 0.95
+    muon_momentum_warmup: int = 300  # steps from 0.85 up to muon_momentum (nanochat, modded-nanogpt)
+    muon_weight_decay: float = 0.0
     eval_interval: int = 250
     eval_iters: int = 20
     log_interval: int = 10
@@ -45,7 +50,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type == "bool":
+            if f.type == "str":
+                if not isinstance(value, str):
+                    raise ConfigError(f"{f.name.replace('_', '-')} must be a string, got {value!r}")
+            elif f.type == "bool":
                 if not isinstance(value, bool):
                     raise ConfigError(f"{f.name.replace('_', '-')} must be true or false, got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -59,16 +67,20 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        for name in ("lr",):
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        for name in ("lr", "muon_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("min_lr", "weight_decay", "grad_clip", "warmup_iters", "lr_decay_iters", "sample_tokens", "keep_last"):
+        for name in ("min_lr", "weight_decay", "muon_weight_decay", "muon_momentum_warmup", "grad_clip", "warmup_iters", "lr_decay_iters", "sample_tokens", "keep_last"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
         if self.min_lr > self.lr:
             raise ConfigError(f"min-lr ({self.min_lr}) must not exceed lr ({self.lr})")
         if not 0.0 <= self.beta1 < 1.0 or not 0.0 <= self.beta2 < 1.0:
             raise ConfigError(f"beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"muon-momentum must be in [0, 1), got {self.muon_momentum}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val-fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -84,13 +96,18 @@ class TrainConfig:
 
     def optim_config(self) -> OptimConfig:
         """The optimizer's hyperparameters, taken from here: the one source of their defaults."""
-        return OptimConfig(weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2, grad_clip=self.grad_clip)
+        muon = None
+        if self.optimizer == "muon":
+            muon = MuonConfig(lr_ratio=self.muon_lr / self.lr, momentum=self.muon_momentum,
+                              momentum_warmup=self.muon_momentum_warmup, weight_decay=self.muon_weight_decay)
+        return OptimConfig(weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2, grad_clip=self.grad_clip, muon=muon)
 
     def tokens_per_step(self, block_size: int) -> int:
         return self.batch_size * self.grad_accum * block_size
 
 
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+OPTIMIZERS = ("adamw", "muon")
 
 # Presets set model shape and training hyperparameters; vocab_size always comes from the
 # tokenizer. `tiny` is nanoGPT's CPU shakespeare_char command, `small` its GPU config.

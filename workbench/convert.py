@@ -355,5 +355,6 @@ def _to_run(source: Source, name: str, dtype: str, force: bool, to: str, verify_
 def describe_source(source: Source) -> str:
     c = source.config
     variant = f"{c.norm}, {c.mlp}, {'bias' if c.bias else 'no bias'}, {'tied' if c.tie_embeddings else 'untied'} head"
+    variant += f", {c.pos} positions" + (", qk-norm" if c.qk_norm else "") + (f", soft-cap {c.logit_softcap:g}" if c.logit_softcap else "")
     return (f"{source.label} ({source.kind}): {format_params(c.num_params())} parameters, "
             f"{c.n_layer} layers x {c.n_embd}, vocab {c.vocab_size}, context {c.block_size}, {variant}")

@@ -10,6 +10,10 @@ A trainer claims its run before it reads any data, and everything it loads to re
 validated first, so a damaged file, a changed corpus or an edited tokenizer is one line,
 never a traceback or a silently different run. Eval batches come from their own generator
 (seeded once per run), so evaluating never moves the training batch stream.
+
+Every evaluation also reports `val_bpb`, the validation loss in bits per byte of text:
+loss · tokens / (bytes · ln 2) over the validation split, which does not depend on the
+tokenizer, so runs with different tokenizers compare fairly.
 """
 
 from __future__ import annotations
@@ -121,6 +125,7 @@ class TrainOutcome:
     state: str  # finished | stopped
     step: int
     best_val_loss: float | None
+    best_val_bpb: float | None = None
 
 
 def _check_fits(model_cfg: GPTConfig, t: TrainConfig, backend_name: str, device: str) -> None:
@@ -162,6 +167,9 @@ class Trainer:
         self.tokens_seen = 0
         self.tokens_per_sec: float | None = None
         self.batch_rng = np.random.default_rng(self.t.seed)
+        self.val_bytes = split_bytes(data.val, data.tokenizer)
+        # val loss (nats a token) -> bits a byte; None for a split of special tokens only
+        self._bpb_per_nat = len(data.val) / (self.val_bytes * math.log(2)) if self.val_bytes else None
         self.backend.setup_optimizer(self.t.optim_config())
         self._eval_batches = self._make_eval_batches()
         self._last_beat = 0.0
@@ -231,6 +239,9 @@ class Trainer:
             except ConfigError as exc:
                 raise CorruptRunError(f"{where}: {exc}") from None
             conflicts = []
+            saved_optimizer = saved["train"].get("optimizer", "adamw")
+            if t.optimizer != saved_optimizer:  # their checkpointed states are different tensors
+                conflicts.append(f"optimizer={t.optimizer!r} (run has {saved_optimizer!r})")
             for key, value in overrides.get("model", {}).items():
                 if value is not None and getattr(saved_model, key) != value:
                     conflicts.append(f"{key}={value!r} (run has {getattr(saved_model, key)!r})")
@@ -315,7 +326,7 @@ class Trainer:
             "preset": cfg.preset,
             "model": self.model_cfg.to_dict(),
             "train": cfg.train.to_dict(),
-            "data": {**self.data.info, "spec": cfg.data},
+            "data": {**self.data.info, "val_bytes": self.val_bytes, "spec": cfg.data},
             "tokenizer": {"spec": cfg.tokenizer, "kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()},
             "backend": self.backend.name,
             "device": self.backend.device,
@@ -331,7 +342,7 @@ class Trainer:
     def _status(self, state: RunState, **extra: Any) -> None:
         self.writer.set_status(
             state, started=self._started, step=self.step, max_iters=self.t.max_iters, best_val_loss=self.best_val_loss,
-            tokens_per_sec=self.tokens_per_sec, elapsed=self.elapsed, **extra,
+            best_val_bpb=self.bpb(self.best_val_loss), tokens_per_sec=self.tokens_per_sec, elapsed=self.elapsed, **extra,
         )
 
     def _log(self, message: str) -> None:
@@ -380,6 +391,12 @@ class Trainer:
             split: [get_batch(getattr(self.data, split), self.t.batch_size, T, rng) for _ in range(self.t.eval_iters)]
             for split in ("train", "val")
         }
+
+    def bpb(self, val_loss: float | None) -> float | None:
+        """A validation loss (nats a token) in bits per byte of the validation text."""
+        if val_loss is None or self._bpb_per_nat is None:
+            return None
+        return val_loss * self._bpb_per_nat
 
     def evaluate(self) -> dict[str, float]:
         return {split: float(np.mean([self.backend.eval_loss(x, y) for x, y in b])) for split, b in self._eval_batches.items()}
@@ -438,7 +455,7 @@ class Trainer:
             finally:
                 self.reporter.finish()
                 self.writer.close()
-        return TrainOutcome(self.run, state.value, self.step, self.best_val_loss)
+        return TrainOutcome(self.run, state.value, self.step, self.best_val_loss, self.bpb(self.best_val_loss))
 
     def _loop(self, stop: _StopFlag) -> None:
         from gptbench.data import get_batch
@@ -483,8 +500,10 @@ class Trainer:
         if self.best_val_loss is None or val < self.best_val_loss:
             self.best_val_loss = val
         ppl = math.exp(min(val, 50.0))
-        self._record(EvalRecord(self.step, losses["train"], val, ppl, self.elapsed, time.time()))
-        self._log(f"step {self.step}: train loss {losses['train']:.4f}, val loss {val:.4f}, val ppl {ppl:.2f}")
+        bpb = self.bpb(val)
+        self._record(EvalRecord(self.step, losses["train"], val, ppl, self.elapsed, time.time(), val_bpb=bpb))
+        bits = f", val {bpb:.4f} bits/byte" if bpb is not None else ""
+        self._log(f"step {self.step}: train loss {losses['train']:.4f}, val loss {val:.4f}, val ppl {ppl:.2f}{bits}")
         if save:
             self._save_checkpoint(val)
         if self.t.sample_tokens:
@@ -521,6 +540,29 @@ def _schedule_notes(start: int, t: TrainConfig, saved_train: dict[str, Any]) -> 
             f"steps {max(start, end)}-{t.max_iters} train at --min-lr; pass --lr-decay-iters {t.max_iters} to stretch the schedule to the new end"
         )
     return notes
+
+
+def token_byte_lengths(tokenizer: Any) -> np.ndarray:
+    """The UTF-8 length of each token's text, int64 [vocab_size]; 0 for the end-of-text
+    token, which marks a document boundary rather than standing for text. Every gptbench
+    tokenizer decodes a sequence to the concatenation of its tokens' bytes, so a split's
+    text length is a sum over this table."""
+    lengths = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+    for i in range(tokenizer.vocab_size):
+        if i != tokenizer.eot_id:
+            lengths[i] = len(tokenizer.decode_bytes([i]))
+    return lengths
+
+
+def split_bytes(tokens: np.ndarray, tokenizer: Any, chunk: int = 1 << 24) -> int:
+    """UTF-8 bytes of the text a split decodes to, exactly, without decoding it: a token
+    histogram (chunk by chunk over the memmap) times `token_byte_lengths`."""
+    lengths = token_byte_lengths(tokenizer)
+    total = 0
+    for i in range(0, len(tokens), chunk):
+        counts = np.bincount(np.asarray(tokens[i : i + chunk], dtype=np.int64), minlength=len(lengths))
+        total += int(counts[: len(lengths)] @ lengths)
+    return total
 
 
 def full_split_loss(backend: Backend, data: np.ndarray, block_size: int, batch_size: int = 64) -> float:

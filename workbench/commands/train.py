@@ -23,12 +23,20 @@ MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--dropout", "dropout", float, "dropout probability"),
     ("--norm", "norm", str, "layernorm | rmsnorm"),
     ("--mlp", "mlp", str, "gelu | relu2 | swiglu"),
+    ("--pos", "pos", str, "learned | rope: a learned position table (GPT-2) or rotary embeddings on queries and keys"),
+    ("--rope-theta", "rope_theta", float, "rotary base (default 10000)"),
+    ("--logit-softcap", "logit_softcap", float, "cap the logits with cap*tanh(logits/cap) (0 = off; nanochat uses 15)"),
+]
+# model switches: --flag / --no-flag
+MODEL_SWITCHES: list[tuple[str, str, str]] = [
+    ("--qk-norm", "qk_norm", "RMS-normalise each head's queries and keys before attention"),
+    ("--zero-init", "zero_init_proj", "initialise the residual output projections to zero"),
 ]
 TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--batch-size", "batch_size", int, "sequences per micro-batch"),
     ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step"),
     ("--max-iters", "max_iters", int, "total optimizer steps"),
-    ("--lr", "lr", float, "peak learning rate"),
+    ("--lr", "lr", float, "peak learning rate (AdamW's: with --optimizer muon, of embeddings, head, norms, biases)"),
     ("--min-lr", "min_lr", float, "learning rate at the end of the cosine decay"),
     ("--warmup-iters", "warmup_iters", int, "linear warmup steps"),
     ("--lr-decay-iters", "lr_decay_iters", int, "step where the cosine reaches --min-lr (default: --max-iters)"),
@@ -36,6 +44,11 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--beta1", "beta1", float, "AdamW beta1"),
     ("--beta2", "beta2", float, "AdamW beta2"),
     ("--grad-clip", "grad_clip", float, "clip the global gradient norm (0 = off)"),
+    ("--optimizer", "optimizer", str, "adamw | muon: Muon for the hidden matrices, AdamW for the rest"),
+    ("--muon-lr", "muon_lr", float, "Muon's peak learning rate (follows the --lr schedule)"),
+    ("--muon-momentum", "muon_momentum", float, "Muon's Nesterov momentum"),
+    ("--muon-momentum-warmup", "muon_momentum_warmup", int, "steps over which Muon's momentum rises from 0.85 (0 = constant)"),
+    ("--muon-weight-decay", "muon_weight_decay", float, "Muon's decoupled weight decay"),
     ("--eval-interval", "eval_interval", int, "steps between evaluations, checkpoints and samples"),
     ("--eval-iters", "eval_iters", int, "batches per evaluation (fixed, seeded)"),
     ("--log-interval", "log_interval", int, "steps between metric records"),
@@ -67,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ui", action="store_true", help="train headless with a progress bar (default opens the TUI dashboard)")
     p.add_argument("--name", help="run name (letters, digits, . _ -); default PRESET-DATE-TIME")
     p.add_argument("--resume", metavar="NAME", help="continue a run from its last checkpoint")
-    p.add_argument("--preset", help="tiny | small | gpt2 | gpt2-medium | gpt2-large | gpt2-xl (default tiny)")
+    p.add_argument("--preset", help="tiny | small | modern | modern-small | gpt2 | gpt2-medium | gpt2-large | gpt2-xl (default tiny); "
+                                    "modern = today's recipe (rope, qk-norm, relu2, muon, ...)")
     p.add_argument("--config", metavar="FILE", help="TOML file with preset/model/train/data keys")
     p.add_argument("--data", help=data_help())
     p.add_argument("--tokenizer", help="char | byte | gpt2[:RANKS_FILE] | bpe:PATH | bpe:VOCAB_SIZE (default char)")
@@ -84,6 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--untied", dest="tie_embeddings", action="store_false", default=None, help="separate LM head")
     for flag, key, typ, help_ in MODEL_FLAGS + TRAIN_FLAGS:
         p.add_argument(flag, dest=key, type=finite_float if typ is float else typ, default=None, help=help_)
+    for flag, key, help_ in MODEL_SWITCHES:
+        p.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_)
     p.set_defaults(func=run_train)
 
 
@@ -104,7 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise UserError(f"--threads must be >= 1, got {args.threads}")
         os.environ[paths.TORCH_THREADS] = str(args.threads)
     store = RunStore(args.runs_dir)
-    model_keys = [k for _, k, _, _ in MODEL_FLAGS] + ["bias", "tie_embeddings"]
+    model_keys = [k for _, k, _, _ in MODEL_FLAGS] + [k for _, k, _ in MODEL_SWITCHES] + ["bias", "tie_embeddings"]
     train_keys = [k for _, k, _, _ in TRAIN_FLAGS]
     model_flags = {k: getattr(args, k) for k in model_keys if getattr(args, k) is not None}
     train_flags = {k: getattr(args, k) for k in train_keys if getattr(args, k) is not None}
@@ -152,6 +168,8 @@ def run_train(args: argparse.Namespace) -> int:
     t0 = time.time()
     outcome = trainer.fit()
     best = f"{outcome.best_val_loss:.4f}" if outcome.best_val_loss is not None else "n/a"
+    if outcome.best_val_bpb is not None:
+        best += f" ({outcome.best_val_bpb:.4f} bits/byte)"
     print(f"run {outcome.run.name} {outcome.state} at step {outcome.step} in {time.time() - t0:.1f}s; best val loss {best}")
     print(f"  {outcome.run.path}")
     return 0 if outcome.state == "finished" else 130

@@ -36,7 +36,7 @@ def _data_flag(value: str) -> str:
 def train_flags_from_args(args: argparse.Namespace) -> tuple[str, list[str]]:
     """The `gptbench train --no-ui` flags equivalent to a parsed `gptbench train` command,
     and the run name it will train (chosen here when not given, so the app can watch it)."""
-    from gptbench.commands.train import MODEL_FLAGS, TRAIN_FLAGS
+    from gptbench.commands.train import MODEL_FLAGS, MODEL_SWITCHES, TRAIN_FLAGS
 
     flags: list[str] = []
     if getattr(args, "resume", None):
@@ -66,6 +66,10 @@ def train_flags_from_args(args: argparse.Namespace) -> tuple[str, list[str]]:
         flags.append("--bias" if bias else "--no-bias")
     if getattr(args, "tie_embeddings", None) is False:
         flags.append("--untied")
+    for flag, key, _ in MODEL_SWITCHES:
+        value = getattr(args, key, None)
+        if value is not None:
+            flags.append(flag if value else f"--no-{flag[2:]}")
     for flag, key, _, _ in MODEL_FLAGS + TRAIN_FLAGS:
         value = getattr(args, key, None)
         if value is not None:

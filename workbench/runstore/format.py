@@ -96,6 +96,7 @@ class EvalRecord:
     val_ppl: float
     elapsed: float
     time: float
+    val_bpb: float | None = None  # val loss in bits per byte of text (tokenizer-independent); absent before 0.2
     type: str = "eval"
 
 
@@ -135,7 +136,7 @@ CONFIG_OPTIONAL: dict[str, tuple[type, ...]] = {
 STATUS_SCHEMA: dict[str, tuple[type, ...]] = {"state": STR}
 STATUS_OPTIONAL: dict[str, tuple[type, ...]] = {
     "pid": INT + OPT, "host": STR + OPT, "heartbeat": NUM, "started": NUM, "step": INT, "max_iters": INT,
-    "best_val_loss": NUM + OPT, "tokens_per_sec": NUM + OPT, "elapsed": NUM, "error": STR, "eval_seconds": NUM,
+    "best_val_loss": NUM + OPT, "best_val_bpb": NUM + OPT, "tokens_per_sec": NUM + OPT, "elapsed": NUM, "error": STR, "eval_seconds": NUM,
 }
 
 

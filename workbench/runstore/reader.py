@@ -391,6 +391,7 @@ class RunSummary:
     step: int = 0
     max_iters: int = 0
     best_val_loss: float | None = None
+    best_val_bpb: float | None = None  # the same, in bits per byte of text
     params: int = 0
     backend: str = ""
     device: str = ""
@@ -437,6 +438,7 @@ def read_summary(run: Run, now: float | None = None) -> RunSummary:
         step=int(st.get("step", 0)),
         max_iters=_int(train.get("max_iters")),
         best_val_loss=st.get("best_val_loss"),
+        best_val_bpb=st.get("best_val_bpb"),
         params=cfg["params"],
         backend=cfg["backend"],
         device=cfg["device"],
