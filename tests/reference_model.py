@@ -142,3 +142,31 @@ def perturbed_weights(cfg, seed: int = 0, scale: float = 0.5) -> dict[str, np.nd
         else:
             out[name] = (scale * rng.standard_normal(shape) / np.sqrt(shape[-1])).astype(np.float32)
     return out
+
+
+# ---- Muon, written from its definition (base.MuonConfig's docstring) ------------------------
+NS_ABC = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic coefficients
+
+
+def reference_newton_schulz(G: np.ndarray, steps: int = 5, eps: float = 1e-7) -> np.ndarray:
+    """Five quintic Newton-Schulz iterations on one matrix, float64: an approximately
+    orthogonal matrix with G's singular vectors."""
+    a, b, c = NS_ABC
+    X = np.asarray(G, dtype=np.float64)
+    tall = X.shape[0] > X.shape[1]
+    if tall:
+        X = X.T
+    X = X / (np.linalg.norm(X) + eps)
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * (A @ A)) @ X
+    return X.T if tall else X
+
+
+def reference_muon_update(W: np.ndarray, g: np.ndarray, buf: np.ndarray, lr: float, mu: float, wd: float, blocks: int):
+    """One Muon step of a [rows, cols] matrix in float64: (new W, new momentum buffer)."""
+    buf = mu * buf + (1 - mu) * g
+    u = (1 - mu) * g + mu * buf
+    rows = W.shape[0] // blocks
+    O = np.concatenate([reference_newton_schulz(u[i * rows : (i + 1) * rows]) for i in range(blocks)])
+    return W * (1 - lr * wd) - lr * max(1.0, rows / W.shape[1]) ** 0.5 * O, buf

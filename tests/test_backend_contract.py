@@ -15,14 +15,32 @@ import itertools
 import numpy as np
 import pytest
 
-from gptbench.backends.base import OptimConfig, create_backend
+from gptbench.backends.base import MuonConfig, OptimConfig, create_backend, muon_blocks
+from gptbench.backends.spec import rope_tables
 from helpers import optim_config, random_tokens, tiny_model_config
-from reference_model import perturbed_weights, reference_gradients, reference_logits, reference_loss
+from reference_model import (
+    perturbed_weights,
+    reference_gradients,
+    reference_logits,
+    reference_loss,
+    reference_muon_update,
+    reference_newton_schulz,
+    reference_rope,
+)
 
 BACKENDS = ["torch", "mlx"]
 VARIANTS = [
     dict(norm=n, mlp=m, bias=b, tie_embeddings=t)
     for n, m, b, t in itertools.product(["layernorm", "rmsnorm"], ["gelu", "relu2", "swiglu"], [True, False], [True, False])
+]
+# Today's recipe, each part alone and together, on GPT-2 and llama-style bases. The soft-cap
+# of 3 bites on these logits (|z| up to ~2.5: tanh is far from linear there).
+MODERN_VARIANTS = [
+    dict(pos="rope"),
+    dict(qk_norm=True),
+    dict(logit_softcap=3.0),
+    dict(pos="rope", qk_norm=True, mlp="swiglu", tie_embeddings=True),
+    dict(pos="rope", qk_norm=True, logit_softcap=3.0, norm="rmsnorm", mlp="relu2", bias=False, tie_embeddings=False),
 ]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,7 +60,7 @@ def to_numpy(x) -> np.ndarray:
 
 
 # ---- weights and forward ------------------------------------------------------------------
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
+@pytest.mark.parametrize("variant", VARIANTS + MODERN_VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
 def test_logits_match_float64_reference(name, variant):
     cfg = tiny_model_config(**variant)
     be = make(name, cfg)
@@ -56,8 +74,10 @@ def test_logits_match_float64_reference(name, variant):
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_weights_are_canonical_and_round_trip(name, tied):
-    cfg = tiny_model_config(mlp="swiglu", tie_embeddings=tied)
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_weights_are_canonical_and_round_trip(name, tied, pos):
+    cfg = tiny_model_config(mlp="swiglu", tie_embeddings=tied, pos=pos)
+    assert ("wpe.weight" in cfg.canonical_shapes()) == (pos == "learned")  # rope has no position table
     w = make(name, cfg, seed=3).get_weights()
     assert {k: v.shape for k, v in w.items()} == cfg.canonical_shapes()
     assert all(v.dtype == np.float32 for v in w.values())
@@ -80,6 +100,30 @@ def test_gpt2_init_statistics_and_seeding(name):
     assert not np.array_equal(w["wte.weight"], other["wte.weight"])
     # every matrix gets its own draw (one shared stream position would repeat values)
     assert not np.array_equal(w["h.0.attn.c_attn.weight"][:8], w["h.1.attn.c_attn.weight"][:8])
+
+
+def test_zero_init_zeroes_exactly_the_residual_projections(name):
+    """zero_init_proj: both c_proj weights are exactly 0 and nothing else changes (the same
+    seed gives the same other tensors); after one step their gradients have moved them,
+    while the matrices feeding them got exactly zero gradient (so Muon left them alone)."""
+    cfg = tiny_model_config(norm="rmsnorm", mlp="relu2", bias=False, tie_embeddings=False)
+    plain = make(name, cfg, seed=5).get_weights()
+    be = make(name, cfg.replace(zero_init_proj=True), seed=5)
+    zeroed = be.get_weights()
+    for k in plain:
+        if k.endswith("c_proj.weight"):
+            assert not zeroed[k].any(), k
+            assert plain[k].std() > 0.001, k
+        else:
+            np.testing.assert_array_equal(zeroed[k], plain[k], err_msg=k)
+    be.setup_optimizer(optim_config(muon=MuonConfig(lr_ratio=20.0, momentum=0.95, momentum_warmup=0, weight_decay=0.0)))
+    be.train_step([(random_tokens(cfg, seed=1), random_tokens(cfg, seed=2))], 1e-3)
+    after = be.get_weights()
+    for i in range(cfg.n_layer):
+        for k in (f"h.{i}.attn.c_attn.weight", f"h.{i}.mlp.c_fc.weight"):
+            np.testing.assert_array_equal(after[k], zeroed[k], err_msg=k)
+        for k in (f"h.{i}.attn.c_proj.weight", f"h.{i}.mlp.c_proj.weight"):
+            assert np.abs(after[k]).max() > 1e-3, k
 
 
 def test_eval_loss_matches_reference(name):
@@ -185,6 +229,58 @@ def test_accumulation_and_clipping_match_the_reference_loss(name):
     assert np.isfinite(res.grad_norm)
 
 
+def _adamw_step(p, g, m, v, t, lr, opt: OptimConfig):
+    """AdamW step `t` (1-based) in float64 from moments m, v: (new p, m, v)."""
+    m = opt.beta1 * m + (1 - opt.beta1) * g
+    v = opt.beta2 * v + (1 - opt.beta2) * g**2
+    decayed = p * (1 - lr * opt.weight_decay) if p.ndim >= 2 else p
+    return decayed - lr * (m / (1 - opt.beta1**t)) / (np.sqrt(v / (1 - opt.beta2**t)) + opt.eps), m, v
+
+
+def test_muon_steps_match_float64_reference(name):
+    """Two steps of Muon (hidden matrices; c_attn in three blocks) beside AdamW (the rest),
+    momentum warming up, decoupled weight decay, clipping engaged: each step matches the
+    float64 Muon and AdamW rules applied to float64 gradients at the backend's weights."""
+    cfg = tiny_model_config(pos="rope", qk_norm=True, tie_embeddings=False)
+    blocks = muon_blocks(cfg)
+    assert blocks["h.0.attn.c_attn.weight"] == 3 and blocks["h.1.mlp.c_proj.weight"] == 1
+    assert "wte.weight" not in blocks and "lm_head.weight" not in blocks and "h.0.attn.c_attn.bias" not in blocks
+    be = make(name, cfg)
+    be.set_weights(perturbed_weights(cfg, seed=0))
+    muon = MuonConfig(lr_ratio=10.0, momentum=0.95, momentum_warmup=2, weight_decay=0.2)
+    opt = OptimConfig(weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=0.5, muon=muon)
+    be.setup_optimizer(opt)
+    lr = 2e-3
+    state = {k: (np.zeros(s), np.zeros(s)) for k, s in cfg.canonical_shapes().items()}  # (m, v) or (buf, unused)
+    for t in range(2):
+        w = be.get_weights()
+        batches = [(random_tokens(cfg, seed=10 * t + j), random_tokens(cfg, seed=10 * t + j + 5)) for j in range(2)]
+        _, g = reference_gradients(cfg, w, batches)
+        norm = np.sqrt(sum((x**2).sum() for x in g.values()))
+        assert norm > opt.grad_clip  # clipping engages
+        g = {k: x * opt.grad_clip / norm for k, x in g.items()}
+        mu = 0.85 + (0.95 - 0.85) * min(t / 2, 1.0)  # the warmup, from its definition
+        want = {}
+        for k, p in w.items():
+            p = p.astype(np.float64)
+            if k in blocks:
+                want[k], buf = reference_muon_update(p, g[k], state[k][0], lr * 10.0, mu, 0.2, blocks[k])
+                state[k] = (buf, state[k][1])
+            else:
+                want[k], m, v = _adamw_step(p, g[k], *state[k], t + 1, lr, opt)
+                state[k] = (m, v)
+        be.train_step(batches, lr)
+        got = be.get_weights()
+        for k in want:
+            step = np.abs(want[k] - w[k]).max()
+            assert step > (lr * 10.0 * 0.05 if k in blocks else lr * 0.5), k  # the parameter really moved
+            np.testing.assert_allclose(got[k], want[k], rtol=0, atol=2e-3 * step, err_msg=f"step {t}: {k}")
+    tensors, meta = be.get_optimizer_state()
+    assert meta == {"step": 2}
+    for k in blocks:
+        np.testing.assert_allclose(tensors[f"momentum.{k}"], state[k][0], rtol=1e-4, atol=1e-7, err_msg=k)
+
+
 def test_train_step_needs_an_optimizer(name):
     be = make(name, tiny_model_config())
     cfg = be.config
@@ -193,40 +289,64 @@ def test_train_step_needs_an_optimizer(name):
 
 
 # ---- state for an exact resume ----------------------------------------------------------------
-def test_state_shapes_describe_the_state(name):
+MUON = MuonConfig(lr_ratio=20.0, momentum=0.95, momentum_warmup=3, weight_decay=0.1)
+
+
+@pytest.mark.parametrize("muon", [None, MUON], ids=["adamw", "muon"])
+def test_state_shapes_describe_the_state(name, muon):
     cfg = tiny_model_config(tie_embeddings=False)
     be = make(name, cfg)
-    be.setup_optimizer(optim_config())
+    be.setup_optimizer(optim_config(muon=muon))
     tensors, meta = be.get_optimizer_state()  # before any step: zeros, step 0
     assert {k: v.shape for k, v in tensors.items()} == be.optimizer_state_shapes()
-    assert set(be.optimizer_state_shapes()) == {f"{m}.{n}" for m in ("exp_avg", "exp_avg_sq") for n in cfg.canonical_shapes()}
+    hidden = set(muon_blocks(cfg)) if muon else set()
+    assert set(be.optimizer_state_shapes()) == (
+        {f"{m}.{n}" for m in ("exp_avg", "exp_avg_sq") for n in cfg.canonical_shapes() if n not in hidden}
+        | {f"momentum.{n}" for n in hidden}
+    )
     assert all(not v.any() for v in tensors.values())
     assert meta == {"step": 0}
+    be.train_step([(random_tokens(cfg), random_tokens(cfg, seed=1))], 1e-3)
+    tensors, meta = be.get_optimizer_state()
+    assert {k: v.shape for k, v in tensors.items()} == be.optimizer_state_shapes()
+    assert meta == {"step": 1}
+    assert all(v.any() for k, v in tensors.items() if not k.endswith("c_attn.bias")), "a state tensor did not move"
     rng = be.get_rng_state()
     assert {k: (v.dtype.name, v.shape) for k, v in rng.items()} == be.rng_state_shapes()
 
 
-def test_optimizer_and_rng_state_round_trip_continue_identically(name):
-    cfg = tiny_model_config(dropout=0.1)
+@pytest.mark.parametrize("muon", [None, MUON], ids=["adamw", "muon"])
+def test_optimizer_and_rng_state_round_trip_continue_identically(name, muon):
+    """Resume exactness: a backend given the weights, optimizer state (Muon's buffers and
+    step, so its momentum warmup resumes where it was) and RNG state of another continues
+    with bit-identical losses."""
+    cfg = tiny_model_config(dropout=0.1, pos="rope" if muon else "learned")
     batches = [[(random_tokens(cfg, seed=s), random_tokens(cfg, seed=s + 100))] for s in range(6)]
     a = make(name, cfg, seed=0)
-    a.setup_optimizer(optim_config())
+    a.setup_optimizer(optim_config(muon=muon))
     for b in batches[:3]:
         a.train_step(b, 1e-3)
     weights, (opt, meta), rng = a.get_weights(), a.get_optimizer_state(), a.get_rng_state()
     assert meta == {"step": 3}
-    assert set(opt) == {f"{m}.{n}" for m in ("exp_avg", "exp_avg_sq") for n in cfg.canonical_shapes()}
+    assert set(opt) == set(a.optimizer_state_shapes())
     tail_a = [a.train_step(b, 1e-3).loss for b in batches[3:]]
     b_ = make(name, cfg, seed=99)
-    b_.setup_optimizer(optim_config())
+    b_.setup_optimizer(optim_config(muon=muon))
     b_.set_weights(weights)
     b_.set_optimizer_state(opt, meta)
     b_.set_rng_state(rng)
     tail_b = [b_.train_step(b, 1e-3).loss for b in batches[3:]]
     assert tail_a == tail_b
+    if muon:  # without the buffers (a fresh Muon at step 3) the losses differ: they matter
+        d = make(name, cfg, seed=99)
+        d.setup_optimizer(optim_config(muon=muon))
+        d.set_weights(weights)
+        d.set_optimizer_state({k: np.zeros_like(v) for k, v in opt.items()}, meta)
+        d.set_rng_state(rng)
+        assert [d.train_step(b, 1e-3).loss for b in batches[3:]][1:] != tail_a[1:]
     # a different dropout RNG gives different losses: the state really drives dropout
     c = make(name, cfg, seed=99)
-    c.setup_optimizer(optim_config())
+    c.setup_optimizer(optim_config(muon=muon))
     c.set_weights(weights)
     c.set_optimizer_state(opt, meta)
     assert [c.train_step(b, 1e-3).loss for b in batches[3:]] != tail_a
@@ -258,8 +378,11 @@ def test_kv_cache_grows_in_chunks_and_keeps_history(name):
     np.testing.assert_array_equal(to_numpy(v), -want)
 
 
-def test_cached_decoding_and_left_padding_match_full_forward(name):
-    cfg = tiny_model_config(norm="rmsnorm", mlp="relu2", tie_embeddings=False)
+@pytest.mark.parametrize("modern", [{}, dict(pos="rope", qk_norm=True, logit_softcap=5.0)], ids=["learned", "rope"])
+def test_cached_decoding_and_left_padding_match_full_forward(name, modern):
+    """Positions continue in the cache (rope rotates each new key by its true position) and
+    restart after a row's left padding."""
+    cfg = tiny_model_config(norm="rmsnorm", mlp="relu2", tie_embeddings=False, **modern)
     be = make(name, cfg)
     be.set_weights(perturbed_weights(cfg, seed=7))
     seq = random_tokens(cfg, batch=1, length=20, seed=8)
@@ -298,3 +421,72 @@ def test_sampling_is_seeded_and_greedy_is_argmax(name):
     # a vanishing temperature is greedy too, not NaN
     tiny = be.sample(logits, SamplingParams(temperature=1e-40), None, be.make_generator(0))
     np.testing.assert_array_equal(tiny, greedy)
+
+
+# ---- rotary embeddings and Newton-Schulz against float64 definitions ---------------------------
+def test_rope_tables_are_the_float64_angles_rounded_once():
+    cfg = tiny_model_config(pos="rope", block_size=1024, n_embd=64, n_head=2, rope_theta=500.0)
+    cos, sin = rope_tables(cfg)
+    assert cos.shape == sin.shape == (1024, 16) and cos.dtype == np.float32
+    D = cfg.head_dim
+    angles = np.arange(1024)[:, None] * 500.0 ** (-2.0 * np.arange(D // 2)[None, :] / D)
+    np.testing.assert_allclose(cos, np.cos(angles), rtol=0, atol=6e-8)  # float32 rounding only
+    np.testing.assert_allclose(sin, np.sin(angles), rtol=0, atol=6e-8)
+
+
+def _framework(name):
+    import importlib
+
+    model = importlib.import_module(f"gptbench.backends.{name}_model")
+    backend = importlib.import_module(f"gptbench.backends.{name}_backend")
+    array = (lambda a: __import__("torch").from_numpy(a)) if name == "torch" else (lambda a: __import__("mlx.core").core.array(a))
+    return model, backend, array
+
+
+def test_apply_rope_matches_the_float64_rotation(name):
+    """The backend's rotation with the shared tables, at positions up to 1023 (where float32
+    angles would drift), against the definition; and it preserves each head's norm."""
+    model, _, array = _framework(name)
+    cfg = tiny_model_config(pos="rope", block_size=1024)
+    cos, sin = rope_tables(cfg)
+    pos = np.array([0, 1, 2, 17, 511, 1023])
+    x = np.random.default_rng(0).standard_normal((2, 3, len(pos), cfg.head_dim)).astype(np.float32)
+    got = to_numpy(model.apply_rope(array(x), array(cos[pos][None, None]), array(sin[pos][None, None])))
+    want = reference_rope(x.astype(np.float64), pos, cfg.rope_theta)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
+    assert np.abs(got[:, :, 1:] - x[:, :, 1:]).max() > 0.1  # it rotated (position 0 does not)
+
+
+def test_rope_attention_depends_on_relative_position_only(name):
+    """With the backend's rotation, q at position m and k at position n score q.k by m - n
+    alone (what lets a cache keep rotated keys, and a window restart at position 0)."""
+    model, _, array = _framework(name)
+    cfg = tiny_model_config(pos="rope", block_size=256)
+    cos, sin = rope_tables(cfg)
+    q, k = np.random.default_rng(1).standard_normal((2, 1, 1, 1, cfg.head_dim)).astype(np.float32)
+
+    def score(m: int, n: int) -> float:
+        rq = to_numpy(model.apply_rope(array(q), array(cos[[m]][None, None]), array(sin[[m]][None, None])))
+        rk = to_numpy(model.apply_rope(array(k), array(cos[[n]][None, None]), array(sin[[n]][None, None])))
+        return float((rq * rk).sum())
+
+    assert score(5, 2) == pytest.approx(score(13, 10), abs=2e-5)
+    assert score(5, 2) == pytest.approx(score(203, 200), abs=2e-5)
+    assert abs(score(5, 2) - score(5, 3)) > 1e-2
+
+
+def test_newton_schulz_matches_float64_reference(name):
+    """The backend's batched orthogonalisation (square, tall, wide and split blocks in one
+    call, as a GPT step hands it) against one float64 iteration per block."""
+    _, backend, array = _framework(name)
+    rng = np.random.default_rng(2)
+    shapes = [(3, 32, 32), (1, 32, 32), (1, 128, 32), (1, 32, 128), (1, 48, 32)]
+    mats = [rng.standard_normal(s).astype(np.float32) * 0.01 for s in shapes]
+    got = [to_numpy(o) for o in backend.orthogonalize([array(m) for m in mats])]
+    for m, o in zip(mats, got):
+        want = np.stack([reference_newton_schulz(block) for block in m])
+        assert o.shape == m.shape
+        np.testing.assert_allclose(o, want, rtol=0, atol=2e-5 * np.abs(want).max())
+        sv = np.linalg.svd(want[0], compute_uv=False)
+        assert 0.6 < sv.min() and sv.max() < 1.25  # approximately orthogonal, whatever the input scale
