@@ -243,8 +243,9 @@ def test_muon_steps_match_float64_reference(name):
     float64 Muon and AdamW rules applied to float64 gradients at the backend's weights."""
     cfg = tiny_model_config(pos="rope", qk_norm=True, tie_embeddings=False)
     blocks = muon_blocks(cfg)
-    assert blocks["h.0.attn.c_attn.weight"] == 3 and blocks["h.1.mlp.c_proj.weight"] == 1
-    assert "wte.weight" not in blocks and "lm_head.weight" not in blocks and "h.0.attn.c_attn.bias" not in blocks
+    assert blocks["h.0.attn.c_attn.weight"] == 3
+    assert blocks["h.1.mlp.c_proj.weight"] == 1
+    assert set(blocks) == {n for n, s in cfg.canonical_shapes().items() if n.startswith("h.") and len(s) == 2}
     be = make(name, cfg)
     be.set_weights(perturbed_weights(cfg, seed=0))
     muon = MuonConfig(lr_ratio=10.0, momentum=0.95, momentum_warmup=2, weight_decay=0.2)
@@ -427,7 +428,8 @@ def test_sampling_is_seeded_and_greedy_is_argmax(name):
 def test_rope_tables_are_the_float64_angles_rounded_once():
     cfg = tiny_model_config(pos="rope", block_size=1024, n_embd=64, n_head=2, rope_theta=500.0)
     cos, sin = rope_tables(cfg)
-    assert cos.shape == sin.shape == (1024, 16) and cos.dtype == np.float32
+    assert cos.shape == sin.shape == (1024, 16)
+    assert cos.dtype == np.float32
     D = cfg.head_dim
     angles = np.arange(1024)[:, None] * 500.0 ** (-2.0 * np.arange(D // 2)[None, :] / D)
     np.testing.assert_allclose(cos, np.cos(angles), rtol=0, atol=6e-8)  # float32 rounding only
@@ -489,4 +491,5 @@ def test_newton_schulz_matches_float64_reference(name):
         assert o.shape == m.shape
         np.testing.assert_allclose(o, want, rtol=0, atol=2e-5 * np.abs(want).max())
         sv = np.linalg.svd(want[0], compute_uv=False)
-        assert 0.6 < sv.min() and sv.max() < 1.25  # approximately orthogonal, whatever the input scale
+        assert sv.min() > 0.6  # approximately orthogonal, whatever the input scale
+        assert sv.max() < 1.25

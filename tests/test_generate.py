@@ -24,7 +24,9 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=70)
 ARCHS = {
     "gpt2-untied": dict(tie_embeddings=False),
     "llama-ish": dict(norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False),
+    "modern": dict(norm="rmsnorm", mlp="relu2", bias=False, tie_embeddings=False, pos="rope", qk_norm=True, logit_softcap=15.0),
 }
+LIVELY_SEEDS = {"modern": 3}  # seed 1 settles into a 2-token loop on a 20-token run (checked)
 
 
 def lively_backend(seed: int = 1, backend: str = "torch", **arch):
@@ -44,7 +46,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module", params=[(a, b) for b in ("torch", "mlx") for a in ARCHS], ids=lambda p: f"{p[1]}-{p[0]}")
 def backend(request):
     arch, name = request.param
-    return lively_backend(backend=name, **ARCHS[arch])
+    return lively_backend(seed=LIVELY_SEEDS.get(arch, 1), backend=name, **ARCHS[arch])
 
 
 def run(backend, prompts, params=GREEDY, **kw) -> np.ndarray:

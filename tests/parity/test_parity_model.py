@@ -1,7 +1,9 @@
 """Torch and MLX compute the same model: logits and training steps, every variant.
 
 Shapes: the `tiny` preset (4 layers, 4 heads, 128 wide, context 64, char vocab 65) for all
-24 variants (norm x mlp x bias x tied), plus the `small` preset's shape for logits. The
+24 variants (norm x mlp x bias x tied) and today's recipe (rope, QK-norm, soft-cap, alone
+and together), plus the `small` preset's shape for logits. Muon's step (float32 on both,
+the same update) is compared on every recipe variant. The
 weights are perturbed random tensors (non-trivial gains and biases), written to one
 safetensors file that both backends load.
 
@@ -26,7 +28,7 @@ import pytest
 
 from helpers import random_tokens
 from reference_model import perturbed_weights
-from gptbench.backends.base import OptimConfig, create_backend
+from gptbench.backends.base import MuonConfig, OptimConfig, create_backend
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.weights import load_weights, save_weights
 from gptbench.config import PRESETS
@@ -37,9 +39,22 @@ VARIANTS = [
     for n, m, b, t in itertools.product(["layernorm", "rmsnorm"], ["gelu", "relu2", "swiglu"], [True, False], [True, False])
 ]
 
+_GPT2 = dict(norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True)
+_MODERN_BASE = dict(norm="rmsnorm", mlp="relu2", bias=False, tie_embeddings=False)
+MODERN_VARIANTS = [
+    dict(_GPT2, pos="rope"),
+    dict(_GPT2, qk_norm=True),
+    dict(_GPT2, logit_softcap=3.0),  # a cap that bites on these logits
+    dict(_MODERN_BASE, pos="rope", qk_norm=True),
+    dict(_MODERN_BASE, pos="rope", qk_norm=True, logit_softcap=15.0, zero_init_proj=True),
+    dict(_MODERN_BASE, mlp="swiglu", pos="rope", qk_norm=True, logit_softcap=3.0, tie_embeddings=True),
+]
+
 
 def vid(v: dict) -> str:
-    return f"{v['norm']}-{v['mlp']}-{'bias' if v['bias'] else 'nobias'}-{'tied' if v['tie_embeddings'] else 'untied'}"
+    name = f"{v['norm']}-{v['mlp']}-{'bias' if v['bias'] else 'nobias'}-{'tied' if v['tie_embeddings'] else 'untied'}"
+    extras = [f"{k}={v[k]}" for k in ("pos", "qk_norm", "logit_softcap", "zero_init_proj") if k in v]
+    return "-".join([name, *extras])
 
 
 def preset_config(preset: str, **variant) -> GPTConfig:
@@ -65,7 +80,7 @@ def max_rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=vid)
+@pytest.mark.parametrize("variant", VARIANTS + MODERN_VARIANTS, ids=vid)
 def test_same_file_same_logits(variant, tmp_path):
     cfg = preset_config("tiny", **variant)
     torch_be, mlx_be = both_from_one_file(cfg, tmp_path)
@@ -84,7 +99,7 @@ def test_small_preset_shape_same_logits(tmp_path):
 
 
 TINY_OWN_VARIANT = dict(norm="layernorm", mlp="gelu", bias=PRESETS["tiny"]["model"]["bias"], tie_embeddings=True)
-TRAIN_CASES = [("tiny-2x64", v) for v in VARIANTS] + [("tiny", TINY_OWN_VARIANT)]
+TRAIN_CASES = [("tiny-2x64", v) for v in VARIANTS + MODERN_VARIANTS] + [("tiny", TINY_OWN_VARIANT)]
 
 
 @pytest.mark.parametrize("shape,variant", TRAIN_CASES, ids=lambda c: c if isinstance(c, str) else vid(c))
@@ -123,5 +138,37 @@ def test_same_training_steps(shape, variant, tmp_path):
     (st, mt), (sm, mm) = torch_be.get_optimizer_state(), mlx_be.get_optimizer_state()
     assert mt == mm == {"step": 2}
     assert set(st) == set(sm)
+    for name in st:
+        np.testing.assert_allclose(sm[name], st[name], rtol=1e-3, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("variant", MODERN_VARIANTS, ids=vid)
+def test_same_muon_steps(variant, tmp_path):
+    """Three Muon steps (hidden matrices) beside AdamW (the rest), momentum warming up,
+    decoupled weight decay on both optimizers, clipping engaged: same losses, norms,
+    parameters, Muon buffers and AdamW moments on both backends."""
+    cfg = GPTConfig(vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=64, block_size=32, **variant)
+    torch_be, mlx_be = both_from_one_file(cfg, tmp_path, seed=6)
+    muon = MuonConfig(lr_ratio=20.0, momentum=0.95, momentum_warmup=2, weight_decay=0.1)
+    opt = OptimConfig(weight_decay=0.1, beta1=0.8, beta2=0.95, eps=1e-6, grad_clip=0.5, muon=muon)
+    for be in (torch_be, mlx_be):
+        be.setup_optimizer(opt)
+    for step in range(3):
+        batches = [(random_tokens(cfg, 2, 32, seed=10 * step + j), random_tokens(cfg, 2, 32, seed=10 * step + j + 5)) for j in range(2)]
+        rt = torch_be.train_step(batches, lr=1e-3)
+        rm = mlx_be.train_step(batches, lr=1e-3)
+        assert abs(rm.loss - rt.loss) < 1e-5, (step, rm.loss, rt.loss)
+        assert rm.grad_norm == pytest.approx(rt.grad_norm, rel=1e-4)
+    start = perturbed_weights(cfg, seed=6, scale=1.0)
+    wt, wm = torch_be.get_weights(), mlx_be.get_weights()
+    for name in wt:
+        moved = np.max(np.abs(wt[name] - start[name]))
+        if name.endswith(".weight") and len(start[name].shape) == 2:
+            assert moved > 1e-3, name  # every matrix really moved
+        np.testing.assert_allclose(wm[name], wt[name], rtol=0, atol=1e-5, err_msg=name)
+    (st, mt), (sm, mm) = torch_be.get_optimizer_state(), mlx_be.get_optimizer_state()
+    assert mt == mm == {"step": 3}
+    assert set(st) == set(sm)
+    assert any(k.startswith("momentum.") for k in st)
     for name in st:
         np.testing.assert_allclose(sm[name], st[name], rtol=1e-3, atol=1e-7, err_msg=name)
