@@ -66,6 +66,17 @@ def test_precedence_defaults_preset_toml_flags(tmp_path):
         (dict(train_flags={"batch_size": -4}), "batch-size must be a positive integer"),
         (dict(model_flags={"norm": "batchnorm"}), "unknown norm 'batchnorm'"),
         (dict(model_flags={"wat": 1}), "unknown model key(s): wat"),
+        (dict(model_flags={"pos": "alibi"}), "unknown pos 'alibi'; choose one of learned, rope"),
+        (dict(model_flags={"pos": "rope", "n_embd": 132, "n_head": 4}), "head size n_embd/n_head (33) must be even"),
+        (dict(model_flags={"rope_theta": 1.0}), "rope_theta must be greater than 1"),
+        (dict(model_flags={"logit_softcap": -1.0}), "logit_softcap must be >= 0 (0 = off)"),
+        (dict(model_flags={"qk_norm": "yes"}), "qk_norm must be true or false"),
+        (dict(train_flags={"optimizer": "sgd"}), "unknown optimizer 'sgd'; choose one of adamw, muon"),
+        (dict(train_flags={"optimizer": 1}), "optimizer must be a string"),
+        (dict(train_flags={"muon_lr": 0.0}), "muon_lr must be positive"),
+        (dict(train_flags={"muon_momentum": 1.0}), "muon-momentum must be in [0, 1)"),
+        (dict(train_flags={"muon_momentum_warmup": -1}), "muon-momentum-warmup must be >= 0"),
+        (dict(train_flags={"muon_weight_decay": -0.1}), "muon-weight-decay must be >= 0"),
     ],
 )
 def test_bad_config_messages(kwargs, message):
@@ -89,3 +100,60 @@ def test_flops_per_token_formula():
     cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False)
     n = cfg.num_params(non_embedding=True)
     assert cfg.flops_per_token() == 6 * n + 12 * 4 * 4 * 32 * 64
+
+
+def test_new_fields_default_to_todays_model_and_adamw():
+    """Runs and weights files written before the recipe existed (no such keys) load as the
+    GPT-2 model and AdamW they were."""
+    cfg = GPTConfig.from_dict({"vocab_size": 65, "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16})
+    assert (cfg.pos, cfg.qk_norm, cfg.logit_softcap, cfg.zero_init_proj) == ("learned", False, 0.0, False)
+    assert "wpe.weight" in cfg.canonical_shapes()
+    t = TrainConfig.from_dict({"lr": 1e-3})
+    assert t.optimizer == "adamw"
+    assert t.optim_config().muon is None
+
+
+@pytest.mark.parametrize("preset", ["modern", "modern-small"])
+def test_modern_presets_are_todays_recipe(preset):
+    """Both presets build today's recipe; the CPU one keeps `tiny`'s char-level scale."""
+    cfg = resolve_run_config(preset)
+    m = GPTConfig.from_dict({**cfg.model, "vocab_size": 65})
+    assert m.pos == "rope"
+    assert m.qk_norm
+    assert m.mlp == "relu2"
+    assert m.zero_init_proj
+    assert m.logit_softcap > 0
+    assert not m.tie_embeddings
+    assert "wpe.weight" not in m.canonical_shapes()
+    assert cfg.train.optimizer == "muon"
+    muon = cfg.train.optim_config().muon
+    assert muon.lr_ratio == pytest.approx(cfg.train.muon_lr / cfg.train.lr)
+    assert cfg.train.lr_decay_iters == cfg.train.max_iters
+    if preset == "modern":
+        tiny = resolve_run_config("tiny")
+        assert m.block_size == tiny.model["block_size"]  # the same task as `tiny`: same context
+        assert cfg.train.max_iters < tiny.train.max_iters
+
+
+def test_recipe_keys_in_toml_and_flags(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('[model]\npos = "rope"\nqk_norm = true\nlogit_softcap = 30.0\n[train]\noptimizer = "muon"\nmuon_lr = 0.05\n')
+    cfg = resolve_run_config(None, load_toml(f), {"rope_theta": 500.0}, {"muon_momentum": 0.9})
+    assert (cfg.model["pos"], cfg.model["qk_norm"], cfg.model["logit_softcap"], cfg.model["rope_theta"]) == ("rope", True, 30.0, 500.0)
+    assert (cfg.train.optimizer, cfg.train.muon_lr, cfg.train.muon_momentum) == ("muon", 0.05, 0.9)
+
+
+def test_recipe_switches_survive_the_ui_launch(tmp_path):
+    """`gptbench train` with the UI relaunches itself headless with the same switches."""
+    from gptbench.cli import build_parser
+    from gptbench.commands.ui import train_flags_from_args
+
+    argv = ["train", "--name", "r1", "--pos", "rope", "--qk-norm", "--no-zero-init", "--logit-softcap", "15",
+            "--optimizer", "muon", "--muon-lr", "0.03"]
+    args = build_parser().parse_args(argv)
+    _, flags = train_flags_from_args(args)
+    again = build_parser().parse_args(["train", "--no-ui", *flags])
+    for key in ("pos", "qk_norm", "zero_init_proj", "logit_softcap", "optimizer", "muon_lr"):
+        assert getattr(again, key) == getattr(args, key), key
+    assert again.zero_init_proj is False
+    assert build_parser().parse_args(["train"]).qk_norm is None  # unset: the preset decides

@@ -287,6 +287,13 @@ def _rmsnorm_run_weights(tmp_path):
     return p
 
 
+def _modern_weights(tmp_path):
+    cfg = tiny_model_config(pos="rope", qk_norm=True, logit_softcap=15.0)  # GPT-2's norm, MLP and biases otherwise
+    p = tmp_path / "modern.safetensors"
+    save_weights(p, cfg, perturbed_weights(cfg))
+    return p
+
+
 BAD = [
     ("mismatched tensors", _mismatched, [], "h.0.attn.c_attn.weight has shape [96, 16], config needs [96, 32]"),
     ("non-GPT safetensors", _foreign, [], "is not a gptbench weights file"),
@@ -297,7 +304,8 @@ BAD = [
     ("llama folder", _llama, [], "describes a 'llama' model; only Hugging Face GPT-2"),
     ("bare HF tensors", _hf_bare_file, [], "Hugging Face GPT-2 tensors but no config"),
     ("pytorch_model.bin only", _hf_bin_only, [], "has only pytorch_model.bin"),
-    ("variant without an HF layout", _rmsnorm_run_weights, ["--to", "hf"], "this model has norm=rmsnorm, mlp=swiglu, bias=False"),
+    ("variant without an HF layout", _rmsnorm_run_weights, ["--to", "hf"], "not GPT-2's architecture (norm=rmsnorm, mlp=swiglu, bias=False;"),
+    ("today's recipe to HF", _modern_weights, ["--to", "hf"], "not GPT-2's architecture (pos=rope, qk_norm=True, logit_softcap=15;"),
 ]
 
 
@@ -360,3 +368,21 @@ def test_failed_verification_leaves_nothing(tmp_path, capsys, monkeypatch):
         assert rc == 2 and "verification failed" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "src.safetensors"]
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+@pytest.mark.parametrize("to", ["mlx", "torch"])
+def test_modern_recipe_converts_between_backends(to, tmp_path, capsys):
+    """A rope / QK-norm / soft-capped model (no position table) converts like any other:
+    same tensors, same config, verified logits."""
+    src = _modern_weights(tmp_path)
+    dst = tmp_path / f"to-{to}.safetensors"
+    rc, out, err = cli(capsys, str(src), str(dst), "--to", to)
+    assert rc == 0, err
+    assert f"verified on {to} on cpu" in out
+    src_cfg, src_w = load_weights(src)
+    cfg, got = load_weights(dst)
+    assert cfg == src_cfg
+    assert "wpe.weight" not in got
+    assert set(got) == set(src_w)
+    idx = random_tokens(cfg, seed=4)
+    np.testing.assert_allclose(logits_on("mlx", dst, idx), logits_on("torch", src, idx), rtol=0, atol=1e-4)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import train_fixture_run
+from helpers import GPT2_RANKS, train_fixture_run
 from gptbench.cli import main
 from gptbench.config import TrainConfig
 from gptbench.runstore import RunStore, RunWriter
@@ -169,3 +169,94 @@ def test_checkpoint_weights_are_self_describing(trained_run):
     cfg, w = load_weights(ck.path)
     assert cfg.n_layer == 2 and cfg.vocab_size == trained_run.config()["tokenizer"]["vocab_size"]
     assert np.isfinite(w["wte.weight"]).all()
+
+
+# ---- bits per byte ---------------------------------------------------------------------------------
+def test_val_bpb_is_loss_times_tokens_over_bytes(runs_dir, tmp_path):
+    """Every eval logs val_bpb = val_loss * tokens / (bytes * ln 2) over the validation
+    split; the status and the run summary carry the best. Multi-byte characters make bytes
+    and (char) tokens differ, so a bpb computed per token would fail."""
+    from helpers import FIXTURE_TEXT
+
+    text = FIXTURE_TEXT.replace("moon", "lune ☾").replace("queen", "reine — é")
+    corpus = tmp_path / "utf8.txt"
+    corpus.write_text(text, encoding="utf-8")
+    run = train_fixture_run(runs_dir, corpus, name="bpb", max_iters=40, eval_interval=20, sample_tokens=0)
+    data = run.config()["data"]
+    n_train, n_val = data["train_tokens"], data["val_tokens"]
+    assert n_train + n_val == len(text)  # char tokens: one per character, one document
+    val_bytes = len(text[n_train:].encode("utf-8"))
+    assert val_bytes > n_val  # the val text really has multi-byte characters
+    assert data["val_bytes"] == val_bytes
+    evals = [r for r in run.metrics() if r["type"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 20, 40]
+    for r in evals:
+        assert r["val_bpb"] == pytest.approx(r["val_loss"] * n_val / (val_bytes * math.log(2)), rel=1e-12)
+    st = run.status()
+    best = min(r["val_loss"] for r in evals)
+    assert st["best_val_bpb"] == pytest.approx(best * n_val / (val_bytes * math.log(2)), rel=1e-12)
+    assert RunStore(runs_dir).summaries()[0].best_val_bpb == st["best_val_bpb"]
+
+
+def test_split_bytes_counts_text_and_not_end_of_text():
+    """split_bytes is the byte length of the decoded text, with <|endoftext|> (a document
+    boundary) counted as 0 bytes, for byte-level BPE (multi-byte characters split across
+    tokens), bytes and characters."""
+    from gptbench.tokenizers.registry import build_tokenizer, TokenizerSpec
+    from gptbench.train import split_bytes
+
+    docs = ["naïve café — 東京 ☕", "plain text\nwith lines", "émoji 🎉 end"]
+    gpt2 = build_tokenizer(TokenizerSpec.parse(f"gpt2:{GPT2_RANKS}"))
+    ids = []
+    for d in docs:
+        ids += gpt2.encode(d) + [gpt2.eot_id]
+    ids = np.array(ids, dtype=np.uint16)
+    want = sum(len(d.encode("utf-8")) for d in docs)
+    assert split_bytes(ids, gpt2) == want
+    assert split_bytes(ids, gpt2, chunk=5) == want  # chunk boundaries inside characters change nothing
+    assert want > len(ids) - len(docs)  # bytes and tokens differ
+    byte = build_tokenizer(TokenizerSpec.parse("byte"))
+    assert split_bytes(np.array(byte.encode(docs[0]), dtype=np.uint16), byte) == len(docs[0].encode("utf-8"))
+    char = build_tokenizer(TokenizerSpec.parse("char"), corpus_text=lambda: "".join(docs))
+    assert split_bytes(np.array(char.encode(docs[0]), dtype=np.uint16), char) == len(docs[0].encode("utf-8"))
+
+
+# ---- today's recipe through the CLI -------------------------------------------------------------------
+MODERN_FLAGS = ["--pos", "rope", "--qk-norm", "--zero-init", "--logit-softcap", "15", "--mlp", "relu2", "--norm", "rmsnorm",
+                "--no-bias", "--optimizer", "muon", "--muon-lr", "0.03", "--muon-momentum-warmup", "20"]
+
+
+def test_modern_flags_reach_the_run_and_a_muon_run_resumes_exactly(runs_dir, corpus_file):
+    """The recipe's flags land in config.json; 60 Muon steps straight == 30 + resume 30,
+    bit for bit (momentum buffers, the warmup's step and both learning rates restored)."""
+    common = [*SMALL, "--data", str(corpus_file), "--eval-interval", "30", "--log-interval", "1",
+              "--lr-decay-iters", "60", "--sample-tokens", "0", *MODERN_FLAGS]
+    assert train_cli(runs_dir, *common, "--name", "m-straight", "--max-iters", "60") == 0
+    assert train_cli(runs_dir, *common, "--name", "m-half", "--max-iters", "30") == 0
+    cfg = RunStore(runs_dir).existing("m-half").config()
+    assert {k: cfg["model"][k] for k in ("pos", "qk_norm", "zero_init_proj", "logit_softcap", "mlp", "norm", "bias")} == dict(
+        pos="rope", qk_norm=True, zero_init_proj=True, logit_softcap=15.0, mlp="relu2", norm="rmsnorm", bias=False)
+    assert (cfg["train"]["optimizer"], cfg["train"]["muon_lr"], cfg["train"]["muon_momentum_warmup"]) == ("muon", 0.03, 20)
+    state = RunStore(runs_dir).existing("m-half").checkpoint("last").state_path
+    from gptbench.backends.weights import load_tensors
+
+    names = set(load_tensors(state)[0])
+    assert "momentum.h.0.attn.c_attn.weight" in names
+    assert "exp_avg.wte.weight" in names
+    assert "exp_avg.h.0.attn.c_attn.weight" not in names
+    assert train_cli(runs_dir, "--resume", "m-half", "--max-iters", "60") == 0
+    a, b = _losses(RunStore(runs_dir).existing("m-straight")), _losses(RunStore(runs_dir).existing("m-half"))
+    assert len(a) == 60
+    assert [a[s] for s in range(1, 61)] == [b[s] for s in range(1, 61)]
+    assert a[60] < a[1] - 0.5  # and it learned
+
+
+def test_resume_refuses_another_optimizer(runs_dir, trained_run, capsys):
+    import shutil
+
+    shutil.copytree(trained_run.path, runs_dir / "adam")
+    rc = train_cli(runs_dir, "--resume", "adam", "--optimizer", "muon", "--max-iters", "400")
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1
+    assert "cannot resume 'adam' with a different optimizer='muon' (run has 'adamw')" in err

@@ -125,6 +125,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False),
         "train": dict(batch_size=64, max_iters=5000, lr=1e-3, min_lr=1e-4, warmup_iters=100, beta2=0.99, eval_interval=250, eval_iters=200),
     },
+    # `modern`: today's recipe (modded-nanogpt, nanochat) on `tiny`'s task. PLACEHOLDER, tuned below.
+    "modern": {
+        "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False, norm="rmsnorm", mlp="relu2",
+                      tie_embeddings=False, pos="rope", qk_norm=True, logit_softcap=15.0, zero_init_proj=True),
+        "train": dict(batch_size=12, max_iters=800, lr=3e-3, min_lr=3e-4, warmup_iters=50, beta1=0.8, beta2=0.95,
+                      weight_decay=0.0, optimizer="muon", muon_lr=0.02, muon_momentum_warmup=100,
+                      eval_interval=100, eval_iters=20),
+    },
+    "modern-small": {
+        "model": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False, norm="rmsnorm", mlp="relu2",
+                      tie_embeddings=False, pos="rope", qk_norm=True, logit_softcap=15.0, zero_init_proj=True),
+        "train": dict(batch_size=64, max_iters=2500, lr=1e-3, min_lr=1e-4, warmup_iters=100, beta1=0.8, beta2=0.95,
+                      optimizer="muon", muon_lr=0.02, muon_momentum_warmup=300, eval_interval=250, eval_iters=200),
+    },
     "gpt2": {
         "model": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0, bias=True),
         "train": dict(batch_size=12, grad_accum=40, max_iters=600000, lr=6e-4, min_lr=6e-5, warmup_iters=2000, beta2=0.95, eval_interval=2000, eval_iters=200),
