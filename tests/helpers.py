@@ -48,8 +48,10 @@ def optim_config(**overrides):
     return dataclasses.replace(TrainConfig().optim_config(), **overrides)
 
 
-def train_fixture_run(runs_dir: Path, corpus: Path, name: str = "fixture", max_iters: int = 150, backend: str = "torch", **train):
-    """Train a tiny char-level run through the real Trainer (about a second or two)."""
+def train_fixture_run(runs_dir: Path, corpus: Path, name: str = "fixture", max_iters: int = 150, backend: str = "torch",
+                      model: dict | None = None, **train):
+    """Train a tiny char-level run through the real Trainer (about a second or two);
+    `model` adds model keys (e.g. today's recipe) to its 2 x 32 shape."""
     from gptbench.config import resolve_run_config
     from gptbench.runstore import RunStore
     from gptbench.train import Trainer
@@ -57,7 +59,7 @@ def train_fixture_run(runs_dir: Path, corpus: Path, name: str = "fixture", max_i
     cfg = resolve_run_config(
         "tiny",
         None,
-        {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+        {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, **(model or {})},
         {"max_iters": max_iters, "eval_interval": 50, "eval_iters": 4, "batch_size": 8, "log_interval": 10,
          "warmup_iters": 10, "sample_tokens": 40, **train},
         {"data": str(corpus), "tokenizer": "char", "backend": backend, "device": "cpu", "name": name},

@@ -73,3 +73,16 @@ def test_mlx_run_resumes_on_torch(tmp_path, corpus_file):
     Trainer.resume_run(store, "on-mlx", {"train": {"max_iters": 150}}).fit()
     Trainer.resume_run(store, "on-torch", {"backend": "torch", "train": {"max_iters": 150}}).fit()
     _assert_continues(store, "on-mlx", "on-torch", 100, "torch")
+
+
+def test_muon_run_resumes_on_the_other_backend(tmp_path, corpus_file):
+    """Today's recipe with Muon: a torch run resumed on MLX continues as torch does (Muon's
+    buffers, step and warmup carry across; so does AdamW's state for the rest)."""
+    runs = tmp_path / "runs"
+    recipe = dict(pos="rope", qk_norm=True, mlp="relu2", norm="rmsnorm", bias=False, zero_init_proj=True, logit_softcap=15.0)
+    first = train_fixture_run(runs, corpus_file, name="muon-run", max_iters=60, model=recipe, optimizer="muon",
+                              muon_momentum_warmup=100, eval_interval=30, log_interval=5, lr_decay_iters=120, sample_tokens=0)
+    store = _copies(first, tmp_path / "more", ["on-torch", "on-mlx"])
+    Trainer.resume_run(store, "on-torch", {"train": {"max_iters": 100}}).fit()
+    Trainer.resume_run(store, "on-mlx", {"backend": "mlx", "train": {"max_iters": 100}}).fit()
+    _assert_continues(store, "on-torch", "on-mlx", 60, "mlx")
