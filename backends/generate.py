@@ -10,9 +10,9 @@ KV cache. `backend.new_cache(pad)` returns one cache object per layer, prealloca
 grown in chunks (never concatenated per token). The prompt is prefilled in one forward pass; after
 that each step feeds one token per row and appends its keys and values in place.
 
-Context window. The model has learned absolute positions, so a KV cache cannot simply roll
-past `block_size`: every cached key was computed at a position that changes when the window
-moves. So when a sequence would exceed `block_size` tokens of context, its window slides:
+Context window. Positions run from 0 at the window's start (a learned table, or rotary
+angles, of `block_size` positions), so a KV cache cannot simply roll past `block_size`:
+every cached key was computed at a position that changes when the window moves. So when a sequence would exceed `block_size` tokens of context, its window slides:
 it keeps the last `block_size - stride + 1` tokens and (with a cache) re-prefills them into
 a fresh cache, then decodes `stride - 1` more tokens incrementally before the next slide.
 Without a cache the model re-reads exactly the same window every token, so both paths see
