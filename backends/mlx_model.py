@@ -269,13 +269,13 @@ class GPT(nn.Module):
             pos = mx.maximum(pos[None, :] - pad[:, None], 0)
             mask = padding_mask(start, T, pad)
         keys = mx.random.split(key, self.config.n_layer + 1) if key is not None and self.config.dropout > 0 else None
-        rope = None
+        x, rope = self.wte(idx), None
         if self.config.pos == "rope":  # [T] or [B, T] positions -> [1 or B, 1, T, D/2]
             rope = (self._rope_cos[pos].reshape(-1, 1, T, self._rope_cos.shape[1]),
                     self._rope_sin[pos].reshape(-1, 1, T, self._rope_sin.shape[1]))
-            x = dropout(self.wte(idx), self.config.dropout, keys[0] if keys is not None else None)
         else:
-            x = dropout(self.wte(idx) + self.wpe(pos), self.config.dropout, keys[0] if keys is not None else None)
+            x = x + self.wpe(pos)
+        x = dropout(x, self.config.dropout, keys[0] if keys is not None else None)
         for i, block in enumerate(self.h):
             x = block(x, cache.layers[i] if cache is not None else None, mask, rope, keys[i + 1] if keys is not None else None)
         x = self.ln_f(x)

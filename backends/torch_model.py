@@ -181,8 +181,8 @@ class GPT(nn.Module):
             self.wpe = nn.Embedding(config.block_size, config.n_embd)
         else:  # not parameters: rebuilt from the config, never saved
             cos, sin = rope_tables(config)
-            self.register_buffer("rope_cos", torch.from_numpy(cos), persistent=False)
-            self.register_buffer("rope_sin", torch.from_numpy(sin), persistent=False)
+            self.register_buffer("_rope_cos", torch.from_numpy(cos), persistent=False)
+            self.register_buffer("_rope_sin", torch.from_numpy(sin), persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = _norm(config)
@@ -219,13 +219,13 @@ class GPT(nn.Module):
         if pad is not None:  # positions restart at 0 after each row's padding
             pos = (pos[None, :] - pad[:, None]).clamp(min=0)
             mask = padding_mask(start, T, pad)
-        rope = None
+        x, rope = self.wte(idx), None
         if self.config.pos == "rope":  # [T] or [B, T] positions -> [1 or B, 1, T, D/2]
-            rope = (self.rope_cos[pos].view(-1, 1, T, self.rope_cos.shape[1]),
-                    self.rope_sin[pos].view(-1, 1, T, self.rope_sin.shape[1]))
-            x = self.drop(self.wte(idx))
+            rope = (self._rope_cos[pos].view(-1, 1, T, self._rope_cos.shape[1]),
+                    self._rope_sin[pos].view(-1, 1, T, self._rope_sin.shape[1]))
         else:
-            x = self.drop(self.wte(idx) + self.wpe(pos))
+            x = x + self.wpe(pos)
+        x = self.drop(x)
         for i, block in enumerate(self.h):
             x = block(x, cache.layers[i] if cache is not None else None, mask, rope)
         x = self.ln_f(x)
