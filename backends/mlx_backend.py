@@ -106,14 +106,15 @@ class _Muon(optim.Optimizer):
     """Muon over 2-D matrices: the update of `base.MuonConfig`, in float32.
 
     `blocks` gives each parameter's row blocks by canonical name (the path MLX passes).
-    The learning rate and the momentum are arrays in the state, set by the backend every
-    step, so the compiled training step sees them change (a Python attribute would be
-    frozen into the trace)."""
+    The learning rate and the momentum are arrays in the state, set by the backend before
+    every step from `steps` (updates taken, the momentum warmup's clock), so the compiled
+    training step sees them change (a Python attribute would be frozen into the trace)."""
 
     def __init__(self, blocks: dict[str, int], muon: MuonConfig) -> None:
         super().__init__()
         self.blocks = blocks
         self.muon = muon
+        self.steps = 0
         self.state["learning_rate"] = mx.array(0.0, dtype=mx.float32)
         self.state["momentum"] = mx.array(muon.momentum, dtype=mx.float32)
 
@@ -133,12 +134,9 @@ class _Muon(optim.Optimizer):
 
         updates = tree_flatten(tree_map_with_path(nesterov, gradients, self.state))
         params = dict(tree_flatten(tree_map(lambda g, p: p, gradients, parameters)))
-        shaped = []
-        for name, u in updates:
-            k = self.blocks[name]
-            shaped.append(u.reshape(k, u.shape[0] // k, u.shape[1]))
+        orthogonal = orthogonalize([u.reshape(self.blocks[name], -1, u.shape[1]) for name, u in updates])
         new = []
-        for (name, u), o in zip(updates, orthogonalize(shaped)):
+        for (name, _), o in zip(updates, orthogonal):
             p = params[name]
             rows = p.shape[0] // self.blocks[name]
             if wd:
@@ -194,7 +192,6 @@ class MLXBackend(Backend):
         self.optimizer: _AdamW | MultiOptimizer | None = None
         self._adamw: _AdamW | None = None
         self._muon: _Muon | None = None  # with OptimConfig.muon: the hidden matrices
-        self._muon_steps = 0  # Muon updates taken: the momentum schedule's clock
         self.optim_config: OptimConfig | None = None
         self._step_fn: Any = None
         self._eval_fn: Any = None
@@ -245,7 +242,6 @@ class MLXBackend(Backend):
             self.optimizer = MultiOptimizer([self._muon, self._adamw], [lambda path, _: path in blocks])
         else:
             self._muon, self.optimizer = None, self._adamw
-        self._muon_steps = 0
         with mx.stream(self._device):
             self.optimizer.init(self.model.trainable_parameters())
         self._build_step()
@@ -291,8 +287,8 @@ class MLXBackend(Backend):
             if self._muon is not None:
                 muon = self.optim_config.muon
                 self._muon.learning_rate = mx.array(lr * muon.lr_ratio, dtype=mx.float32)
-                self._muon.state["momentum"] = mx.array(muon.momentum_at(self._muon_steps), dtype=mx.float32)
-                self._muon_steps += 1
+                self._muon.state["momentum"] = mx.array(muon.momentum_at(self._muon.steps), dtype=mx.float32)
+                self._muon.steps += 1
             self._key, key = mx.random.split(self._key)  # the dropout key of this step
             loss, norm = self._step_fn(xs, ys, key)
             # Schedule the work without waiting for it: the loop reads the loss only when
@@ -350,7 +346,8 @@ class MLXBackend(Backend):
                 state.update({k: v for k, v in opt.state.items() if k in self._SCALARS})
                 state["step"] = mx.array(step, dtype=mx.uint64)
                 opt.state = state
-            self._muon_steps = step
+            if self._muon is not None:
+                self._muon.steps = step
             self.optimizer.init(self.model.trainable_parameters())  # marks them initialised
             mx.eval(self.optimizer.state)
         self._build_step()

@@ -134,7 +134,7 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32)
                 buf = state["momentum_buffer"]
                 buf.mul_(mu).add_(g, alpha=1 - mu)
-                updates.append((g * (1 - mu) + buf * mu).view(k, p.shape[0] // k, p.shape[1]))
+                updates.append((g * (1 - mu) + buf * mu).view(k, -1, p.shape[1]))
                 params.append((p, group))
         for (p, group), o in zip(params, orthogonalize(updates)):
             lr, rows = group["lr"], p.shape[0] // group["blocks"]
