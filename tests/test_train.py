@@ -237,6 +237,7 @@ def test_modern_flags_reach_the_run_and_a_muon_run_resumes_exactly(runs_dir, cor
     assert {k: cfg["model"][k] for k in ("pos", "qk_norm", "zero_init_proj", "logit_softcap", "mlp", "norm", "bias")} == dict(
         pos="rope", qk_norm=True, zero_init_proj=True, logit_softcap=15.0, mlp="relu2", norm="rmsnorm", bias=False)
     assert (cfg["train"]["optimizer"], cfg["train"]["muon_lr"], cfg["train"]["muon_momentum_warmup"]) == ("muon", 0.03, 20)
+    assert "Muon (peak lr 0.03) trains the 8 hidden matrices" in RunStore(runs_dir).existing("m-half").log_path.read_text()
     state = RunStore(runs_dir).existing("m-half").checkpoint("last").state_path
     from gptbench.backends.weights import load_tensors
 

@@ -371,6 +371,15 @@ class Trainer:
             val_loss=val_loss, keep_last=self.t.keep_last,
         )
 
+    def _optimizer_notes(self) -> list[str]:
+        if self.t.optimizer != "muon":
+            return []
+        from gptbench.backends.base import muon_blocks
+
+        n = len(muon_blocks(self.model_cfg))
+        return [f"Muon (peak lr {self.t.muon_lr:g}) trains the {n} hidden matrices; AdamW (peak lr {self.t.lr:g}) "
+                "the embeddings, head, norms and biases"]
+
     def _install(self, state: Any) -> None:
         self.backend.set_optimizer_state(state.optimizer, state.optimizer_meta)
         if state.rng:
@@ -430,6 +439,7 @@ class Trainer:
             f"blocks {format_params(b['blocks'])}, head {'tied' if self.model_cfg.tie_embeddings else format_params(b['lm_head'])})",
             f"backend {self.backend.describe()}, {self.data.tokenizer.spec} tokenizer (vocab {self.data.tokenizer.vocab_size}), "
             f"{len(self.data.train):,} train / {len(self.data.val):,} val tokens, {tokens_per_step:,} tokens/step",
+            *self._optimizer_notes(),
             *self._resume_notes,
             *self.backend.hints(),
         ]
