@@ -73,7 +73,7 @@ def test_precedence_defaults_preset_toml_flags(tmp_path):
         (dict(model_flags={"qk_norm": "yes"}), "qk_norm must be true or false"),
         (dict(train_flags={"optimizer": "sgd"}), "unknown optimizer 'sgd'; choose one of adamw, muon"),
         (dict(train_flags={"optimizer": 1}), "optimizer must be a string"),
-        (dict(train_flags={"muon_lr": 0.0}), "muon_lr must be positive"),
+        (dict(train_flags={"muon_lr": 0.0}), "muon-lr must be positive"),
         (dict(train_flags={"muon_momentum": 1.0}), "muon-momentum must be in [0, 1)"),
         (dict(train_flags={"muon_momentum_warmup": -1}), "muon-momentum-warmup must be >= 0"),
         (dict(train_flags={"muon_weight_decay": -0.1}), "muon-weight-decay must be >= 0"),
