@@ -182,14 +182,20 @@ def test_resume_two_processes_on_one_continues_the_same_run(dist_runs):
     assert cfg["parallel"]["grad_accum_per_process"] == 2
 
 
-def test_resume_one_process_on_two_continues_the_same_run(dist_runs):
+@pytest.mark.parametrize("backend, strategy", [("torch", "ddp"), ("torch", "fsdp"), ("mlx", "ddp")])
+def test_resume_one_process_on_two_continues_the_same_run(dist_runs, backend, strategy):
+    """1 -> 2: rank 0 reads the checkpoint and installs it on both ranks (DDP broadcasts it,
+    FSDP scatters it into shards, MLX all-sums it)."""
     runs, cache, _, train = dist_runs
-    train("ref", "--backend", "torch", "--grad-accum", "2")
-    _copy_truncated(runs, "ref", "ref-to-2", 4)
-    out = gptbench(runs, cache, "--resume", "ref-to-2", "--nproc", "2")
+    ref = "ref" if backend == "torch" else "mlx-ref"
+    train(ref, "--backend", backend, "--grad-accum", "2")
+    name = f"{ref}-to-2-{strategy}"
+    _copy_truncated(runs, ref, name, 4)
+    out = gptbench(runs, cache, "--resume", name, "--nproc", "2", "--strategy", strategy)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert_same_training(runs, "ref", "ref-to-2", steps=range(5, 9))
-    assert status(runs, "ref-to-2")["world_size"] == 2
+    assert_same_training(runs, ref, name, steps=range(5, 9))
+    st = status(runs, name)
+    assert (st["world_size"], st["strategy"]) == (2, strategy)
 
 
 def test_resume_on_a_world_size_that_cannot_split_the_step_is_refused(dist_runs):
@@ -376,6 +382,7 @@ def test_launcher_options_are_stripped_from_the_ranks_command():
 @pytest.mark.parametrize("codes, signalled, expected", [
     ({}, False, "finished"),
     ({0: 130, 1: 130}, False, "stopped"),
+    ({0: 130, 1: -15}, False, "stopped"),  # torchrun terminated a rank already past its handlers
     ({}, True, "stopped"),
     ({0: 2, 1: 2}, False, "user-error"),
     ({0: 2, 1: -15}, False, "user-error"),

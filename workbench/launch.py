@@ -39,6 +39,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -268,9 +269,9 @@ def outcome(codes: dict[int, int], signalled: bool) -> str:
     if not codes:
         return "stopped" if signalled else "finished"
     values = set(codes.values())
-    if values <= {STOPPED, 0}:
-        return "stopped"
-    if signalled and values <= {STOPPED, 0, -signal.SIGINT, -signal.SIGTERM}:
+    # a rank that stopped gracefully makes torchrun terminate the others, which may be
+    # past their handlers already: their SIGTERM is the launcher's, not a failure
+    if (signalled or STOPPED in values) and values <= {STOPPED, 0, -signal.SIGINT, -signal.SIGTERM}:
         return "stopped"
     rank, code = root_cause(codes)
     if code == 2 and values <= {2, 1, 0, -signal.SIGTERM}:
@@ -359,10 +360,42 @@ def run_torch(nproc: int, worker_argv: list[str], env: dict[str, str]) -> tuple[
     except ChildFailedError as exc:
         return {int(rank): int(f.exitcode) for rank, f in exc.failures.items()}, False
     except SignalException:
+        # The agent passed the first signal on and waited for the ranks' graceful stop; a
+        # second one interrupts that wait: pass it on too (the ranks abort), then reap them.
+        _interrupt_and_reap(child_pids(os.getpid()))
         return {}, True
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
+
+
+def _interrupt_and_reap(pids: list[int], timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """SIGINT to ranks still alive (this process's children), then wait for them; SIGKILL
+    whatever outlives `timeout`."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # the ranks are stopping: nothing more to pass on
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGINT)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                alive.remove(pid)
+        time.sleep(0.1)
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def run_mlx(nproc: int, hostfile: str | None, worker_argv: list[str], env: dict[str, str]) -> tuple[dict[int, int], bool]:
