@@ -450,3 +450,52 @@ def test_runs_listing_shows_the_world_size(dist_runs):
     train("ddp2", "--backend", "torch", "--nproc", "2")
     summary = read_summary(RunStore(runs).existing("ddp2"))
     assert (summary.world_size, summary.strategy) == (2, "ddp")
+
+
+# ---- the contract's one-process side: what every backend promises without a group ------------------
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_one_process_collectives_are_the_identity(backend):
+    from gptbench.backends.base import Collectives, Parallel, backend_class
+
+    comm = backend_class(backend).connect(Parallel(), "cpu")
+    assert type(comm) is Collectives
+    assert (comm.rank, comm.world_size, comm.name) == (0, 1, "local")
+    assert comm.sum([1.5, -2.0]) == [1.5, -2.0]
+    assert comm.any(True) is True
+    assert comm.any(False) is False
+    assert comm.broadcast({"a": [1, 2]}) == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_a_backend_refuses_a_group_it_was_not_started_in(backend, monkeypatch):
+    """connect() with a world of 2 but no launcher environment: torch cannot rendezvous
+    (no MASTER_ADDR), MLX's ring has no hostfile; both fail instead of training alone."""
+    from gptbench.backends.base import Parallel, backend_class
+
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "MLX_RANK", "MLX_HOSTFILE"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises((RuntimeError, ValueError)):
+        backend_class(backend).connect(Parallel(world_size=2, rank=1), "cpu")
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_peak_memory_and_memory_shared_by_processes(backend):
+    from gptbench.backends.base import backend_class, create_backend
+    from helpers import tiny_model_config
+
+    b = create_backend(tiny_model_config(), backend, device="cpu")
+    assert b.peak_memory() > 10 * 2**20  # at least the interpreter and the framework
+    cls = backend_class(backend)
+    one, two = cls.available_memory("cpu"), cls.available_memory("cpu", processes=2)
+    assert one is not None and two is not None
+    assert abs(two - one / 2) < one * 0.1  # CPU ranks on one machine share its memory
+
+
+def test_memory_estimate_shrinks_with_shards_and_checkpointing():
+    from helpers import tiny_model_config
+
+    cfg = tiny_model_config(n_layer=8, n_embd=64, block_size=64)
+    full = cfg.training_bytes(8)
+    assert cfg.training_bytes(8, shards=4) == pytest.approx(full - 16 * cfg.num_params() * 3 / 4, abs=1)
+    B, T, C, L = 8, 64, 64, 8
+    assert full - cfg.training_bytes(8, checkpointed=True) == 34 * 2 * L * B * T * C - (4 * L * B * T * C + 34 * 2 * B * T * C)
