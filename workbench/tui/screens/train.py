@@ -138,12 +138,14 @@ class TrainScreen(Screen):
                 yield Field("Preset", Select([(p, p) for p in PRESETS], value="tiny", allow_blank=False, id="preset", compact=True), "preset")
                 yield Field("Backend", Select([(b, b) for b in ("auto", "torch", "mlx")], value="auto", allow_blank=False, id="backend", compact=True), "backend")
                 yield Field("Device", Select([(d, d) for d in ("auto", "cpu", "cuda", "mps")], value="auto", allow_blank=False, id="device", compact=True), "device")
-                yield Field("Processes", Input("1", id="nproc", compact=True, validators=[Integer(minimum=1, failure_description="processes must be an integer ≥ 1")]), "nproc")
-                yield Field("Strategy", Select([("ddp", "ddp"), ("fsdp (torch)", "fsdp")], value="ddp", allow_blank=False, id="strategy", compact=True), "strategy")
             yield Static("Hyperparameters (blank = preset default)", classes="section-title")
             with Grid(classes="form-grid"):
                 for f in NUMBER_FIELDS:
                     yield Field(f.label, Input(id=f.key, compact=True, validators=_validators(f), valid_empty=True), f.key)
+            yield Static("Processes (more than 1: torchrun, or mlx.launch for mlx)", classes="section-title")
+            with Grid(classes="form-grid"):
+                yield Field("Processes", Input("1", id="nproc", compact=True, validators=[Integer(minimum=1, failure_description="processes must be an integer ≥ 1")]), "nproc")
+                yield Field("Strategy", Select([("ddp", "ddp"), ("fsdp (torch)", "fsdp")], value="ddp", allow_blank=False, id="strategy", compact=True), "strategy")
             yield Static("", id="form-error")
             yield Static("", id="command-preview")
             with Horizontal(id="form-buttons"):
