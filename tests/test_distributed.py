@@ -487,7 +487,8 @@ def test_peak_memory_and_memory_shared_by_processes(backend):
     assert b.peak_memory() > 10 * 2**20  # at least the interpreter and the framework
     cls = backend_class(backend)
     one, two = cls.available_memory("cpu"), cls.available_memory("cpu", processes=2)
-    assert one is not None and two is not None
+    assert one is not None
+    assert two is not None
     assert abs(two - one / 2) < one * 0.1  # CPU ranks on one machine share its memory
 
 

@@ -76,7 +76,8 @@ async def test_a_two_process_run_starts_stops_and_resumes_from_the_app(tmp_path,
         await pilot.click("#start")
         await settle(pilot)
         dash = app.screen
-        assert isinstance(dash, DashboardScreen) and dash.run_name == "ui-ddp"
+        assert isinstance(dash, DashboardScreen)
+        assert dash.run_name == "ui-ddp"
         launch = app.launcher.get("ui-ddp")
         assert "--nproc 2" in " ".join(launch.command)
         run = Run(root / "ui-ddp")
