@@ -267,7 +267,9 @@ def test_killed_rank_fails_the_run_naming_it_and_the_run_resumes(dist_runs, back
     assert f"gptbench: error: rank 1 was killed by SIGKILL; continue from the last checkpoint with gptbench train --no-ui --resume {name}" in out
     st = status(runs, name)
     assert st["state"] == "failed"
-    assert st["error"].startswith("rank 1 was killed by SIGKILL; rank 0:"), st["error"]
+    # rank 0 says what it saw when it notices the lost peer; if it stays blocked in the
+    # ring (MLX has no timeout) the launcher stops it and the status names rank 1 alone
+    assert st["error"].startswith("rank 1 was killed by SIGKILL"), st["error"]
     assert "the last checkpoint is step" in st["error"]
     last = max(int(f.name.split("-")[1].split(".")[0]) for f in (runs / name / "checkpoints").glob("step-*.state.safetensors"))
     # it resumes (here on one process) from that checkpoint and finishes

@@ -50,6 +50,10 @@ from gptbench.errors import UserError
 # Options of `gptbench train` that only the launcher reads (stripped from the ranks' command).
 LAUNCHER_OPTIONS = ("--nproc", "--hostfile")
 SHUTDOWN_TIMEOUT_S = 120  # torchrun's wait for ranks to save their checkpoint after Ctrl-C
+# After an MLX rank dies, how long the others get to notice before they are stopped: the
+# ring backend has no timeout, and a rank blocked in a collective whose peer vanished can
+# wait in native code forever (seen about 1 run in 4 here), deaf to SIGINT and SIGTERM.
+MLX_PEER_GRACE_S = 5.0
 MLX_NODE_RE = re.compile(r"Node with rank (\d+) (?:exited with code (-?\d+)|was killed)")
 STOPPED = 130  # a rank's exit status after a graceful stop (as the one-process CLI)
 
@@ -406,6 +410,7 @@ def run_mlx(nproc: int, hostfile: str | None, worker_argv: list[str], env: dict[
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
     codes: dict[int, int] = {}
     signalled = threading.Event()
+    peer_died: list[float] = []  # when a rank first exited abnormally
 
     def relay() -> None:  # mlx.launch's stderr (the ranks' and its own) to ours, read for fates
         assert proc.stderr is not None
@@ -414,7 +419,10 @@ def run_mlx(nproc: int, hostfile: str | None, worker_argv: list[str], env: dict[
             sys.stderr.buffer.flush()
             m = MLX_NODE_RE.search(line.decode("utf-8", "replace"))
             if m:
-                codes.setdefault(int(m.group(1)), int(m.group(2)) if m.group(2) is not None else -signal.SIGTERM)
+                code = int(m.group(2)) if m.group(2) is not None else -signal.SIGTERM
+                codes.setdefault(int(m.group(1)), code)
+                if code != 0 and not peer_died:
+                    peer_died.append(time.monotonic())
 
     def forward(signum: int, frame: Any) -> None:  # the graceful stop, to the ranks themselves
         signalled.set()
@@ -427,17 +435,39 @@ def run_mlx(nproc: int, hostfile: str | None, worker_argv: list[str], env: dict[
     reader = threading.Thread(target=relay, daemon=True)
     reader.start()
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    stopped_by_launcher: set[int] = set()  # ranks stopped because a peer died first
     try:
         while proc.poll() is None:
             try:
                 proc.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 pass
+            if peer_died and not stopped_by_launcher and time.monotonic() - peer_died[0] > MLX_PEER_GRACE_S:
+                # They have not noticed (blocked in native code: SIGINT/SIGTERM would wait
+                # for Python, and a graceful stop would need the dead peer): SIGKILL. The
+                # run's status is settled below, naming the rank that died first.
+                for pid in child_pids(proc.pid):
+                    stopped_by_launcher.add(_mlx_rank_of(pid))
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
     reader.join(timeout=5)
-    return {r: c for r, c in codes.items() if c != 0}, signalled.is_set()
+    return {r: c for r, c in codes.items() if c != 0 and r not in stopped_by_launcher}, signalled.is_set()
+
+
+def _mlx_rank_of(pid: int) -> int:
+    """The MLX_RANK a rank process was started with (-1 if unreadable)."""
+    try:
+        for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            if item.startswith(b"MLX_RANK="):
+                return int(item[len(b"MLX_RANK="):])
+    except (OSError, ValueError):
+        pass
+    return -1
 
 
 def child_pids(pid: int) -> list[int]:
