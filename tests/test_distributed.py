@@ -235,12 +235,17 @@ def _rank_pid(launcher_pid: int, rank: int, backend: str, deadline: float) -> in
     raise AssertionError(f"rank {rank} never appeared")
 
 
-def _wait_for(predicate, deadline: float, what: str) -> None:
+def _wait_for(predicate, deadline: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Wait for `predicate`; fail at once, with the launcher's output, if it exits first."""
     while time.time() < deadline:
         if predicate():
             return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+            raise AssertionError(f"the launcher exited ({proc.returncode}) before {what}:\n{tail}")
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}:\n{tail}")
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
@@ -252,7 +257,9 @@ def test_killed_rank_fails_the_run_naming_it_and_the_run_resumes(dist_runs, back
     proc = start(runs, cache, *args, log=tmp_path / "out.txt")
     try:
         deadline = time.time() + RUN_TIMEOUT
-        _wait_for(lambda: (runs / name / "checkpoints" / "step-10.safetensors").exists(), deadline, "a checkpoint")
+        # any checkpoint (retention soon deletes the first ones of a fast run)
+        _wait_for(lambda: any((runs / name / "checkpoints").glob("step-*.safetensors")), deadline, "a checkpoint",
+                  proc, tmp_path / "out.txt")
         victim = _rank_pid(proc.pid, 1, backend, deadline)
         os.kill(victim, signal.SIGKILL)
         t0 = time.time()
