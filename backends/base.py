@@ -13,16 +13,26 @@ crosses the boundary is numpy or plain Python, except the opaque cache, logits a
 generator, which the engine only hands back to the backend that made them; so a backend
 keeps its tensors on any device.
 
+Data parallelism (several processes, one model each) is part of the contract: a process
+joins its launcher's group with `backend_class(name).connect(Parallel(...), device)`, which
+returns the `Collectives` the trainer needs (sums of a few floats, a stop agreement, a
+broadcast of rank 0's plan), and passes the same `Parallel` to `create_backend`. The
+backend then keeps gradients in sync inside `train_step`; a few calls become collective
+(every rank calls them, in the same order), as their docstrings say.
+
 Frameworks are imported lazily: importing this module (or `gptbench.cli`) never imports
 torch or mlx. `create_backend(config, "auto")` picks MLX on Apple Silicon, else torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import json
 import os
 import platform
+import resource
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -152,14 +162,112 @@ class StepResult:
 
 Batch = tuple[np.ndarray, np.ndarray]  # (x, y), int64 [B, T]
 
+STRATEGIES = ("ddp", "fsdp")  # how several processes hold the model (torch; MLX is ddp only)
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """This process's place in a data-parallel run, as its launcher (torchrun, mlx.launch)
+    described it. The default is one process.
+
+    `strategy`: "ddp" keeps a full model on every rank and averages gradients (DDP on
+    torch, `average_gradients` on MLX); "fsdp" shards parameters, gradients and optimizer
+    state across ranks (torch FSDP2 `fully_shard`, one group per block, then the root).
+    With one process it is ignored. `activation_checkpointing` recomputes each block's
+    activations in the backward pass instead of keeping them (less memory, ~1/3 more
+    compute); it applies with one process too."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    local_world_size: int = 1  # ranks on this machine (they share its RAM)
+    strategy: str = "ddp"
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"unknown strategy {self.strategy!r}; choose {' or '.join(STRATEGIES)}")
+        if not 0 <= self.rank < self.world_size:
+            raise UserError(f"rank {self.rank} is outside a world of {self.world_size} processes (check RANK/WORLD_SIZE)")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def strategy_name(self) -> str:
+        """What the status shows: the strategy, or "single" for one process."""
+        return self.strategy if self.distributed else "single"
+
+
+class Collectives:
+    """The few cross-process operations the trainer needs, on plain floats and JSON, so the
+    training loop stays framework-free. Every method is collective: all ranks call it, in
+    the same order, or the run hangs until the launcher or the group's timeout ends it.
+
+    This base class is the group of one process (every operation is the identity); the
+    torch (gloo/NCCL) and MLX (ring) backends return subclasses from `connect`."""
+
+    name = "local"  # the communication backend: local, gloo, nccl, ring
+
+    def __init__(self, parallel: Parallel | None = None) -> None:
+        self.parallel = parallel or Parallel()
+
+    @property
+    def rank(self) -> int:
+        return self.parallel.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.parallel.world_size
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum over ranks, in float64 where the framework has it."""
+        return [float(v) for v in values]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on any (a stop request, a failure)."""
+        return bool(flag)
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's JSON-able `obj`, on every rank (what the others pass is ignored)."""
+        return json.loads(json.dumps(obj))
+
+    def barrier(self) -> None:
+        """Return once every rank has called it."""
+
+    def close(self) -> None:
+        """Leave the group. After this no collective may be called."""
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The dropout seed of rank `rank` > 0: every rank starts from the same weights (same
+    `seed`), but draws its own dropout masks. Rank 0 keeps `seed`'s stream, the one a
+    single process uses."""
+    digest = hashlib.sha256(f"gptbench-rank/{seed}/{rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (what a CPU rank costs)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
 
 class TrainingBackend(ABC):
     """One GPT model on one framework and device, with its optimizer and RNG.
 
-    Construct with `(config, *, device, seed, dtype, compile)`: the model is initialised
-    with GPT-2's init from `seed` (the same numbers on every backend is not promised; the
-    same seed on the same backend is). Weight decay applies to tensors with 2 or more
-    dimensions only (matrices and embeddings), never to biases or norm gains.
+    Construct with `(config, *, device, seed, dtype, compile, parallel)`: the model is
+    initialised with GPT-2's init from `seed` (the same numbers on every backend is not
+    promised; the same seed on the same backend is, and so on every rank). Weight decay
+    applies to tensors with 2 or more dimensions only (matrices and embeddings), never to
+    biases or norm gains.
+
+    Under `parallel.world_size > 1` (after `connect`), `train_step` takes this rank's share
+    of the step's micro-batches and the gradients are averaged over all ranks before
+    clipping; `get_weights`, `get_optimizer_state`, `set_weights`, `set_optimizer_state`,
+    `forward_logits` and `eval_loss` are collective (every rank calls them); the RNG state is
+    each rank's own.
     """
 
     name: ClassVar[str]
@@ -168,26 +276,50 @@ class TrainingBackend(ABC):
 
     config: GPTConfig
     device: str  # resolved device, e.g. "cpu", "cuda:0", "mps", "gpu"
+    parallel: Parallel = Parallel()
+
+    # ---- processes ------------------------------------------------------------------
+    @classmethod
+    def connect(cls, parallel: Parallel, device: str = "auto") -> Collectives:
+        """Join the process group a launcher set up for `parallel` (from its environment)
+        and return its collectives; one process needs no group. Call it once per process,
+        before `create_backend`.
+
+        Raises: UserError if this backend cannot train on several processes or the
+        request cannot be met (no such device for this rank, no communication library)."""
+        if parallel.distributed:
+            raise UserError(f"the {cls.name} backend cannot train on several processes")
+        return Collectives(parallel)
+
+    def peak_memory(self) -> int:
+        """Peak bytes this rank has used for training: the process's peak RSS by default
+        (CPU, Apple's unified memory); accelerator memory where the framework tracks it."""
+        return peak_rss()
 
     # ---- weights --------------------------------------------------------------------
     @abstractmethod
     def get_weights(self) -> dict[str, np.ndarray]:
         """Every parameter by canonical name (`GPTConfig.canonical_shapes`).
 
-        Returns: float32 numpy arrays, copies (later steps do not change them)."""
+        Returns: float32 numpy arrays, copies (later steps do not change them).
+        Distributed: collective (FSDP gathers the shards); rank 0 gets the full weights,
+        the other ranks an empty dict."""
 
     @abstractmethod
     def set_weights(self, tensors: dict[str, np.ndarray]) -> None:
         """Replace every parameter.
 
         Args: `tensors` by canonical name, already checked against `config` (names,
-        shapes, finite floats: `weights.check_tensors`); any float dtype."""
+        shapes, finite floats: `weights.check_tensors`); any float dtype.
+        Distributed: collective; rank 0's tensors are installed on every rank (the other
+        ranks pass an empty dict)."""
 
     @abstractmethod
     def forward_logits(self, idx: np.ndarray) -> np.ndarray:
         """Logits of every position, in eval mode (no dropout), without a cache.
 
-        Args: `idx` int [B, T] with T <= block_size. Returns: float32 numpy [B, T, V]."""
+        Args: `idx` int [B, T] with T <= block_size. Returns: float32 numpy [B, T, V].
+        Distributed: collective under FSDP."""
 
     # ---- training -------------------------------------------------------------------
     @abstractmethod
@@ -201,14 +333,20 @@ class TrainingBackend(ABC):
         clip them by global norm (`grad_clip`, 0 = off), take one AdamW step at `lr` (and
         one Muon step at `lr * muon.lr_ratio`).
 
-        Returns: the mean loss and the gradient norm before clipping, possibly unevaluated.
+        Distributed: every rank passes the same number of micro-batches (its share of the
+        step); gradients are averaged over ranks once, after the last micro-batch, so the
+        step equals one process's over all ranks' micro-batches.
+
+        Returns: the mean loss over this rank's micro-batches (the trainer averages it over
+        ranks) and the global gradient norm before clipping, possibly unevaluated.
         Raises: RuntimeError if `setup_optimizer` was not called."""
 
     @abstractmethod
     def eval_loss(self, x: np.ndarray, y: np.ndarray) -> float:
         """Mean cross-entropy of one batch in eval mode (no dropout), without gradients.
 
-        Args: `x`, `y` int [B, T]; targets of -1 are ignored."""
+        Args: `x`, `y` int [B, T]; targets of -1 are ignored. Distributed: collective
+        under FSDP (the forward gathers shards), so every rank calls it equally often."""
 
     @abstractmethod
     def optimizer_state_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -221,12 +359,14 @@ class TrainingBackend(ABC):
     def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The optimizer's tensors (every name of `optimizer_state_shapes`, zeros before the
         first step) as float32 numpy, and JSON metadata (`{"step": int}`, plus the grad
-        scale under float16)."""
+        scale under float16). Distributed: collective; the other ranks get no tensors."""
 
     @abstractmethod
     def set_optimizer_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Install a state saved by either backend (already validated against
-        `optimizer_state_shapes`; `meta["step"]` a non-negative int)."""
+        `optimizer_state_shapes`; `meta["step"]` a non-negative int). Distributed:
+        collective; rank 0's tensors are installed everywhere, `meta` is the same on
+        every rank."""
 
     @abstractmethod
     def rng_state_shapes(self) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -243,11 +383,12 @@ class TrainingBackend(ABC):
 
     # ---- utilities ------------------------------------------------------------------
     @classmethod
-    def available_memory(cls, device: str) -> int | None:
-        """Bytes free for a model on `device` (before building one), or None if unknown.
-        The default is the system's available memory: right for CPUs and for Apple's
-        unified memory."""
-        return system_available_memory()
+    def available_memory(cls, device: str, processes: int = 1) -> int | None:
+        """Bytes free for a model on `device` (before building one), or None if unknown,
+        for each of `processes` ranks on this machine. The default is the system's available
+        memory shared by them: right for CPUs and for Apple's unified memory."""
+        free = system_available_memory()
+        return None if free is None else free // max(1, processes)
 
     def hints(self) -> list[str]:
         """One-line suggestions about this backend's setup (a slow library it could
@@ -378,10 +519,16 @@ def create_backend(
     seed: int = 0,
     dtype: str = "float32",
     compile: bool | None = None,
+    parallel: Parallel | None = None,
 ) -> Backend:
     """Build a freshly initialised model (GPT-2 init, seeded) on the chosen backend.
 
     `compile` compiles the training step and evaluation with the framework's JIT
-    (`torch.compile`, `mx.compile`); None = the backend's `default_compile`."""
+    (`torch.compile`, `mx.compile`); None = the backend's `default_compile`. `parallel`
+    (after `connect`) makes this process one rank of a data-parallel run: collective, every
+    rank builds its backend at the same point, with the same `seed`."""
     cls = backend_class(backend)
-    return cls(config, device=device, seed=seed, dtype=dtype, compile=cls.default_compile if compile is None else bool(compile))
+    compile = cls.default_compile if compile is None else bool(compile)
+    if parallel is None or parallel == Parallel():
+        return cls(config, device=device, seed=seed, dtype=dtype, compile=compile)
+    return cls(config, device=device, seed=seed, dtype=dtype, compile=compile, parallel=parallel)

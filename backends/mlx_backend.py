@@ -15,6 +15,13 @@ below trains the hidden matrices (the float32 update of `base.MuonConfig`, the s
 as torch's; `mlx.optimizers.Muon` adds weight decay to the gradient and cannot split
 c_attn) beside `_AdamW`, and its state is exported as `momentum.<name>`. Precision: parameters, moments and compute are float32 (MLX has no autocast); an
 explicit `--dtype bfloat16|float16` is refused rather than silently ignored.
+
+Several processes (started by mlx.launch, which sets MLX_RANK and MLX_HOSTFILE): `connect`
+joins the ring group, and the compiled step averages the accumulated gradients over ranks
+with `nn.average_gradients` (one all-sum per 32 MiB of gradients) before clipping, so the
+norm and the update are the global ones. MLX does not broadcast weights: every rank
+initialises from the same seed, and rank 0's weights are then copied to all (an all-sum
+with zeros elsewhere), which also installs a resumed checkpoint read on rank 0 only.
 """
 
 from __future__ import annotations
@@ -39,11 +46,14 @@ from gptbench.backends.base import (
     NS_STEPS,
     Backend,
     Batch,
+    Collectives,
     MuonConfig,
     OptimConfig,
+    Parallel,
     StepResult,
     muon_blocks,
     optimizer_state_shapes,
+    rank_seed,
 )
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.sampling import SamplingParams, apply_filters
@@ -158,12 +168,64 @@ class _KeyStream:
         return sub
 
 
+class MLXCollectives(Collectives):
+    """The trainer's collectives over MLX's ring group. They run on the training device's
+    stream, after the step queued there, so every rank issues collectives in one order;
+    sums are float64 on the CPU (MLX's GPUs have no float64)."""
+
+    name = "ring"
+
+    def __init__(self, parallel: Parallel, device: mx.Device) -> None:
+        super().__init__(parallel)
+        self._device = device
+        self._dtype = mx.float64 if device == mx.Device(mx.cpu) else mx.float32
+
+    def _all_sum(self, a: np.ndarray, dtype: Any) -> np.ndarray:
+        with mx.stream(self._device):
+            out = mx.distributed.all_sum(mx.array(a, dtype=dtype))
+            return np.array(out)
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        return [float(v) for v in self._all_sum(np.asarray(values, dtype=np.float64), self._dtype)]
+
+    def any(self, flag: bool) -> bool:
+        return bool(self._all_sum(np.array([1 if flag else 0], dtype=np.int32), mx.int32)[0] > 0)
+
+    def broadcast(self, obj: Any) -> Any:
+        import json
+
+        data = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8) if self.rank == 0 else np.zeros(0, dtype=np.uint8)
+        size = int(self._all_sum(np.array([len(data)], dtype=np.int32), mx.int32)[0])
+        buf = np.zeros(size, dtype=np.int32)
+        if self.rank == 0:
+            buf[:] = data
+        return json.loads(self._all_sum(buf, mx.int32).astype(np.uint8).tobytes())
+
+    def barrier(self) -> None:
+        self._all_sum(np.zeros(1, dtype=np.int32), mx.int32)
+
+
 class MLXBackend(Backend):
     name = "mlx"
     # The training step (every micro-batch's forward and backward, clipping and the AdamW
     # update) compiles into one function, traced once per run: MLX documents the fusion
     # gains on its GPU, and on a CPU it measured within noise of eager.
     default_compile = True
+
+    @classmethod
+    def connect(cls, parallel: Parallel, device: str = "auto") -> Collectives:
+        if parallel.activation_checkpointing:
+            raise UserError("the mlx backend has no activation checkpointing; drop --activation-checkpointing (or use --backend torch)")
+        if not parallel.distributed:
+            return Collectives(parallel)
+        if parallel.strategy != "ddp":
+            raise UserError(f"--strategy {parallel.strategy} is torch only; the mlx backend trains data-parallel (--strategy ddp)")
+        if not mx.distributed.is_available("ring"):
+            raise UserError("this MLX build has no ring backend; pip install -U mlx to train on several processes")
+        group = mx.distributed.init(strict=True, backend="ring")
+        if group.size() != parallel.world_size or group.rank() != parallel.rank:
+            raise RuntimeError(f"MLX ring group is rank {group.rank()} of {group.size()}, expected {parallel.rank} of {parallel.world_size}")
+        return MLXCollectives(parallel, resolve_device(device))
 
     def __init__(
         self,
@@ -173,8 +235,12 @@ class MLXBackend(Backend):
         seed: int = 0,
         dtype: str = "float32",
         compile: bool = True,
+        parallel: Parallel = Parallel(),
     ) -> None:
+        if parallel.activation_checkpointing:
+            raise UserError("the mlx backend has no activation checkpointing; drop --activation-checkpointing (or use --backend torch)")
         self.config = config
+        self.parallel = parallel
         self._device = resolve_device(device)
         self.device = "gpu" if self._device == mx.Device(mx.gpu) else "cpu"
         if dtype not in ("auto", "float32"):
@@ -187,8 +253,12 @@ class MLXBackend(Backend):
             self.model = GPT(config)
             self.model.init_weights(seed)
             mx.eval(self.model.parameters())
-            # Dropout key: a plain array, so it is checkpointed and restored exactly.
-            self._key = mx.random.key((seed + 1) % (1 << 64))
+            # Dropout key: a plain array, so it is checkpointed and restored exactly. Each
+            # rank draws its own masks; rank 0 keeps the single-process stream.
+            self._key = mx.random.key(((seed + 1) if parallel.rank == 0 else rank_seed(seed, parallel.rank)) % (1 << 64))
+        if parallel.distributed:  # the same weights everywhere, whatever each rank's RNG did
+            self.model.update(tree_unflatten(list(zip(self._named_params(), self._from_rank0(list(self._named_params().values()))))))
+            mx.eval(self.model.parameters())
         self.optimizer: _AdamW | MultiOptimizer | None = None
         self._adamw: _AdamW | None = None
         self._muon: _Muon | None = None  # with OptimConfig.muon: the hidden matrices
@@ -204,12 +274,19 @@ class MLXBackend(Backend):
                     "(Debian/Ubuntu: apt-get install libopenblas0-pthread) and gptbench uses it automatically"]
         return []
 
+    def peak_memory(self) -> int:
+        if self.device == "gpu":
+            return int(mx.get_peak_memory())
+        return super().peak_memory()
+
     # ---- weights --------------------------------------------------------------------
     def _named_params(self) -> dict[str, mx.array]:
         """Canonical name -> parameter (a tied head is the embedding, listed once)."""
         return dict(tree_flatten(self.model.parameters()))
 
     def get_weights(self) -> dict[str, np.ndarray]:
+        if self.parallel.rank != 0:
+            return {}  # every rank holds the same weights: rank 0's are the checkpoint
         params = self._named_params()
         mx.eval(list(params.values()))
         return {n: np.array(p.astype(mx.float32), copy=True) for n, p in params.items()}
@@ -217,9 +294,26 @@ class MLXBackend(Backend):
     def set_weights(self, tensors: dict[str, np.ndarray]) -> None:
         names = self._named_params()
         with mx.stream(self._device):
-            new = [(n, mx.array(np.ascontiguousarray(tensors[n], dtype=np.float32))) for n in names]
-            self.model.update(tree_unflatten(new))
+            arrays = [mx.array(np.ascontiguousarray(tensors[n], dtype=np.float32)) if self.parallel.rank == 0 else p for n, p in names.items()]
+            self.model.update(tree_unflatten(list(zip(names, self._from_rank0(arrays)))))
             mx.eval(self.model.parameters())
+
+    def _from_rank0(self, arrays: list[mx.array]) -> list[mx.array]:
+        """Rank 0's `arrays` on every rank (one all-sum of one flat buffer, the other ranks
+        contributing zeros); the arrays themselves with one process. Collective."""
+        if not self.parallel.distributed:
+            return arrays
+        with mx.stream(self._device):
+            flat = mx.concatenate([a.astype(mx.float32).reshape(-1) for a in arrays])
+            if self.parallel.rank != 0:
+                flat = mx.zeros_like(flat)
+            summed = mx.distributed.all_sum(flat)
+            mx.eval(summed)
+            out, start = [], 0
+            for a in arrays:
+                out.append(summed[start : start + a.size].reshape(a.shape))
+                start += a.size
+            return out
 
     def forward_logits(self, idx: np.ndarray) -> np.ndarray:
         with mx.stream(self._device):
@@ -258,6 +352,7 @@ class MLXBackend(Backend):
 
         grad_fn = nn.value_and_grad(model, loss_fn)
         state = [model.state, optimizer.state]
+        average = self.parallel.distributed
 
         def step(xs: mx.array, ys: mx.array, key: mx.array) -> tuple[mx.array, mx.array]:
             n = xs.shape[0]
@@ -268,6 +363,8 @@ class MLXBackend(Backend):
                 g = tree_map(lambda a: a / n, g)
                 total = loss if total is None else total + loss
                 grads = g if grads is None else tree_map(mx.add, grads, g)
+            if average:  # the mean over ranks: the step of one process over all their batches
+                grads = nn.average_gradients(grads)
             if clip > 0:
                 grads, norm = optim.clip_grad_norm(grads, clip)
             else:
@@ -322,6 +419,8 @@ class MLXBackend(Backend):
 
     def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         assert self._adamw is not None
+        if self.parallel.rank != 0:  # every rank holds the same state; rank 0 saves it
+            return {}, {"step": int(self._adamw.state["step"].item())}
         tensors: dict[str, np.ndarray] = {}
         for opt, prefixes in self._state_names():
             flat = dict(tree_flatten({k: v for k, v in opt.state.items() if k not in self._SCALARS}))
@@ -337,12 +436,13 @@ class MLXBackend(Backend):
         muon_names = set(self._muon.blocks) if self._muon is not None else set()
         with mx.stream(self._device):
             for opt, prefixes in self._state_names():
-                flat = []
-                for name in self._named_params():
+                names, arrays = [], []
+                for name, p in self._named_params().items():
                     if (name in muon_names) == (opt is self._muon):
                         for entry, prefix in prefixes.items():
-                            flat.append((f"{name}.{entry}", mx.array(np.asarray(tensors[f"{prefix}.{name}"], dtype=np.float32))))
-                state = tree_unflatten(flat)
+                            names.append(f"{name}.{entry}")
+                            arrays.append(mx.array(np.asarray(tensors[f"{prefix}.{name}"], dtype=np.float32)) if self.parallel.rank == 0 else mx.zeros(p.shape))
+                state = tree_unflatten(list(zip(names, self._from_rank0(arrays))))  # rank 0's, on every rank
                 state.update({k: v for k, v in opt.state.items() if k in self._SCALARS})
                 state["step"] = mx.array(step, dtype=mx.uint64)
                 opt.state = state

@@ -195,15 +195,20 @@ class GPTConfig:
         total = sum(b.values())
         return total - b["position_embeddings"] if non_embedding else total
 
-    def training_bytes(self, batch_size: int) -> int:
+    def training_bytes(self, batch_size: int, *, shards: int = 1, checkpointed: bool = False) -> int:
         """A lower estimate of the memory one training step needs, in bytes, used to refuse
         what cannot fit before building it: float32 weights, gradients and two AdamW
         moments (16 bytes a parameter), the activations autograd keeps for one micro-batch
         of `batch_size` x `block_size` tokens (Korthikanti et al. 2022: 34·B·T·C 16-bit
         values a layer; fused attention stores no scores), and the logits with their
-        softmax and gradient in float32."""
+        softmax and gradient in float32.
+
+        Per rank of a sharded run (FSDP over `shards` ranks) the 16 bytes a parameter are
+        divided among them; with activation `checkpointed` blocks only each block's input
+        (B·T·C float32) is kept, plus one block's activations while it is recomputed."""
         B, T, C, L, V = batch_size, self.block_size, self.n_embd, self.n_layer, self.vocab_size
-        return int(16 * self.num_params() + 34 * 2 * L * B * T * C + 3 * 4 * B * T * V)
+        activations = (4 * L * B * T * C + 34 * 2 * B * T * C) if checkpointed else 34 * 2 * L * B * T * C
+        return int(16 * self.num_params() / max(1, shards) + activations + 3 * 4 * B * T * V)
 
     def inference_bytes(self, batch_size: int = 1) -> int:
         """A lower estimate of the memory generation needs: float32 weights, a full KV

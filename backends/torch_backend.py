@@ -5,14 +5,28 @@ under bfloat16 autocast by default (`dtype="float16"` adds a GradScaler). `compi
 compiles the batch loss (model and cross-entropy) with `torch.compile`; weights are always
 read from the uncompiled module, so checkpoints never carry `_orig_mod.` prefixes.
 
+Several processes (started by torchrun, which sets RANK/WORLD_SIZE/LOCAL_RANK): `connect`
+joins the group (gloo for CPU tensors, NCCL for CUDA ones, one GPU per local rank). The
+"ddp" strategy wraps the model in DistributedDataParallel (rank 0's weights broadcast at
+construction, one bucketed all-reduce per step, skipped with `no_sync` on every micro-batch
+but the last); "fsdp" applies FSDP2's `fully_shard` to each block and then to the root
+(which holds the embeddings, the final norm and the head, so a tied head stays in one
+group), before the optimizer is built. Either way `train_step` scales each micro-batch's
+loss by 1/(its rank's count): the all-reduce averages over ranks. Checkpoint state moves
+as full tensors: gathered to rank 0 (`DTensor.full_tensor`) and scattered or broadcast
+from it, so a checkpoint is the same file whatever trained it.
+
 Optimizers: torch's fused AdamW, and with `OptimConfig.muon` the `Muon` below for the
 hidden matrices (the float32 update of `base.MuonConfig`; `torch.optim.Muon` runs
-Newton-Schulz in bfloat16, 1-3% off the exact update, and takes no split blocks).
+Newton-Schulz in bfloat16, 1-3% off the exact update, and takes no split blocks). Muon
+orthogonalises whole matrices, so it trains with one process or DDP, not FSDP's shards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+from datetime import timedelta
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,11 +38,14 @@ from gptbench.backends.base import (
     NS_STEPS,
     Backend,
     Batch,
+    Collectives,
     MuonConfig,
     OptimConfig,
+    Parallel,
     StepResult,
     muon_blocks,
     optimizer_state_shapes,
+    rank_seed,
 )
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.sampling import SamplingParams, apply_filters
@@ -81,6 +98,99 @@ def resolve_device(device: str) -> str:
     if kind not in ("cpu", "cuda", "mps"):
         raise UserError(f"unknown device {device!r} for the torch backend; use auto, cpu, cuda or mps")
     return device
+
+
+def rank_device(device: str, parallel: Parallel) -> str:
+    """The device of one rank: GPU `LOCAL_RANK` when CUDA is used, else the CPU."""
+    kind = device.split(":")[0]
+    if kind == "mps" or (device == "auto" and not torch.cuda.is_available()):
+        if kind == "mps":
+            raise UserError("several processes cannot share --device mps; use --device cpu (or one process)")
+        return "cpu"
+    if kind == "cuda" or device == "auto":
+        if ":" in device:
+            raise UserError(f"with several processes each rank uses cuda:LOCAL_RANK; pass --device cuda instead of {device}")
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda requested but CUDA is not available; use --device auto or cpu")
+        if parallel.local_rank >= torch.cuda.device_count():
+            raise UserError(f"local rank {parallel.local_rank} has no GPU: this machine has {torch.cuda.device_count()}; start at most that many processes per machine")
+        return f"cuda:{parallel.local_rank}"
+    return resolve_device(device)
+
+
+def dist_timeout() -> timedelta:
+    """How long a rank waits in a collective before it fails: `$GPTBENCH_DIST_TIMEOUT`
+    seconds, default 30 minutes (rank 0 may prepare a large corpus while the others wait).
+    A rank that dies is noticed at once (its connections close); this bounds a hung one."""
+    value = paths.env(paths.DIST_TIMEOUT)
+    try:
+        seconds = float(value) if value else 1800.0
+    except ValueError:
+        raise UserError(f"{paths.DIST_TIMEOUT} must be a number of seconds, got {value!r}") from None
+    if not seconds > 0:
+        raise UserError(f"{paths.DIST_TIMEOUT} must be positive, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
+class TorchCollectives(Collectives):
+    """The trainer's collectives over the default process group, on CPU tensors (gloo, also
+    beside NCCL), so none of them waits for the GPU."""
+
+    def __init__(self, parallel: Parallel, name: str) -> None:
+        super().__init__(parallel)
+        self.name = name
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        import torch.distributed as dist
+
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool) -> bool:
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def broadcast(self, obj: Any) -> Any:
+        import torch.distributed as dist
+
+        data = json.dumps(obj).encode() if self.rank == 0 else b""
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        dist.broadcast(size, src=0)
+        buf = torch.frombuffer(bytearray(data), dtype=torch.uint8) if self.rank == 0 else torch.empty(int(size), dtype=torch.uint8)
+        dist.broadcast(buf, src=0)
+        return json.loads(buf.numpy().tobytes())
+
+    def barrier(self) -> None:
+        self.sum([0.0])
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def checkpoint_blocks(model: GPT) -> None:
+    """Activation checkpointing per block: keep each block's input only and recompute its
+    activations in the backward pass (`torch.utils.checkpoint`, non-reentrant, RNG state
+    preserved, so dropout masks replay exactly and the gradients are bitwise those of the
+    plain model). The block's `forward` is wrapped on the instance, so parameter names,
+    state dicts and FSDP's hooks (which run around `forward`) are untouched; generation
+    (a KV cache) and evaluation (no gradients) run the block directly."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.h:
+        def forward(x: torch.Tensor, cache: Any = None, mask: torch.Tensor | None = None, rope: Any = None,
+                    _run: Any = block.forward) -> torch.Tensor:
+            if cache is None and torch.is_grad_enabled():
+                return checkpoint(_run, x, cache, mask, rope, use_reentrant=False)
+            return _run(x, cache, mask, rope)
+
+        block.forward = forward
 
 
 def orthogonalize(updates: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -147,6 +257,28 @@ class Muon(torch.optim.Optimizer):
 class TorchBackend(Backend):
     name = "torch"
 
+    @classmethod
+    def connect(cls, parallel: Parallel, device: str = "auto") -> Collectives:
+        if not parallel.distributed:
+            return Collectives(parallel)
+        import torch.distributed as dist
+
+        if not dist.is_available():
+            raise UserError("this torch build has no torch.distributed; install a standard torch wheel to train on several processes")
+        resolved = rank_device(device, parallel)
+        if resolved.startswith("cuda"):
+            if not dist.is_nccl_available():
+                raise UserError("this torch build has no NCCL, which several GPU processes need; install a CUDA torch wheel, or use --device cpu")
+            torch.cuda.set_device(resolved)
+            backend, name = "cpu:gloo,cuda:nccl", "nccl"
+        else:
+            backend, name = "gloo", "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend, timeout=dist_timeout())
+        if dist.get_world_size() != parallel.world_size or dist.get_rank() != parallel.rank:
+            raise RuntimeError(f"process group is rank {dist.get_rank()} of {dist.get_world_size()}, expected {parallel.rank} of {parallel.world_size}")
+        return TorchCollectives(parallel, name)
+
     def __init__(
         self,
         config: GPTConfig,
@@ -155,20 +287,45 @@ class TorchBackend(Backend):
         seed: int = 0,
         dtype: str = "float32",
         compile: bool = False,
+        parallel: Parallel = Parallel(),
     ) -> None:
         apply_thread_setting()
         self.config = config
-        self.device = resolve_device(device)
+        self.parallel = parallel
+        self.device = rank_device(device, parallel) if parallel.distributed else resolve_device(device)
         if dtype == "auto":
             dtype = "bfloat16" if self.device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
         if dtype not in DTYPES:
             raise UserError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
+        self.fsdp = parallel.distributed and parallel.strategy == "fsdp"
+        if self.fsdp and dtype == "float16":
+            raise UserError("--strategy fsdp trains in float32 or bfloat16; drop --dtype float16 (or use --strategy ddp)")
         self.dtype = dtype
         self.compile = compile
         torch.manual_seed(seed)
         self.model = GPT(config)
-        self.model.init_weights(seed)
+        self.model.init_weights(seed)  # its own generator: the same weights on every rank
         self.model.to(self.device)
+        if parallel.activation_checkpointing:
+            checkpoint_blocks(self.model)
+        self._ddp: torch.nn.Module | None = None
+        if parallel.distributed:
+            if parallel.rank:
+                torch.manual_seed(rank_seed(seed, parallel.rank))  # each rank its own dropout masks
+            if self.fsdp:
+                from torch.distributed.device_mesh import init_device_mesh
+                from torch.distributed.fsdp import fully_shard
+
+                mesh = init_device_mesh(self.device.split(":")[0], (parallel.world_size,))
+                for block in self.model.h:
+                    fully_shard(block, mesh=mesh)
+                fully_shard(self.model, mesh=mesh)  # the root: wte, wpe, ln_f and the (tied) head
+            else:
+                from torch.nn.parallel import DistributedDataParallel
+
+                self._ddp = DistributedDataParallel(self.model, device_ids=[torch.device(self.device).index] if self.device.startswith("cuda") else None)
+        # The module a training forward goes through (DDP's wrapper syncs gradients).
+        self._net = self._ddp if self._ddp is not None else self.model
         # The loss of a batch, compiled whole (model and cross-entropy) when asked to;
         # weights are always read from `self.model`, so checkpoints never carry `_orig_mod.`.
         self._loss = torch.compile(self._batch_loss) if compile else self._batch_loss
@@ -186,29 +343,56 @@ class TorchBackend(Backend):
         self._scaler = torch.amp.GradScaler("cuda") if use_amp and dtype == "float16" and self.device.startswith("cuda") else None
 
     @classmethod
-    def available_memory(cls, device: str) -> int | None:
+    def available_memory(cls, device: str, processes: int = 1) -> int | None:
         resolved = resolve_device(device)
-        if resolved.startswith("cuda"):
+        if resolved.startswith("cuda"):  # each rank has a GPU of its own (the current one)
             free, _ = torch.cuda.mem_get_info(torch.device(resolved))
             return int(free)
-        return super().available_memory(resolved)
+        return super().available_memory(resolved, processes)
 
     def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(self.model(x), y)
+        return cross_entropy(self._net(x), y)
+
+    def peak_memory(self) -> int:
+        if self.device.startswith("cuda"):
+            return int(torch.cuda.max_memory_allocated(torch.device(self.device)))
+        return super().peak_memory()
+
+    @property
+    def _rank0(self) -> bool:
+        return self.parallel.rank == 0
 
     # ---- weights --------------------------------------------------------------------
     def _named_params(self) -> dict[str, torch.nn.Parameter]:
         """Canonical name -> parameter (a tied head is the embedding, listed once)."""
         return dict(self.model.named_parameters())
 
+    def _sharded(self) -> None:
+        """Put FSDP back in its sharded layout. A forward without backward (evaluation,
+        sampling) leaves the root's parameters gathered; the state calls work on shards."""
+        if self.fsdp:
+            from torch.distributed.fsdp import FSDPModule
+
+            for module in self.model.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
+
     def get_weights(self) -> dict[str, np.ndarray]:
-        return {n: p.detach().float().cpu().numpy().copy() for n, p in self._named_params().items()}
+        self._sharded()
+        out = {}
+        for n, p in self._named_params().items():
+            full = _gather(p.detach())  # collective under FSDP
+            if self._rank0:
+                out[n] = full.float().cpu().numpy().copy()
+        return out
 
     def set_weights(self, tensors: dict[str, np.ndarray]) -> None:
+        self._sharded()
         params = self._named_params()
         with torch.no_grad():
             for name, p in params.items():
-                p.copy_(torch.from_numpy(np.ascontiguousarray(tensors[name], dtype=np.float32)))
+                value = torch.from_numpy(np.ascontiguousarray(tensors[name], dtype=np.float32)) if self._rank0 else None
+                p.copy_(self._from_rank0(value, p))
 
     @torch.no_grad()
     def forward_logits(self, idx: np.ndarray) -> np.ndarray:
@@ -221,6 +405,8 @@ class TorchBackend(Backend):
     # ---- training -------------------------------------------------------------------
     def setup_optimizer(self, optim: OptimConfig) -> None:
         params = self._named_params()
+        if optim.muon is not None and self.fsdp:
+            raise UserError("--optimizer muon orthogonalises whole matrices, which FSDP shards; use --strategy ddp with muon, or adamw with fsdp")
         blocks = muon_blocks(self.config) if optim.muon is not None else {}
         self.muon = Muon({params[n]: k for n, k in blocks.items()}, optim.muon) if blocks else None
         self._muon_names = set(blocks)
@@ -249,6 +435,15 @@ class TorchBackend(Backend):
             return t
         return t.pin_memory().to(self.device, non_blocking=True) if self.device.startswith("cuda") else t.to(self.device)
 
+    def _grad_sync(self, last: bool) -> Any:
+        """Gradients cross ranks only after the last micro-batch of a step: DDP skips its
+        all-reduce inside `no_sync`, FSDP2 its reduce-scatter while sync is off."""
+        if self._ddp is not None and not last:
+            return self._ddp.no_sync()
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
     def train_step(self, micro_batches: Sequence[Batch], lr: float) -> StepResult:
         if self.optimizer is None or self.optim_config is None:
             raise RuntimeError("setup_optimizer() must be called before train_step()")
@@ -260,15 +455,16 @@ class TorchBackend(Backend):
         self.model.train()
         n = len(micro_batches)
         total = torch.zeros((), device=self.device)
-        for x_np, y_np in micro_batches:
+        for i, (x_np, y_np) in enumerate(micro_batches):
             x, y = self._to_device(x_np), self._to_device(y_np)
-            with self._autocast():
-                loss = self._loss(x, y)
-            scaled = loss / n
-            if self._scaler is not None:
-                self._scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
+            with self._grad_sync(i == n - 1):
+                with self._autocast():
+                    loss = self._loss(x, y)
+                scaled = loss / n  # 1/n, not 1/(ranks·n): the all-reduce averages over ranks
+                if self._scaler is not None:
+                    self._scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
             total += loss.detach()
         optimizers = [self.optimizer] if self.muon is None else [self.optimizer, self.muon]
         if self._scaler is not None:
@@ -276,6 +472,8 @@ class TorchBackend(Backend):
                 self._scaler.unscale_(opt)
         clip = self.optim_config.grad_clip if self.optim_config.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self._param_list, clip, foreach=True)
+        if self.fsdp:
+            grad_norm = grad_norm.full_tensor()  # a replicated DTensor holding the global norm
         for opt in optimizers:
             if self._scaler is not None:
                 self._scaler.step(opt)
@@ -298,22 +496,27 @@ class TorchBackend(Backend):
 
     def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         assert self.optimizer is not None
+        self._sharded()
         tensors: dict[str, np.ndarray] = {}
         step = self.muon.steps if self.muon is not None else 0
         for name, p in self._named_params().items():
-            if name in self._muon_names:
+            if name in self._muon_names:  # (never sharded: muon trains with one process or DDP)
                 st = self.muon.state.get(p)
                 if st:
-                    tensors[f"momentum.{name}"] = st["momentum_buffer"].detach().cpu().numpy().copy()
-                else:  # before the first step: the buffer starts at zero
+                    full = _gather(st["momentum_buffer"].detach())
+                    if self._rank0:
+                        tensors[f"momentum.{name}"] = full.float().cpu().numpy().copy()
+                elif self._rank0:  # before the first step: the buffer starts at zero
                     tensors[f"momentum.{name}"] = np.zeros(tuple(p.shape), dtype=np.float32)
                 continue
             st = self.optimizer.state.get(p)
-            if st:
-                tensors[f"exp_avg.{name}"] = st["exp_avg"].detach().float().cpu().numpy().copy()
-                tensors[f"exp_avg_sq.{name}"] = st["exp_avg_sq"].detach().float().cpu().numpy().copy()
+            if st:  # every rank has state for every parameter (its shard under FSDP), or none
+                for key, prefix in (("exp_avg", "exp_avg"), ("exp_avg_sq", "exp_avg_sq")):
+                    full = _gather(st[key].detach())
+                    if self._rank0:
+                        tensors[f"{prefix}.{name}"] = full.float().cpu().numpy().copy()
                 step = int(st["step"])
-            else:  # before the first step: AdamW's moments start at zero
+            elif self._rank0:  # before the first step: AdamW's moments start at zero
                 tensors[f"exp_avg.{name}"] = np.zeros(tuple(p.shape), dtype=np.float32)
                 tensors[f"exp_avg_sq.{name}"] = np.zeros(tuple(p.shape), dtype=np.float32)
         meta: dict[str, Any] = {"step": step}
@@ -323,6 +526,7 @@ class TorchBackend(Backend):
 
     def set_optimizer_state(self, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         assert self.optimizer is not None
+        self._sharded()
         step = int(meta.get("step", 0))
         self.optimizer.state.clear()
         if self.muon is not None:
@@ -330,18 +534,41 @@ class TorchBackend(Backend):
             self.muon.steps = step
         if step == 0:
             return  # nothing has moved yet: fresh optimizers are exactly this state
+        on_device = any(group.get("fused") or group.get("capturable") for group in self.optimizer.param_groups)
         for name, p in self._named_params().items():
             if name in self._muon_names:
-                buf = np.asarray(tensors[f"momentum.{name}"], dtype=np.float32)
-                self.muon.state[p] = {"momentum_buffer": torch.from_numpy(buf.copy()).to(self.device)}
+                value = torch.from_numpy(np.asarray(tensors[f"momentum.{name}"], dtype=np.float32).copy()) if self._rank0 else None
+                self.muon.state[p] = {"momentum_buffer": self._from_rank0(value, p).detach().clone()}
                 continue
+            moments = {}
+            for key in ("exp_avg", "exp_avg_sq"):
+                value = torch.from_numpy(np.asarray(tensors[f"{key}.{name}"], dtype=np.float32).copy()) if self._rank0 else None
+                moments[key] = self._from_rank0(value, p).detach().clone()
             self.optimizer.state[p] = {
-                "step": torch.tensor(float(step)),
-                "exp_avg": torch.from_numpy(np.asarray(tensors[f"exp_avg.{name}"], dtype=np.float32).copy()).to(self.device),
-                "exp_avg_sq": torch.from_numpy(np.asarray(tensors[f"exp_avg_sq.{name}"], dtype=np.float32).copy()).to(self.device),
+                # fused and capturable AdamW keep the step on the parameter's device
+                "step": torch.tensor(float(step), device=_local(p).device if on_device else "cpu"),
+                **moments,
             }
         if self._scaler is not None and "grad_scale" in meta:
             self._scaler.update(float(meta["grad_scale"]))
+
+    def _from_rank0(self, value: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """`value` (rank 0's full tensor, on the CPU) laid out like parameter `like` on every
+        rank: as it is with one process, broadcast under DDP, scattered into shards under
+        FSDP. Collective when distributed; the other ranks pass None."""
+        if not self.parallel.distributed:
+            assert value is not None
+            return value.to(self.device)
+        import torch.distributed as dist
+
+        if self.fsdp:
+            from torch.distributed.tensor import distribute_tensor
+
+            full = value.to(self.device) if value is not None else torch.empty(like.shape, dtype=torch.float32, device=self.device)
+            return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=0)
+        full = value.to(self.device) if value is not None else torch.empty(like.shape, dtype=torch.float32, device=self.device)
+        dist.broadcast(full, src=0)
+        return full
 
     def rng_state_shapes(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         shapes = {"torch_cpu": ("uint8", tuple(torch.get_rng_state().shape))}
@@ -414,6 +641,16 @@ class TorchBackend(Backend):
         if probs.device.type != generator.device.type:
             probs = probs.cpu()
         return torch.multinomial(probs, 1, generator=generator)[:, 0].cpu().numpy()
+
+
+def _gather(t: torch.Tensor) -> torch.Tensor:
+    """The full tensor of an FSDP shard (a collective all-gather), or `t` itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of an FSDP DTensor, or `t` itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 # ---- sampling filters: torch versions of gptbench.backends.sampling's references ----------

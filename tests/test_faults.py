@@ -197,12 +197,17 @@ def test_sighup_stops_like_sigterm_with_a_checkpoint(tmp_path, corpus, env):
     assert f"stopped at step {st['step']}; checkpoint saved" in run.log_path.read_text()
 
 
+# Steps of about a second on one thread, so the second Ctrl-C lands in the same step as the
+# first (a fast step could finish, save and exit before it arrived).
+SLOWER = [*SLOW, "--n-embd", "384", "--n-head", "6", "--block-size", "256", "--batch-size", "16"]
+
+
 def test_ctrl_c_says_what_happens_and_a_second_one_still_leaves_a_final_status(tmp_path, corpus, env):
     runs = tmp_path / "runs"
-    proc = fh.trainer(runs, ["--name", "twice", "--data", str(corpus), "--max-iters", "100000", *SLOW], env)
-    wait_until(lambda: _running(runs / "twice"), 120, "training")
+    proc = fh.trainer(runs, ["--name", "twice", "--data", str(corpus), "--max-iters", "100000", *SLOWER], env)
+    wait_until(lambda: _running(runs / "twice", min_step=1), 120, "training")
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.03)  # inside the same (slow) step
+    time.sleep(0.05)  # inside the same (slow) step
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     text = out.decode()

@@ -17,8 +17,9 @@ TORCH_THREADS = "GPTBENCH_TORCH_THREADS"  # torch CPU threads (what --threads se
 MLX_BLAS = "GPTBENCH_MLX_BLAS"  # a CBLAS for mlx[cpu] on Linux: auto (default), off, or a path
 TINYSHAKESPEARE_URL = "GPTBENCH_TINYSHAKESPEARE_URL"  # where `--data tinyshakespeare` downloads from
 HF_TIMEOUT = "GPTBENCH_HF_TIMEOUT"  # seconds to wait for the Hugging Face hub's first answer
+DIST_TIMEOUT = "GPTBENCH_DIST_TIMEOUT"  # seconds a torch rank waits in a collective before failing (default 1800)
 
-ALL = (RUNS_DIR, CACHE_DIR, GPT2_RANKS, TORCH_THREADS, MLX_BLAS, TINYSHAKESPEARE_URL, HF_TIMEOUT)
+ALL = (RUNS_DIR, CACHE_DIR, GPT2_RANKS, TORCH_THREADS, MLX_BLAS, TINYSHAKESPEARE_URL, HF_TIMEOUT, DIST_TIMEOUT)
 
 
 def env(name: str) -> str | None:

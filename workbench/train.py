@@ -11,6 +11,17 @@ validated first, so a damaged file, a changed corpus or an edited tokenizer is o
 never a traceback or a silently different run. Eval batches come from their own generator
 (seeded once per run), so evaluating never moves the training batch stream.
 
+Data parallel (several processes, `Collectives` from the backend's `connect`): rank 0
+alone claims or opens the run, prepares the data and writes the run directory; it then
+broadcasts the resolved config (or its error), and the other ranks take the same corpus
+from the token cache. Every rank draws the step's `grad_accum` micro-batches (the config's
+count is global: micro-batches per optimizer step over all ranks) from the one seeded
+stream and trains on its contiguous share, so a run's batches do not depend on how many
+processes train it, and it resumes on any number that divides `grad_accum`. Logged train
+losses are averaged over ranks and eval batches are split across ranks and summed, so the
+numbers are those of one process on the same batches; stop requests are agreed at every
+step, so all ranks stop at the same step and save one checkpoint.
+
 Every evaluation also reports `val_bpb`, the validation loss in bits per byte of text:
 loss · tokens / (bytes · ln 2) over the validation split, which does not depend on the
 tokenizer, so runs with different tokenizers compare fairly.
@@ -22,12 +33,13 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from gptbench.backends.base import Backend, backend_class, check_memory, create_backend, resolve_backend_name
+from gptbench.backends.base import Backend, Collectives, Parallel, backend_class, check_memory, create_backend, resolve_backend_name
 from gptbench.backends.sampling import SamplingParams
 from gptbench.backends.spec import GPTConfig, format_params
 from gptbench.backends.weights import WeightsError, load_weights
@@ -82,6 +94,97 @@ class Diverged(UserError):
     """The loss stopped being a finite number."""
 
 
+class PeerFailed(UserError):
+    """Rank 0 could not start or resume the run: it reports why, so the other ranks exit
+    without a word (status 2 after a user error, else 1)."""
+
+    quiet = True
+
+    def __init__(self, user_error: bool) -> None:
+        super().__init__("")
+        self.exit_code = 2 if user_error else 1
+
+
+def _from_rank0(comm: Collectives, produce: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+    """Run `produce` on rank 0 alone and send the JSON half of its result to the others.
+
+    `produce` returns (what rank 0 keeps, what every rank gets); the other ranks receive
+    (None, the JSON half). An exception on rank 0 is re-raised there and becomes a quiet
+    `PeerFailed` on the others, so no rank waits for a plan that will never come."""
+    if comm.world_size == 1:
+        return produce()
+    if comm.rank == 0:
+        try:
+            kept, shared = produce()
+        except BaseException as exc:
+            comm.broadcast({"error": type(exc).__name__, "user": isinstance(exc, UserError)})
+            raise
+        comm.broadcast({"ok": shared})
+        return kept, shared
+    message = comm.broadcast(None)
+    if "error" in message:
+        raise PeerFailed(bool(message.get("user")))
+    return None, message["ok"]
+
+
+def _config_dict(cfg: RunConfig) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def _config_from(data: dict[str, Any]) -> RunConfig:
+    return RunConfig(**{**data, "train": TrainConfig.from_dict(data["train"])})
+
+
+def _data_plan(data: Any) -> dict[str, Any]:
+    """What the other ranks need to load the corpus rank 0 prepared, and to check it."""
+    return {"cache": data.info.get("cache"), "sha256": data.info.get("sha256"), "fingerprint": data.tokenizer.fingerprint()}
+
+
+def _shared_data(comm: Collectives, cfg: RunConfig, block_size: int, data: Any, plan: dict[str, Any]) -> Any:
+    """Rank 0's prepared corpus on every rank. The others read it from the token cache
+    rank 0 filled (read-only), the first rank of every other machine before the rest (it
+    may have to tokenize into its own cache), each checking the corpus hash and the
+    tokenizer fingerprint against rank 0's. Collective."""
+    if comm.world_size == 1:
+        return data
+    for first in (True, False):
+        if comm.rank != 0 and (comm.parallel.local_rank == 0) == first:
+            data = _peer_data(cfg, block_size, plan)
+        comm.barrier()
+    return data
+
+
+def _peer_data(cfg: RunConfig, block_size: int, plan: dict[str, Any]) -> Any:
+    from gptbench.data import prepare_data
+    from gptbench.tokenizers.registry import load_tokenizer
+
+    tokenizer = None
+    cache = Path(plan["cache"]) if plan.get("cache") else None
+    if cache is not None and (cache / "index.json").is_file():  # rank 0's machine: its very entry
+        try:
+            tokenizer = load_tokenizer(cache)
+        except UserError:
+            tokenizer = None
+        if tokenizer is not None and tokenizer.fingerprint() != plan["fingerprint"]:
+            tokenizer = None
+    data = prepare_data(cfg.data, cfg.tokenizer, block_size=block_size, val_fraction=cfg.train.val_fraction, tokenizer=tokenizer)
+    if data.tokenizer.fingerprint() != plan["fingerprint"]:
+        raise UserError(f"this rank built a different {cfg.tokenizer} tokenizer than rank 0 from {cfg.data or 'the default corpus'}; give every machine the same corpus and tokenizer files")
+    if plan.get("sha256") and data.info.get("sha256") != plan["sha256"]:
+        raise UserError(f"the corpus {cfg.data or 'default'} differs between this machine and rank 0's (sha256); give every machine the same data")
+    return data
+
+
+def _check_world(t: TrainConfig, comm: Collectives, name: str) -> None:
+    """The step's micro-batches must split evenly over the ranks."""
+    world = comm.world_size
+    if t.grad_accum % world:
+        raise UserError(
+            f"run {name!r} takes {t.grad_accum} micro-batches per step, which {world} processes cannot share evenly; "
+            f"use a number of processes that divides {t.grad_accum}, or pass --grad-accum to set each process's count (that changes the batch)"
+        )
+
+
 class _StopFlag:
     """SIGINT, SIGTERM and SIGHUP (the terminal closing) ask for a graceful stop at the next
     step boundary: a checkpoint, then status `stopped`. A second SIGINT aborts at once; the
@@ -128,22 +231,29 @@ class TrainOutcome:
     best_val_bpb: float | None = None
 
 
-def _check_fits(model_cfg: GPTConfig, t: TrainConfig, backend_name: str, device: str) -> None:
-    available = backend_class(backend_name).available_memory(device)
+def _check_fits(model_cfg: GPTConfig, t: TrainConfig, backend_name: str, device: str, parallel: Parallel = Parallel()) -> None:
+    """Refuse, before building it, a model that cannot fit in one rank's share of memory."""
+    available = backend_class(backend_name).available_memory(device, processes=parallel.local_world_size)
+    shards = parallel.world_size if parallel.distributed and parallel.strategy == "fsdp" else 1
+    procs = f" on each of {parallel.local_world_size} processes" if parallel.local_world_size > 1 else ""
     check_memory(
-        model_cfg.training_bytes(t.batch_size), available,
+        model_cfg.training_bytes(t.batch_size, shards=shards, checkpointed=parallel.activation_checkpointing), available,
         f"training this {format_params(model_cfg.num_params())}-parameter model with --batch-size {t.batch_size} "
-        f"and --block-size {model_cfg.block_size}",
-        "use a smaller model (--n-layer, --n-embd) or a smaller --batch-size (raise --grad-accum to keep the batch)",
+        f"and --block-size {model_cfg.block_size}{procs}",
+        "use a smaller model (--n-layer, --n-embd) or a smaller --batch-size (raise --grad-accum to keep the batch)"
+        + (", or --activation-checkpointing" if not parallel.activation_checkpointing else ""),
     )
 
 
 class Trainer:
-    """Trains one run. Construct with `new_run` or `resume_run`, then `fit()`."""
+    """Trains one run. Construct with `new_run` or `resume_run`, then `fit()`.
+
+    With several processes every rank builds a Trainer; only rank 0 has a `writer` (the
+    run directory's owner) and a reporter that shows anything."""
 
     def __init__(
         self,
-        writer: RunWriter,
+        writer: RunWriter | None,
         cfg: RunConfig,
         model_cfg: GPTConfig,
         data: Any,
@@ -151,21 +261,27 @@ class Trainer:
         reporter: Reporter,
         start_step: int = 0,
         created: float | None = None,
+        comm: Collectives | None = None,
+        run: Run | None = None,
     ) -> None:
         self.writer = writer
-        self.run = writer.run
+        self.run = writer.run if writer is not None else run
         self.cfg = cfg
         self.t = cfg.train
         self.model_cfg = model_cfg
         self.data = data
         self.backend = backend
         self.reporter = reporter
+        self.comm = comm or Collectives()
+        _check_world(self.t, self.comm, cfg.name or "")
+        self.local_accum = self.t.grad_accum // self.comm.world_size  # this rank's micro-batches per step
         self.step = start_step
         self.created = created or time.time()
         self.best_val_loss: float | None = None
         self.elapsed = 0.0
         self.tokens_seen = 0
         self.tokens_per_sec: float | None = None
+        self.peak_memory: list[int] | None = None  # bytes, per rank, as of the last log
         self.batch_rng = np.random.default_rng(self.t.seed)
         self.val_bytes = split_bytes(data.val, data.tokenizer)
         # val loss (nats a token) -> bits a byte; None for a split of special tokens only
@@ -178,31 +294,47 @@ class Trainer:
 
     # ---- construction ---------------------------------------------------------------
     @classmethod
-    def new_run(cls, store: RunStore, cfg: RunConfig, reporter: Reporter | None = None) -> "Trainer":
+    def new_run(cls, store: RunStore, cfg: RunConfig, reporter: Reporter | None = None, comm: Collectives | None = None) -> "Trainer":
         """Claim the run's name, then prepare data and the model; the run exists (config
-        written) only once everything needed to train it has been built."""
+        written) only once everything needed to train it has been built. Collective: rank 0
+        claims and prepares, then every rank builds its backend."""
         from gptbench.data import prepare_data
 
         reporter = reporter or QuietReporter()
-        name = cfg.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        writer = RunWriter.create(store.root, name)
-        try:
+        comm = comm or Collectives()
+        writer: RunWriter | None = None
+
+        def claim_and_prepare() -> tuple[Any, Any]:
+            nonlocal writer, cfg
             from gptbench.data.sources import absolute_spec
 
+            name = cfg.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+            writer = RunWriter.create(store.root, name)
             backend_name = resolve_backend_name(cfg.backend)
             cfg = replace(cfg, name=name, backend=backend_name, data=absolute_spec(cfg.data))
+            _check_world(cfg.train, comm, name)
             data = prepare_data(
                 cfg.data, cfg.tokenizer, block_size=cfg.model["block_size"], val_fraction=cfg.train.val_fraction,
                 progress=reporter.log,
             )
             model_cfg = cfg.model_config(data.tokenizer.vocab_size)
-            _check_fits(model_cfg, cfg.train, backend_name, cfg.device)
-            backend = create_backend(model_cfg, backend_name, device=cfg.device, seed=cfg.train.seed, dtype=cfg.dtype, compile=cfg.compile)
-            trainer = cls(writer, cfg, model_cfg, data, backend, reporter)
-            writer.save_tokenizer(data.tokenizer)
-            trainer._write_config()  # last: from here on the folder is a run
+            _check_fits(model_cfg, cfg.train, backend_name, cfg.device, comm.parallel)
+            return data, {"cfg": _config_dict(cfg), "data": _data_plan(data)}
+
+        try:
+            data, plan = _from_rank0(comm, claim_and_prepare)
+            cfg = _config_from(plan["cfg"])
+            data = _shared_data(comm, cfg, cfg.model["block_size"], data, plan["data"])
+            model_cfg = cfg.model_config(data.tokenizer.vocab_size)
+            backend = create_backend(model_cfg, cfg.backend, device=cfg.device, seed=cfg.train.seed, dtype=cfg.dtype,
+                                     compile=cfg.compile, parallel=comm.parallel)
+            trainer = cls(writer, cfg, model_cfg, data, backend, reporter, comm=comm, run=Run(Path(store.root) / str(cfg.name)))
+            if writer is not None:
+                writer.save_tokenizer(data.tokenizer)
+                trainer._write_config()  # last: from here on the folder is a run
         except BaseException:
-            writer.abandon()
+            if writer is not None:
+                writer.abandon()
             raise
         return trainer
 
@@ -215,18 +347,26 @@ class Trainer:
         reporter: Reporter | None = None,
         *,
         accept_changed_data: bool = False,
+        comm: Collectives | None = None,
     ) -> "Trainer":
         """Continue a run from its last checkpoint (from step 0 when it has none).
 
         `overrides` may change training keys (max_iters, lr_decay_iters, ...), backend and
         device; model, data and tokenizer must not change. Every file is validated before
-        it is used; the corpus must hash as it did (unless `accept_changed_data`)."""
+        it is used; the corpus must hash as it did (unless `accept_changed_data`).
+        `grad_accum` is the step's global micro-batch count: a run resumes on any number of
+        processes that divides it. Collective: rank 0 reads and checks everything, every
+        rank builds its backend, and rank 0's checkpoint is installed on all."""
         from gptbench.data import prepare_data
         from gptbench.loading import load_run_tokenizer
 
         reporter = reporter or QuietReporter()
-        writer = RunWriter.open(store.root, name)
-        try:
+        comm = comm or Collectives()
+        writer: RunWriter | None = None
+
+        def open_and_check() -> tuple[Any, Any]:
+            nonlocal writer
+            writer = RunWriter.open(store.root, name)
             run = writer.run
             if not run.exists():
                 raise UserError(f"run {name!r} was killed while starting, before its config was written; start it again with --name {name}")
@@ -252,6 +392,7 @@ class Trainer:
                     conflicts.append(f"{key}={value!r} (run has {saved_value!r})")
             if conflicts:
                 raise UserError(f"cannot resume {name!r} with a different " + ", ".join(conflicts) + "; start a new run instead")
+            _check_world(t, comm, name)
             ckpts = run.checkpoints()
             ckpt = ckpts[-1] if ckpts else None
             start = ckpt.step if ckpt else 0
@@ -297,28 +438,53 @@ class Trainer:
                     raise CorruptRunError(f"{ckpt.path} holds a different model than {where} describes")
             else:
                 model_cfg, weights = saved_model, None
-            _check_fits(model_cfg, t, backend_name, device)
-            backend = create_backend(model_cfg, backend_name, device=device, seed=t.seed, dtype=cfg.dtype, compile=cfg.compile)
-            trainer = cls(writer, cfg, model_cfg, data, backend, reporter, start_step=start, created=saved.get("created"))
-            if ckpt is not None:
-                backend.set_weights(weights)
-                trainer._install(load_training_state(ckpt, backend.optimizer_state_shapes(), backend.rng_state_shapes(), backend.name))
-                trainer._resume_notes.append(f"resuming {name} at step {start} of {t.max_iters}")
-            else:
-                trainer._resume_notes.append(f"run {name} has no complete checkpoint: training it again from step 0 with its saved config")
-            trainer._resume_notes.extend(_schedule_notes(start, t, saved["train"]))
+            _check_fits(model_cfg, t, backend_name, device, comm.parallel)
+            notes = [] if ckpt is not None else [f"run {name} has no complete checkpoint: training it again from step 0 with its saved config"]
+            notes.extend(_schedule_notes(start, t, saved["train"]))
             if sha != saved_sha and saved_sha:
-                trainer._resume_notes.append("the corpus changed since the run started; continuing on the new text (--accept-changed-data)")
-            writer.rewind(start if ckpt is not None else -1)  # from step 0, its eval is redone too
-            trainer._write_config()
+                notes.append("the corpus changed since the run started; continuing on the new text (--accept-changed-data)")
+            kept = (data, ckpt, weights)
+            shared = {"cfg": _config_dict(cfg), "model": model_cfg.to_dict(), "data": _data_plan(data), "start": start,
+                      "checkpoint": ckpt is not None, "created": saved.get("created"), "notes": notes}
+            return kept, shared
+
+        try:
+            kept, plan = _from_rank0(comm, open_and_check)
+            data, ckpt, weights = kept if kept is not None else (None, None, None)
+            cfg = _config_from(plan["cfg"])
+            model_cfg = GPTConfig.from_dict(plan["model"])
+            data = _shared_data(comm, cfg, model_cfg.block_size, data, plan["data"])
+            backend = create_backend(model_cfg, cfg.backend, device=cfg.device, seed=cfg.train.seed, dtype=cfg.dtype,
+                                     compile=cfg.compile, parallel=comm.parallel)
+            trainer = cls(writer, cfg, model_cfg, data, backend, reporter, start_step=plan["start"], created=plan["created"],
+                          comm=comm, run=Run(Path(store.root) / name))
+            if plan["checkpoint"]:
+                def read_state() -> tuple[Any, Any]:
+                    state = load_training_state(ckpt, backend.optimizer_state_shapes(), backend.rng_state_shapes(), backend.name)
+                    return state, {"trainer": state.trainer, "optimizer_meta": state.optimizer_meta}
+
+                state, shared_state = _from_rank0(comm, read_state)
+                backend.set_weights(weights if comm.rank == 0 else {})
+                trainer._install(
+                    state.optimizer if state is not None else {}, shared_state["optimizer_meta"],
+                    state.rng if state is not None else {}, shared_state["trainer"],
+                )
+                trainer._resume_notes.append(f"resuming {name} at step {trainer.step} of {cfg.train.max_iters}")
+            trainer._resume_notes.extend(plan["notes"])
+            if writer is not None:
+                writer.rewind(trainer.step if plan["checkpoint"] else -1)  # from step 0, its eval is redone too
+                trainer._write_config()
         except BaseException:
-            writer.close()
+            if writer is not None:
+                writer.close()
             raise
         return trainer
 
-    # ---- the run directory ------------------------------------------------------------
+    # ---- the run directory (rank 0 only) ----------------------------------------------
     def _write_config(self) -> None:
         cfg, tok = self.cfg, self.data.tokenizer
+        par = self.comm.parallel
+        assert self.writer is not None
         self.writer.write_config({
             "format_version": RUN_FORMAT_VERSION,
             "name": self.run.name,
@@ -337,25 +503,39 @@ class Trainer:
             "param_breakdown": self.model_cfg.param_breakdown(),
             "versions": software_versions(),
             "command": cfg.command,
+            # how the latest session trained it; train.grad_accum is the global count
+            "parallel": {"world_size": par.world_size, "strategy": par.strategy_name, "comm": self.comm.name,
+                         "grad_accum_per_process": self.local_accum, "activation_checkpointing": par.activation_checkpointing},
         })
 
     def _status(self, state: RunState, **extra: Any) -> None:
+        if self.writer is None:
+            return
+        par = self.comm.parallel
         self.writer.set_status(
             state, started=self._started, step=self.step, max_iters=self.t.max_iters, best_val_loss=self.best_val_loss,
-            best_val_bpb=self.bpb(self.best_val_loss), tokens_per_sec=self.tokens_per_sec, elapsed=self.elapsed, **extra,
+            best_val_bpb=self.bpb(self.best_val_loss), tokens_per_sec=self.tokens_per_sec, elapsed=self.elapsed,
+            world_size=par.world_size, strategy=par.strategy_name, comm=self.comm.name, backend=self.backend.name,
+            **({"peak_memory": self.peak_memory} if self.peak_memory else {}), **extra,
         )
 
     def _log(self, message: str) -> None:
-        self.writer.log(message)
+        if self.writer is not None:
+            self.writer.log(message)
         self.reporter.log(message)
 
     def _record(self, record: TrainRecord | EvalRecord | SampleRecord) -> None:
-        self.writer.append_metric(record)
+        if self.writer is not None:
+            self.writer.append_metric(record)
         self.reporter.update(self.step, record_dict(record))
 
     # ---- checkpoints ------------------------------------------------------------------
     def _save_checkpoint(self, val_loss: float | None) -> None:
+        """Collective: every rank helps gather the state; rank 0 writes it."""
         opt_tensors, opt_meta = self.backend.get_optimizer_state()
+        weights = self.backend.get_weights()
+        if self.writer is None:
+            return
         rng = {f"rng.{k}": v for k, v in self.backend.get_rng_state().items()}
         trainer_state = {
             "step": self.step,
@@ -367,7 +547,7 @@ class Trainer:
             "elapsed": self.elapsed,
         }
         self.writer.save_checkpoint(
-            self.step, self.model_cfg, self.backend.get_weights(), {**opt_tensors, **rng}, trainer_state,
+            self.step, self.model_cfg, weights, {**opt_tensors, **rng}, trainer_state,
             val_loss=val_loss, keep_last=self.t.keep_last,
         )
 
@@ -380,11 +560,12 @@ class Trainer:
         return [f"Muon (peak lr {self.t.muon_lr:g}) trains the {n} hidden matrices; AdamW (peak lr {self.t.lr:g}) "
                 "the embeddings, head, norms and biases"]
 
-    def _install(self, state: Any) -> None:
-        self.backend.set_optimizer_state(state.optimizer, state.optimizer_meta)
-        if state.rng:
-            self.backend.set_rng_state(state.rng)
-        trainer = state.trainer
+    def _install(self, optimizer: dict[str, np.ndarray], optimizer_meta: dict[str, Any], rng: dict[str, np.ndarray], trainer: dict[str, Any]) -> None:
+        """A checkpoint's training state; collective (rank 0 holds the tensors). Rank 0
+        continues its framework RNG; the others keep the dropout stream of their rank."""
+        self.backend.set_optimizer_state(optimizer, optimizer_meta)
+        if rng and self.comm.rank == 0:
+            self.backend.set_rng_state(rng)
         self.batch_rng.bit_generator.state = trainer["batch_rng"]
         self.best_val_loss = trainer["best_val_loss"]
         self.tokens_seen = trainer["tokens_seen"]
@@ -408,7 +589,23 @@ class Trainer:
         return val_loss * self._bpb_per_nat
 
     def evaluate(self) -> dict[str, float]:
-        return {split: float(np.mean([self.backend.eval_loss(x, y) for x, y in b])) for split, b in self._eval_batches.items()}
+        """Mean loss over each split's fixed eval batches. Ranks take every world-th batch
+        and their sums are added up, so the result is one process's mean; every rank runs
+        as many forwards (a rank short of batches repeats one, with weight 0), because
+        under FSDP a forward is collective."""
+        world, rank = self.comm.world_size, self.comm.rank
+        totals = []
+        for batches in self._eval_batches.values():
+            total = 0.0
+            for k in range(-(-len(batches) // world)):
+                i = rank + k * world
+                if i < len(batches):
+                    total += self.backend.eval_loss(*batches[i])
+                else:
+                    self.backend.eval_loss(*batches[0])
+            totals.append(total)
+        totals = self.comm.sum(totals) if world > 1 else totals
+        return {split: total / len(b) for (split, b), total in zip(self._eval_batches.items(), totals)}
 
     def _sample_text(self) -> str:
         from gptbench.backends.generate import generate
@@ -440,6 +637,7 @@ class Trainer:
             f"backend {self.backend.describe()}, {self.data.tokenizer.spec} tokenizer (vocab {self.data.tokenizer.vocab_size}), "
             f"{len(self.data.train):,} train / {len(self.data.val):,} val tokens, {tokens_per_step:,} tokens/step",
             *self._optimizer_notes(),
+            *self._parallel_lines(),
             *self._resume_notes,
             *self.backend.hints(),
         ]
@@ -450,8 +648,8 @@ class Trainer:
         with _StopFlag() as stop:
             try:
                 self._status(RunState.RUNNING)
-                self._loop(stop)
-                if stop.requested and self.step < t.max_iters:
+                stopped = self._loop(stop)
+                if stopped and self.step < t.max_iters:
                     state = RunState.STOPPED
                     self._save_checkpoint(val_loss=None)
                     self._log(f"stopped at step {self.step}; checkpoint saved (continue with --resume {self.run.name})")
@@ -464,12 +662,56 @@ class Trainer:
                 raise
             finally:
                 self.reporter.finish()
-                self.writer.close()
+                if self.writer is not None:
+                    self.writer.close()
         return TrainOutcome(self.run, state.value, self.step, self.best_val_loss, self.bpb(self.best_val_loss))
 
-    def _loop(self, stop: _StopFlag) -> None:
-        from gptbench.data import get_batch
+    def _parallel_lines(self) -> list[str]:
+        par, world = self.comm.parallel, self.comm.world_size
+        if world == 1 and not par.activation_checkpointing:
+            return []
+        T, B = self.model_cfg.block_size, self.t.batch_size
+        ac = ", activation checkpointing" if par.activation_checkpointing else ""
+        if world == 1:
+            return [f"one process{ac}"]
+        return [
+            f"{world} processes ({par.strategy}, {self.comm.name}{ac}): global batch {world} ranks x {B} sequences x "
+            f"{self.local_accum} micro-batches = {world * B * self.local_accum:,} sequences ({self.t.tokens_per_step(T):,} tokens) per step"
+        ]
 
+    def _step_batches(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """This rank's contiguous share of the step's micro-batches, drawn from the one
+        seeded stream (the other ranks' shares are skipped, not read)."""
+        from gptbench.data import get_batch, skip_batch
+
+        t, T, A = self.t, self.model_cfg.block_size, self.local_accum
+        mine = range(self.comm.rank * A, (self.comm.rank + 1) * A)
+        batches = []
+        for i in range(t.grad_accum):
+            if i in mine:
+                batches.append(get_batch(self.data.train, t.batch_size, T, self.batch_rng))
+            else:
+                skip_batch(self.data.train, t.batch_size, T, self.batch_rng)
+        return batches
+
+    def _stop_agreed(self, stop: _StopFlag) -> bool:
+        """Whether to stop now: a request on any rank stops every rank at this step."""
+        return self.comm.any(stop.requested) if self.comm.world_size > 1 else stop.requested
+
+    def _global_numbers(self, loss: float) -> float:
+        """The step's loss averaged over ranks, and every rank's peak memory (one sum)."""
+        world, rank = self.comm.world_size, self.comm.rank
+        memory = [0.0] * world
+        memory[rank] = float(self.backend.peak_memory())
+        if world == 1:
+            self.peak_memory = [int(memory[0])]
+            return loss
+        sums = self.comm.sum([loss, *memory])
+        self.peak_memory = [int(m) for m in sums[1:]]
+        return sums[0] / world
+
+    def _loop(self, stop: _StopFlag) -> bool:
+        """Train until `max_iters`, or return True once every rank agreed to stop."""
         t, T = self.t, self.model_cfg.block_size
         tokens_per_step = t.tokens_per_step(T)
         resumed_at = self.step
@@ -479,16 +721,15 @@ class Trainer:
             if self.step % t.eval_interval == 0 and (self.step != resumed_at or self.step == 0):
                 self._eval_and_checkpoint(save=self.step > 0)
                 window_t0, window_steps = time.perf_counter(), 0
-            if stop.requested:
-                return
+            if self._stop_agreed(stop):
+                return True
             lr = lr_at(self.step, t)
-            batches = [get_batch(self.data.train, t.batch_size, T, self.batch_rng) for _ in range(t.grad_accum)]
-            result = self.backend.train_step(batches, lr)
+            result = self.backend.train_step(self._step_batches(), lr)
             self.step += 1
             window_steps += 1
             self.tokens_seen += tokens_per_step
             if self.step % t.log_interval == 0 or self.step == t.max_iters:
-                loss = result.loss  # the only host sync of the step, every log_interval
+                loss = self._global_numbers(result.loss)  # the only host sync of the step, every log_interval
                 if not math.isfinite(loss):
                     raise Diverged(f"loss became {loss} at step {self.step}; lower --lr or raise --warmup-iters, and resume from the last checkpoint")
                 now = time.perf_counter()
@@ -500,6 +741,7 @@ class Trainer:
                 if time.time() - self._last_beat > HEARTBEAT_INTERVAL_S:
                     self._status(RunState.RUNNING)
                     self._last_beat = time.time()
+        return False
 
     def _eval_and_checkpoint(self, save: bool) -> None:
         t0 = time.perf_counter()
@@ -517,20 +759,26 @@ class Trainer:
         if save:
             self._save_checkpoint(val)
         if self.t.sample_tokens:
-            text = self._sample_text()
+            text = self._sample_text()  # on every rank: under FSDP each forward is collective
             self._record(SampleRecord(self.step, text, time.time()))
             self._log(f"sample at step {self.step}:\n{text}")
         self._status(RunState.RUNNING, eval_seconds=time.perf_counter() - t0)
 
     def _fail(self, exc: BaseException) -> None:
-        """Record why the run ended early in status.json and log.txt. Never raises: the
-        original error is what the user must see (a full disk may refuse these too)."""
+        """Record why the run ended early in status.json and log.txt (rank 0). Never
+        raises: the original error is what the user must see (a full disk may refuse these too)."""
+        if self.writer is None:
+            return
         last = self.run.checkpoints()
         where = f"the last checkpoint is step {last[-1].step}" if last else "no checkpoint was saved"
         if isinstance(exc, KeyboardInterrupt):
             state, msg = RunState.STOPPED, f"aborted at step {self.step} by a second Ctrl-C; {where}; continue with --resume {self.run.name}"
         else:
             reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            if self.comm.world_size > 1:  # a collective's error: its first sentence says enough
+                from gptbench.launch import short_reason
+
+                reason = f"rank {self.comm.rank}: {reason if isinstance(exc, UserError) else short_reason(exc)}"
             state, msg = RunState.FAILED, f"{reason} ({where})"
         for action in (lambda: self._status(state, error=msg), lambda: self.writer.log(msg)):
             try:

@@ -113,12 +113,13 @@ def test_train_then_chat_in_a_real_terminal(tmp_path, corpus_file, request):
 
         tmux.keys("c")  # chat with this run
         tmux.wait_for(lambda s: f"{name}@step-600" in s, 60, "the model to load")
-        # a long reply, so it is on screen while it streams: Max tokens is 4 stops before the
-        # prompt (context and KV-cache switches, seed); Enter applies it and returns to the prompt
+        # a long reply (~10 s even at 3,000 tok/s), so it is on screen while it streams: Max
+        # tokens is 4 stops before the prompt (context and KV-cache switches, seed); Enter
+        # applies it and returns to the prompt. Escape below cancels it long before the end.
         tmux.keys("BTab", "BTab", "BTab", "BTab", "End", "BSpace", "BSpace", "BSpace")
-        tmux.type("3000")
+        tmux.type("30000")
         tmux.keys("Enter")
-        tmux.wait_for(lambda s: "Max tokens   3000" in s, 10, "max tokens set")
+        tmux.wait_for(lambda s: "Max tokens   30000" in s, 10, "max tokens set")
         phase("model loaded")
         tmux.type("ROMEO:")
         tmux.keys("Enter")

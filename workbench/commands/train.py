@@ -1,4 +1,9 @@
-"""`gptbench train`: start or resume a run (headless with --no-ui, else in the TUI)."""
+"""`gptbench train`: start or resume a run (headless with --no-ui, else in the TUI).
+
+With `--nproc N` (or `--hostfile`) this process is the launcher of N ranks (`launch.py`);
+started by torchrun or mlx.launch it is one rank: it joins the group, trains its share
+and, when done, leaves with `os._exit` (a DDP process that exits normally can abort in
+gloo's finalisation, which would report a finished run as failed)."""
 
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ MODEL_SWITCHES: list[tuple[str, str, str]] = [
 ]
 TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--batch-size", "batch_size", int, "sequences per micro-batch"),
-    ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step"),
+    ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step on each process (the step's total is this x --nproc)"),
     ("--max-iters", "max_iters", int, "total optimizer steps"),
     ("--lr", "lr", float, "peak learning rate (AdamW's: with --optimizer muon, of embeddings, head, norms, biases)"),
     ("--min-lr", "min_lr", float, "learning rate at the end of the cosine decay"),
@@ -92,6 +97,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compile the training step with the framework's JIT (default: on for mlx, off for torch)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
     p.add_argument("--accept-changed-data", action="store_true", help="with --resume: continue although the corpus changed since the run started")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="train on N processes of this machine: torch through torchrun (one per GPU, or CPU cores), mlx through mlx.launch")
+    p.add_argument("--strategy", choices=("ddp", "fsdp"), default=None,
+                   help="with several processes: ddp (a full model on each, default) or fsdp (torch: parameters, gradients and optimizer state sharded)")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None,
+                   help="recompute each block's activations in the backward pass: less memory, about a third more compute (torch)")
+    p.add_argument("--hostfile", metavar="FILE", help="mlx: train on the Macs listed in this mlx.launch hostfile (one rank each)")
     bias = p.add_mutually_exclusive_group()
     bias.add_argument("--bias", dest="bias", action="store_true", default=None, help="biases in Linear and LayerNorm")
     bias.add_argument("--no-bias", dest="bias", action="store_false", help="no biases")
@@ -103,34 +115,166 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train)
 
 
-def run_train(args: argparse.Namespace) -> int:
+def _flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    model_keys = [k for _, k, _, _ in MODEL_FLAGS] + [k for _, k, _ in MODEL_SWITCHES] + ["bias", "tie_embeddings"]
+    train_keys = [k for _, k, _, _ in TRAIN_FLAGS]
+    model_flags = {k: getattr(args, k) for k in model_keys if getattr(args, k) is not None}
+    train_flags = {k: getattr(args, k) for k in train_keys if getattr(args, k) is not None}
+    return model_flags, train_flags
+
+
+def _new_run_config(args: argparse.Namespace) -> Any:
+    """The resolved config of a new run (defaults < preset < TOML < flags)."""
     from gptbench.config import load_toml, resolve_run_config
-    from gptbench.runstore import RunStore, validate_run_name
+    from gptbench.runstore import validate_run_name
+
+    if args.accept_changed_data:
+        raise UserError("--accept-changed-data only applies with --resume")
+    if args.name is not None:
+        validate_run_name(args.name)
+    model_flags, train_flags = _flags(args)
+    toml = load_toml(args.config) if args.config else None
+    run_flags = {
+        "data": args.data,
+        "tokenizer": args.tokenizer,
+        "backend": args.backend,
+        "device": args.device,
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "name": args.name,
+    }
+    return resolve_run_config(args.preset, toml, model_flags, train_flags, run_flags)
+
+
+def _check_resume_flags(args: argparse.Namespace) -> None:
+    from gptbench.runstore import validate_run_name
+
+    validate_run_name(args.resume)
+    if args.preset or args.config:
+        raise UserError("--preset and --config cannot be combined with --resume; the run keeps its config")
+    if args.name is not None:
+        raise UserError("give --name NAME for a new run or --resume NAME to continue one, not both")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from gptbench.launch import worker_parallel
 
     if not args.no_ui:
         from gptbench.commands.ui import run_ui
 
         return run_ui(args, start_training=True)
 
-    from gptbench.commands.progress import RichReporter
-    from gptbench.train import Trainer
-
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
+    if args.nproc is not None and args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    framework, parallel = worker_parallel(args.strategy or "ddp", bool(args.activation_checkpointing))
+    if framework is not None and (args.nproc is not None or args.hostfile is not None):
+        raise UserError(f"this process is already one rank of {parallel.world_size} started by {'torchrun' if framework == 'torch' else 'mlx.launch'}; drop --nproc/--hostfile")
+    if framework is None and ((args.nproc or 1) > 1 or args.hostfile is not None):
+        return _launch(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
         os.environ[paths.TORCH_THREADS] = str(args.threads)
+    if not parallel.distributed:
+        if args.strategy == "fsdp":
+            raise UserError("--strategy fsdp shards the model over several processes; add --nproc N (or drop --strategy)")
+        return _train(args, parallel, None)
+    return _train_rank(args, framework, parallel)
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """This process launches the ranks (`gptbench train --nproc N ...`)."""
+    import time
+
+    from gptbench import launch
+    from gptbench.backends.base import resolve_backend_name
+    from gptbench.runstore import Run, RunStore
+
     store = RunStore(args.runs_dir)
-    model_keys = [k for _, k, _, _ in MODEL_FLAGS] + [k for _, k, _ in MODEL_SWITCHES] + ["bias", "tie_embeddings"]
-    train_keys = [k for _, k, _, _ in TRAIN_FLAGS]
-    model_flags = {k: getattr(args, k) for k in model_keys if getattr(args, k) is not None}
-    train_flags = {k: getattr(args, k) for k in train_keys if getattr(args, k) is not None}
-    reporter = RichReporter()
+    argv = launch.strip_launcher_options(list(getattr(args, "argv", None) or sys.argv[1:]))
     if args.resume is not None:
-        validate_run_name(args.resume)
-        if args.preset or args.config:
-            raise UserError("--preset and --config cannot be combined with --resume; the run keeps its config")
-        if args.name is not None:
-            raise UserError("give --name NAME for a new run or --resume NAME to continue one, not both")
+        _check_resume_flags(args)
+        name = args.resume
+        saved: dict[str, Any] = {}
+        try:
+            saved = Run(store.root / name).config()
+        except UserError:
+            pass  # rank 0 will say what is wrong with it
+        backend_name = resolve_backend_name(args.backend or saved.get("backend") or "auto")
+        device = args.device or (saved.get("device_request", "auto") if backend_name == saved.get("backend") else "auto")
+    else:
+        cfg = _new_run_config(args)
+        backend_name = resolve_backend_name(cfg.backend)
+        device = cfg.device
+        name = cfg.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if args.name is None:
+            argv += ["--name", name]  # every rank trains the run this launcher watches
+    strategy = args.strategy or "ddp"
+    if backend_name == "torch":
+        if args.hostfile is not None:
+            raise UserError("--hostfile lists Macs for mlx.launch; for several machines with torch start torchrun on each (see README: Scaling out)")
+        nproc = args.nproc
+        gpus = launch.check_torch_request(nproc, device, strategy)
+        on_cpu = not gpus
+    else:
+        nproc = launch.check_mlx_request(args.nproc or 0, args.hostfile, strategy, bool(args.activation_checkpointing))
+        on_cpu = device == "cpu"
+    return launch.launch(backend_name, nproc, args.hostfile, argv, store.root, name, args.threads, on_cpu)
+
+
+def _train_rank(args: argparse.Namespace, framework: str, parallel: Any) -> int:
+    """One rank of a distributed run; never returns (see the module docstring)."""
+    import traceback
+
+    from gptbench.backends.base import backend_class
+
+    comm = None
+    code = 1
+    try:
+        if args.backend not in (None, "auto", framework):
+            raise UserError(f"this process was started by {'torchrun' if framework == 'torch' else 'mlx.launch'}, which runs --backend {framework}; drop --backend {args.backend}")
+        args.backend = framework
+        comm = backend_class(framework).connect(parallel, args.device or "auto")
+        code = _train(args, parallel, comm)
+    except UserError as exc:
+        if not getattr(exc, "quiet", False) and (parallel.rank == 0 or comm is not None):
+            print(f"gptbench: error: {'' if parallel.rank == 0 else f'rank {parallel.rank}: '}{exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print(f"gptbench: rank {parallel.rank} interrupted", file=sys.stderr)
+        code = 130
+    except BaseException as exc:  # noqa: BLE001 - reported here; the launcher names the failed rank
+        from gptbench.launch import lost_peer, short_reason
+
+        if lost_peer(exc):  # not this rank's fault: no traceback
+            print(f"gptbench: rank {parallel.rank} stopped: another rank is gone ({short_reason(exc)})", file=sys.stderr)
+        else:
+            traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if code in (0, 130) and comm is not None:
+        try:
+            comm.close()
+        except Exception:  # noqa: BLE001 - leaving anyway
+            pass
+    os._exit(code)
+
+
+def _train(args: argparse.Namespace, parallel: Any, comm: Any) -> int:
+    from gptbench.commands.progress import RichReporter
+    from gptbench.runstore import RunStore
+    from gptbench.train import QuietReporter, Trainer
+
+    store = RunStore(args.runs_dir)
+    model_flags, train_flags = _flags(args)
+    world = parallel.world_size
+    reporter = RichReporter() if parallel.rank == 0 else QuietReporter()
+    if args.resume is not None:
+        _check_resume_flags(args)
+        if "grad_accum" in train_flags:  # per process on the command line, global in the run
+            train_flags["grad_accum"] *= world
         trainer = Trainer.resume_run(
             store,
             args.resume,
@@ -146,30 +290,21 @@ def run_train(args: argparse.Namespace) -> int:
             },
             reporter,
             accept_changed_data=args.accept_changed_data,
+            comm=comm,
         )
     else:
-        if args.accept_changed_data:
-            raise UserError("--accept-changed-data only applies with --resume")
-        if args.name is not None:
-            validate_run_name(args.name)
-        toml = load_toml(args.config) if args.config else None
-        run_flags = {
-            "data": args.data,
-            "tokenizer": args.tokenizer,
-            "backend": args.backend,
-            "device": args.device,
-            "dtype": args.dtype,
-            "compile": args.compile,
-            "name": args.name,
-        }
-        cfg = resolve_run_config(args.preset, toml, model_flags, train_flags, run_flags)
-        cfg = replace(cfg, command=" ".join(["gptbench", *sys.argv[1:]]))
-        trainer = Trainer.new_run(store, cfg, reporter)
+        cfg = _new_run_config(args)
+        # --grad-accum (and a preset's or file's) counts one process's micro-batches;
+        # the run records the step's total over all processes
+        cfg = replace(cfg, train=replace(cfg.train, grad_accum=cfg.train.grad_accum * world),
+                      command=" ".join(["gptbench", *sys.argv[1:]]))
+        trainer = Trainer.new_run(store, cfg, reporter, comm=comm)
     t0 = time.time()
     outcome = trainer.fit()
-    best = f"{outcome.best_val_loss:.4f}" if outcome.best_val_loss is not None else "n/a"
-    if outcome.best_val_bpb is not None:
-        best += f" ({outcome.best_val_bpb:.4f} bits/byte)"
-    print(f"run {outcome.run.name} {outcome.state} at step {outcome.step} in {time.time() - t0:.1f}s; best val loss {best}")
-    print(f"  {outcome.run.path}")
+    if parallel.rank == 0:
+        best = f"{outcome.best_val_loss:.4f}" if outcome.best_val_loss is not None else "n/a"
+        if outcome.best_val_bpb is not None:
+            best += f" ({outcome.best_val_bpb:.4f} bits/byte)"
+        print(f"run {outcome.run.name} {outcome.state} at step {outcome.step} in {time.time() - t0:.1f}s; best val loss {best}")
+        print(f"  {outcome.run.path}")
     return 0 if outcome.state == "finished" else 130

@@ -61,6 +61,14 @@ def train_flags_from_args(args: argparse.Namespace) -> tuple[str, list[str]]:
             flags += [f"--{opt}", str(getattr(args, opt))]
     if getattr(args, "compile", None):
         flags.append("--compile")
+    if getattr(args, "nproc", None):
+        flags += ["--nproc", str(args.nproc)]
+    if getattr(args, "strategy", None):
+        flags += ["--strategy", args.strategy]
+    if getattr(args, "activation_checkpointing", None):
+        flags.append("--activation-checkpointing")
+    if getattr(args, "hostfile", None):
+        flags += ["--hostfile", str(Path(args.hostfile).expanduser().resolve())]
     bias = getattr(args, "bias", None)
     if bias is not None:
         flags.append("--bias" if bias else "--no-bias")

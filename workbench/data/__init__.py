@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gptbench.data.batches import PreparedData, check_split, get_batch, split_sizes, token_dtype
+from gptbench.data.batches import PreparedData, check_split, get_batch, skip_batch, split_sizes, token_dtype
 from gptbench.data.cache import CacheEntry
 from gptbench.data.sources import DATA_FORMS, SPEC_HELP, Corpus, load_corpus
 from gptbench.errors import UserError
@@ -33,6 +33,7 @@ __all__ = [
     "Corpus",
     "PreparedData",
     "get_batch",
+    "skip_batch",
     "load_corpus",
     "prepare_data",
     "token_dtype",

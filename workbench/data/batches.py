@@ -32,16 +32,26 @@ def get_batch(
     data: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """`batch_size` random windows: x = data[i:i+T], y = data[i+1:i+T+1], both int64 (B, T)."""
-    n = len(data)
+    offsets = _offsets(len(data), batch_size, block_size, rng)
+    idx = offsets[:, None] + np.arange(block_size + 1)
+    window = np.asarray(data[idx], dtype=np.int64)  # one gather from the memmap
+    return np.ascontiguousarray(window[:, :-1]), np.ascontiguousarray(window[:, 1:])
+
+
+def skip_batch(data: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator) -> None:
+    """Advance `rng` exactly as `get_batch` would, without reading the data: a rank of a
+    distributed run skips the micro-batches of the other ranks this way, so every rank
+    follows the one seeded stream."""
+    _offsets(len(data), batch_size, block_size, rng)
+
+
+def _offsets(n: int, batch_size: int, block_size: int, rng: np.random.Generator) -> np.ndarray:
     if n < block_size + 1:
         raise UserError(
             f"{n} tokens cannot fill one block of {block_size} (+1 target); "
             f"use a bigger corpus or a smaller --block-size"
         )
-    offsets = rng.integers(0, n - block_size, size=batch_size)
-    idx = offsets[:, None] + np.arange(block_size + 1)
-    window = np.asarray(data[idx], dtype=np.int64)  # one gather from the memmap
-    return np.ascontiguousarray(window[:, :-1]), np.ascontiguousarray(window[:, 1:])
+    return rng.integers(0, n - block_size, size=batch_size)
 
 
 def split_sizes(n: int, val_fraction: float) -> tuple[int, int]:

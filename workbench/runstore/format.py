@@ -132,11 +132,14 @@ CONFIG_SCHEMA: dict[str, tuple[type, ...]] = {
 CONFIG_OPTIONAL: dict[str, tuple[type, ...]] = {
     "device_request": STR, "dtype": STR, "compile": (bool, type(None)), "param_breakdown": (dict,),
     "versions": (dict,), "command": STR + OPT, "converted_from": (dict,),
+    "parallel": (dict,),  # the latest session's processes: world_size, strategy, comm, ...
 }
 STATUS_SCHEMA: dict[str, tuple[type, ...]] = {"state": STR}
 STATUS_OPTIONAL: dict[str, tuple[type, ...]] = {
     "pid": INT + OPT, "host": STR + OPT, "heartbeat": NUM, "started": NUM, "step": INT, "max_iters": INT,
     "best_val_loss": NUM + OPT, "best_val_bpb": NUM + OPT, "tokens_per_sec": NUM + OPT, "elapsed": NUM, "error": STR, "eval_seconds": NUM,
+    # the processes training it (tokens_per_sec is their global rate); pid is rank 0's
+    "world_size": INT, "strategy": STR, "comm": STR, "backend": STR, "peak_memory": (list,),
 }
 
 

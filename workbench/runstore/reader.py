@@ -402,6 +402,8 @@ class RunSummary:
     tokens_per_sec: float | None = None
     error: str = ""
     converted: bool = field(default=False)
+    world_size: int = 1  # processes training it (now, or in its latest session)
+    strategy: str = ""  # single | ddp | fsdp ("" before distributed training existed)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -432,6 +434,7 @@ def read_summary(run: Run, now: float | None = None) -> RunSummary:
     tok = cfg["tokenizer"]
     data = cfg["data"]
     state = derive_state(status, has_config=True, now=now)
+    parallel = cfg.get("parallel", {})
     return RunSummary(
         name=run.name,
         state=state.value,
@@ -449,6 +452,8 @@ def read_summary(run: Run, now: float | None = None) -> RunSummary:
         tokens_per_sec=st.get("tokens_per_sec"),
         error=str(st.get("error", "")),
         converted="converted_from" in cfg,
+        world_size=max(1, _int(st.get("world_size", parallel.get("world_size", 1)))),
+        strategy=str(st.get("strategy") or parallel.get("strategy") or ""),
     )
 
 

@@ -244,7 +244,9 @@ class GPTBenchApp(App[None]):
         return launch
 
     def resume_run(self, name: str, max_iters: int | None = None, *, open_dashboard: bool = True) -> Launch:
-        flags = ["--resume", name]
+        from gptbench.tui.launcher import parallel_flags
+
+        flags = ["--resume", name, *parallel_flags(self.runs_dir / name)]
         if max_iters is not None:
             flags += ["--max-iters", str(max_iters)]
         launch = self.launcher.start(name, flags)

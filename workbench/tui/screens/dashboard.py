@@ -246,6 +246,8 @@ smoothing of the training curves.
             tps = s.tokens_per_sec[-1]
         parts = [f"step {step:,}/{max_iters:,}" if max_iters else f"step {step:,}", f"best val {fmt_loss(st.get('best_val_loss'))}",
                  f"{fmt_rate(tps)} tok/s"]
+        if snap.summary.world_size > 1:
+            parts.insert(0, f"{snap.summary.world_size} processes ({snap.summary.strategy or 'ddp'})")
         if snap.state == "running":
             sps = s.steps_per_sec()
             eta = fmt_duration((max_iters - step) / sps) if sps and max_iters > step else "…"

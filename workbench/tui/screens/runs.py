@@ -57,6 +57,8 @@ def summary_table(s: RunSummary, snap: WatchSnapshot | None, now: float, frame: 
         shape = f" · {m.get('n_layer')}L {m.get('n_head')}H {m.get('n_embd')}d ctx {m.get('block_size')}"
     grid.add_row("params", (format_params(s.params) if s.params else "-") + shape)
     grid.add_row("backend", " · ".join(x for x in (s.backend, s.device) if x) or "-")
+    if s.world_size > 1:
+        grid.add_row("processes", f"{s.world_size} ({s.strategy or 'ddp'})")
     grid.add_row("tokenizer", s.tokenizer or "-")
     grid.add_row("corpus", s.corpus or "-")
     if s.created:

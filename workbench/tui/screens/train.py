@@ -142,6 +142,10 @@ class TrainScreen(Screen):
             with Grid(classes="form-grid"):
                 for f in NUMBER_FIELDS:
                     yield Field(f.label, Input(id=f.key, compact=True, validators=_validators(f), valid_empty=True), f.key)
+            yield Static("Processes (more than 1: torchrun, or mlx.launch for mlx)", classes="section-title")
+            with Grid(classes="form-grid"):
+                yield Field("Processes", Input("1", id="nproc", compact=True, validators=[Integer(minimum=1, failure_description="processes must be an integer ≥ 1")]), "nproc")
+                yield Field("Strategy", Select([("ddp", "ddp"), ("fsdp (torch)", "fsdp")], value="ddp", allow_blank=False, id="strategy", compact=True), "strategy")
             yield Static("", id="form-error")
             yield Static("", id="command-preview")
             with Horizontal(id="form-buttons"):
@@ -217,6 +221,8 @@ class TrainScreen(Screen):
         train = {f.key: f.kind(v[f.key]) for f in NUMBER_FIELDS if f.section == "train" and v.get(f.key)}
         try:
             resolve_run_config(v["preset"], None, model, train, {"tokenizer": v["tokenizer"] or None})
+            if int(v.get("nproc") or 1) > 1 and v.get("strategy") == "fsdp" and v["backend"] == "mlx":
+                raise UserError("--strategy fsdp is torch only; the mlx backend trains data-parallel (ddp)")
         except UserError as exc:
             form_error.update(Text(f"✖ {exc}", style="bold red"))
             start.disabled = True
@@ -240,6 +246,10 @@ class TrainScreen(Screen):
                 data = str(p.resolve()) if p.exists() else str(Path.cwd() / p)  # the trainer's cwd may differ
             flags += ["--data", data]
         flags += ["--preset", v["preset"], "--tokenizer", v["tokenizer"] or "char", "--backend", v["backend"], "--device", v["device"]]
+        if int(v.get("nproc") or 1) > 1:  # several processes: torchrun, or mlx.launch for mlx
+            flags += ["--nproc", str(int(v["nproc"]))]
+            if v.get("strategy") == "fsdp":
+                flags += ["--strategy", "fsdp"]
         for f in NUMBER_FIELDS:
             if v.get(f.key):
                 flags += [f"--{f.key.replace('_', '-')}", v[f.key]]
@@ -270,7 +280,8 @@ class TrainScreen(Screen):
         self.query_one("#name", Input).value = ""
         self.query_one("#data", Input).value = ""
         self.query_one("#tokenizer", Input).value = "char"
-        for sid, default in (("preset", "tiny"), ("backend", "auto"), ("device", "auto")):
+        self.query_one("#nproc", Input).value = "1"
+        for sid, default in (("preset", "tiny"), ("backend", "auto"), ("device", "auto"), ("strategy", "ddp")):
             self.query_one(f"#{sid}", Select).value = default
         self.validate_form()
 

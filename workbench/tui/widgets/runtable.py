@@ -55,7 +55,7 @@ COLUMNS: list[tuple[str, str, Callable[[RunSummary], Any]]] = [
     ("best", "Best val", lambda s: (s.best_val_loss is None, s.best_val_loss or 0.0)),
     ("params", "Params", lambda s: s.params),
     ("backend", "Backend", lambda s: s.backend),
-    ("device", "Device", lambda s: s.device),
+    ("device", "Device", lambda s: (s.device, s.world_size)),
     ("tokenizer", "Tokenizer", lambda s: s.tokenizer),
     ("corpus", "Corpus", lambda s: s.corpus),
     ("created", "Created", lambda s: s.created),
@@ -94,6 +94,13 @@ def short_corpus(corpus: str, width: int = 24) -> str:
     return tail if len(tail) <= width else "…" + tail[-(width - 1) :]
 
 
+def device_text(s: RunSummary) -> str:
+    """The device, and how many processes train on it: `cpu ×2`, `cuda ×8`."""
+    if not s.device:
+        return "-"
+    return f"{s.device.split(':')[0]} ×{s.world_size}" if s.world_size > 1 else s.device
+
+
 def step_text(s: RunSummary) -> str:
     if s.converted:
         return "converted"
@@ -113,7 +120,7 @@ def row_cells(s: RunSummary, *, marked: bool, now: float, frame: int) -> tuple:
         Text(fmt_loss(s.best_val_loss), justify="right"),
         Text(format_params(s.params) if s.params else "-", justify="right"),
         s.backend or "-",
-        s.device or "-",
+        device_text(s),
         s.tokenizer or "-",
         short_corpus(s.corpus) if s.corpus else "-",
         fmt_age(s.created, now),

@@ -1,0 +1,511 @@
+"""Data-parallel training through the real CLI: 2 processes (torch gloo DDP and FSDP2, MLX
+ring) against one process with the same global batch, resume across world sizes, a killed
+rank, Ctrl-C, and the one-line refusals.
+
+Every multi-process run goes through `gptbench train --nproc 2` (torchrun's agent, or
+mlx.launch) exactly as a user starts it. Tolerances: the processes see the very batches
+one process sees, so only the order of float32 reductions differs (DDP/FSDP/ring average
+two half-sums where one process adds four quarter-losses); 1e-5 on losses, gradient norms
+and weights after 8 AdamW steps (observed: below 1e-6). Activation checkpointing
+recomputes the same ops in the same order: bitwise equal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import FIXTURE_TEXT, REPO
+
+TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "4",
+        "--max-iters", "8", "--eval-interval", "4", "--eval-iters", "3", "--log-interval", "1", "--warmup-iters", "2",
+        "--lr-decay-iters", "8", "--sample-tokens", "8", "--device", "cpu", "--threads", "1"]
+RUN_TIMEOUT = 180  # seconds for one CLI run (2 processes importing torch on a loaded 2-core box)
+TOL = 1e-5
+
+
+def _env(cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(GPTBENCH_CACHE_DIR=str(cache), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", GPTBENCH_DIST_TIMEOUT="120")
+    env["PYTHONPATH"] = str(REPO / "tests")
+    return env
+
+
+def gptbench(runs: Path, cache: Path, *args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "gptbench", "--runs-dir", str(runs), "train", "--no-ui", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(cache))
+
+
+def start(runs: Path, cache: Path, *args: str, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "gptbench", "--runs-dir", str(runs), "train", "--no-ui", *args]
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=_env(cache), start_new_session=True)
+
+
+def metrics(runs: Path, name: str) -> tuple[list[dict], list[dict]]:
+    records = [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["type"] == "train"], [r for r in records if r["type"] == "eval"]
+
+
+def weights(runs: Path, name: str, step: int) -> dict[str, np.ndarray]:
+    from gptbench.backends.weights import load_weights
+
+    return load_weights(runs / name / "checkpoints" / f"step-{step}.safetensors")[1]
+
+
+def status(runs: Path, name: str) -> dict:
+    return json.loads((runs / name / "status.json").read_text())
+
+
+def assert_same_training(runs: Path, a: str, b: str, tol: float = TOL, steps: range | None = None) -> None:
+    """Run `b` logged the losses, gradient norms and eval losses of run `a` and ended with its weights."""
+    (ta, ea), (tb, eb) = metrics(runs, a), metrics(runs, b)
+    if steps is not None:
+        ta, tb = [r for r in ta if r["step"] in steps], [r for r in tb if r["step"] in steps]
+        ea, eb = [r for r in ea if r["step"] in steps], [r for r in eb if r["step"] in steps]
+    assert [r["step"] for r in tb] == [r["step"] for r in ta]
+    assert len(ta) > 0
+    np.testing.assert_allclose([r["loss"] for r in tb], [r["loss"] for r in ta], rtol=0, atol=tol)
+    np.testing.assert_allclose([r["grad_norm"] for r in tb], [r["grad_norm"] for r in ta], rtol=tol, atol=0)
+    assert [r["step"] for r in eb] == [r["step"] for r in ea]
+    np.testing.assert_allclose([r["val_loss"] for r in eb], [r["val_loss"] for r in ea], rtol=0, atol=tol)
+    np.testing.assert_allclose([r["train_loss"] for r in eb], [r["train_loss"] for r in ea], rtol=0, atol=tol)
+    wa, wb = weights(runs, a, 8), weights(runs, b, 8)
+    assert sorted(wb) == sorted(wa)
+    worst = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+    assert worst <= tol, f"weights differ by {worst}"
+
+
+@pytest.fixture(scope="module")
+def dist_runs(tmp_path_factory):
+    """One corpus, one token cache, and the runs the comparisons share (trained once)."""
+    root = tmp_path_factory.mktemp("dist")
+    corpus = root / "play.txt"
+    corpus.write_text(FIXTURE_TEXT, encoding="utf-8")
+    runs, cache = root / "runs", root / "cache"
+    common = ["--data", str(corpus), "--tokenizer", "char", *TINY]
+    trained: dict[str, subprocess.CompletedProcess] = {}
+
+    def train(name: str, *args: str) -> subprocess.CompletedProcess:
+        if name not in trained:
+            trained[name] = gptbench(runs, cache, *common, "--name", name, *args)
+        result = trained[name]
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        return result
+
+    return runs, cache, common, train
+
+
+# ---- torch: DDP and FSDP2 on gloo against one process -------------------------------------------
+def test_ddp_two_processes_equal_one_process_with_grad_accum_2(dist_runs):
+    runs, _, _, train = dist_runs
+    train("ref", "--backend", "torch", "--grad-accum", "2")
+    train("ddp2", "--backend", "torch", "--nproc", "2")
+    assert_same_training(runs, "ref", "ddp2")
+    log = (runs / "ddp2" / "log.txt").read_text()
+    assert "2 processes (ddp, gloo): global batch 2 ranks x 4 sequences x 1 micro-batches = 8 sequences (128 tokens) per step" in log
+    st = status(runs, "ddp2")
+    assert st["state"] == "finished"
+    assert (st["world_size"], st["strategy"], st["comm"]) == (2, "ddp", "gloo")
+    assert len(st["peak_memory"]) == 2
+    assert all(m > 0 for m in st["peak_memory"])
+    cfg = json.loads((runs / "ddp2" / "config.json").read_text())
+    assert cfg["train"]["grad_accum"] == 2  # the step's global count
+    assert cfg["parallel"]["world_size"] == 2
+    assert cfg["parallel"]["grad_accum_per_process"] == 1
+    # the same tokens per step as the one-process run, so the same tokens seen
+    assert json.loads((runs / "ref" / "config.json").read_text())["train"]["grad_accum"] == 2
+
+
+def test_fsdp2_with_activation_checkpointing_equals_one_process(dist_runs):
+    runs, _, _, train = dist_runs
+    train("ref", "--backend", "torch", "--grad-accum", "2")
+    train("fsdp2ac", "--backend", "torch", "--nproc", "2", "--strategy", "fsdp", "--activation-checkpointing")
+    assert_same_training(runs, "ref", "fsdp2ac")
+    st = status(runs, "fsdp2ac")
+    assert (st["world_size"], st["strategy"]) == (2, "fsdp")
+    assert json.loads((runs / "fsdp2ac" / "config.json").read_text())["parallel"]["activation_checkpointing"] is True
+
+
+def test_activation_checkpointing_does_not_change_the_loss(dist_runs):
+    runs, _, _, train = dist_runs
+    train("ref", "--backend", "torch", "--grad-accum", "2")
+    train("ref-ac", "--backend", "torch", "--grad-accum", "2", "--activation-checkpointing")
+    assert_same_training(runs, "ref", "ref-ac", tol=0.0)  # the same ops recomputed: bitwise
+
+
+def test_mlx_ring_two_processes_equal_one_mlx_process(dist_runs):
+    runs, _, _, train = dist_runs
+    train("mlx-ref", "--backend", "mlx", "--grad-accum", "2")
+    train("mlx2", "--backend", "mlx", "--nproc", "2")
+    assert_same_training(runs, "mlx-ref", "mlx2")
+    st = status(runs, "mlx2")
+    assert (st["world_size"], st["strategy"], st["comm"], st["backend"]) == (2, "ddp", "ring", "mlx")
+
+
+# ---- resume across world sizes ---------------------------------------------------------------------
+def _copy_truncated(runs: Path, src: str, dst: str, keep_step: int) -> None:
+    """A copy of `src` whose last checkpoint is `keep_step` (as if it had stopped there)."""
+    shutil.copytree(runs / src, runs / dst)
+    for f in (runs / dst / "checkpoints").iterdir():
+        if int(f.name.split("-")[1].split(".")[0]) > keep_step:
+            f.unlink()
+    cfg = json.loads((runs / dst / "config.json").read_text())
+    cfg["name"] = dst
+    (runs / dst / "config.json").write_text(json.dumps(cfg))
+
+
+def test_resume_two_processes_on_one_continues_the_same_run(dist_runs):
+    """2 -> 1: the resumed process takes both micro-batches of each step (grad_accum stays
+    2 globally) from the checkpointed batch stream: steps 5-8 are the uninterrupted ones'."""
+    runs, cache, _, train = dist_runs
+    train("ref", "--backend", "torch", "--grad-accum", "2")
+    train("ddp2", "--backend", "torch", "--nproc", "2")
+    _copy_truncated(runs, "ddp2", "ddp2-to-1", 4)
+    out = gptbench(runs, cache, "--resume", "ddp2-to-1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_same_training(runs, "ref", "ddp2-to-1", steps=range(5, 9))
+    assert_same_training(runs, "ref", "ddp2-to-1", steps=range(0, 5))  # rewound to step 4, kept
+    st = status(runs, "ddp2-to-1")
+    assert (st["world_size"], st["strategy"]) == (1, "single")
+    cfg = json.loads((runs / "ddp2-to-1" / "config.json").read_text())
+    assert cfg["train"]["grad_accum"] == 2
+    assert cfg["parallel"]["grad_accum_per_process"] == 2
+
+
+@pytest.mark.parametrize("backend, strategy", [("torch", "ddp"), ("torch", "fsdp"), ("mlx", "ddp")])
+def test_resume_one_process_on_two_continues_the_same_run(dist_runs, backend, strategy):
+    """1 -> 2: rank 0 reads the checkpoint and installs it on both ranks (DDP broadcasts it,
+    FSDP scatters it into shards, MLX all-sums it)."""
+    runs, cache, _, train = dist_runs
+    ref = "ref" if backend == "torch" else "mlx-ref"
+    train(ref, "--backend", backend, "--grad-accum", "2")
+    name = f"{ref}-to-2-{strategy}"
+    _copy_truncated(runs, ref, name, 4)
+    out = gptbench(runs, cache, "--resume", name, "--nproc", "2", "--strategy", strategy)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_same_training(runs, ref, name, steps=range(5, 9))
+    st = status(runs, name)
+    assert (st["world_size"], st["strategy"]) == (2, strategy)
+
+
+def test_resume_on_a_world_size_that_cannot_split_the_step_is_refused(dist_runs):
+    runs, cache, _, train = dist_runs
+    train("ref", "--backend", "torch", "--grad-accum", "2")
+    _copy_truncated(runs, "ref", "ref-odd", 4)
+    # as if it had been trained with --grad-accum 3 (the checkpoint does not depend on it)
+    cfg = json.loads((runs / "ref-odd" / "config.json").read_text())
+    cfg["train"]["grad_accum"] = 3
+    (runs / "ref-odd" / "config.json").write_text(json.dumps(cfg))
+    out = gptbench(runs, cache, "--resume", "ref-odd", "--nproc", "2")
+    assert out.returncode == 2
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("gptbench: error:")]
+    assert len(errors) == 1, out.stderr
+    assert "takes 3 micro-batches per step, which 2 processes cannot share evenly" in errors[0]
+    assert "Traceback" not in out.stderr
+
+
+# ---- failures ----------------------------------------------------------------------------------------
+def _rank_pid(launcher_pid: int, rank: int, backend: str, deadline: float) -> int:
+    """The pid of `rank` under our launcher: torchrun's workers are its children, mlx.launch's
+    ranks its grandchildren; each knows its rank from its environment."""
+    from gptbench.launch import child_pids
+
+    key = "RANK" if backend == "torch" else "MLX_RANK"
+    while time.time() < deadline:
+        procs = child_pids(launcher_pid)
+        procs += [g for p in procs for g in child_pids(p)]
+        for pid in procs:
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"{key}={rank}".encode() in env:
+                return pid
+        time.sleep(0.2)
+    raise AssertionError(f"rank {rank} never appeared")
+
+
+def _wait_for(predicate, deadline: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Wait for `predicate`; fail at once, with the launcher's output, if it exits first."""
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
+            raise AssertionError(f"the launcher exited ({proc.returncode}) before {what}:\n{tail}")
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}:\n{tail}")
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_killed_rank_fails_the_run_naming_it_and_the_run_resumes(dist_runs, backend, tmp_path):
+    runs, cache, common, _ = dist_runs
+    name = f"killed-{backend}"
+    args = [*common, "--backend", backend, "--nproc", "2", "--name", name, "--max-iters", "100000", "--lr-decay-iters", "100000",
+            "--eval-interval", "10", "--sample-tokens", "0", "--log-interval", "5"]
+    proc = start(runs, cache, *args, log=tmp_path / "out.txt")
+    try:
+        deadline = time.time() + RUN_TIMEOUT
+        # any checkpoint (retention soon deletes the first ones of a fast run)
+        _wait_for(lambda: any((runs / name / "checkpoints").glob("step-*.safetensors")), deadline, "a checkpoint",
+                  proc, tmp_path / "out.txt")
+        victim = _rank_pid(proc.pid, 1, backend, deadline)
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.time()
+        rc = proc.wait(timeout=60)
+        took = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = (tmp_path / "out.txt").read_text(errors="replace")
+    assert rc == 1, out[-3000:]
+    assert took < 35, f"the launcher took {took:.1f}s to give up"  # torchrun's hard 30 s at worst
+    assert f"gptbench: error: rank 1 was killed by SIGKILL; continue from the last checkpoint with gptbench train --no-ui --resume {name}" in out
+    st = status(runs, name)
+    assert st["state"] == "failed"
+    # rank 0 says what it saw when it notices the lost peer; if it stays blocked in the
+    # ring (MLX has no timeout) the launcher stops it and the status names rank 1 alone
+    assert st["error"].startswith("rank 1 was killed by SIGKILL"), st["error"]
+    assert "the last checkpoint is step" in st["error"]
+    last = max(int(f.name.split("-")[1].split(".")[0]) for f in (runs / name / "checkpoints").glob("step-*.state.safetensors"))
+    # it resumes (here on one process) from that checkpoint and finishes
+    out = gptbench(runs, cache, "--resume", name, "--max-iters", str(last + 3))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resuming {name} at step {last}" in (runs / name / "log.txt").read_text()
+    assert status(runs, name)["state"] == "finished"
+
+
+def test_ctrl_c_on_the_launcher_stops_every_rank_with_one_checkpoint(dist_runs, tmp_path):
+    runs, cache, common, _ = dist_runs
+    name = "interrupted"
+    args = [*common, "--backend", "torch", "--nproc", "2", "--name", name, "--max-iters", "100000", "--lr-decay-iters", "100000",
+            "--eval-interval", "1000", "--sample-tokens", "0", "--log-interval", "5"]
+    proc = start(runs, cache, *args, log=tmp_path / "out.txt")
+    try:
+        deadline = time.time() + RUN_TIMEOUT
+        _wait_for(lambda: (runs / name / "metrics.jsonl").exists() and '"type": "train"' in (runs / name / "metrics.jsonl").read_text(), deadline, "training")
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the launcher's group
+        rc = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = (tmp_path / "out.txt").read_text(errors="replace")
+    assert rc == 130, out[-3000:]
+    st = status(runs, name)
+    assert st["state"] == "stopped"
+    ckpts = sorted(int(f.name.split("-")[1].split(".")[0]) for f in (runs / name / "checkpoints").glob("step-*.state.safetensors"))
+    assert ckpts == [st["step"]]  # one checkpoint, at the step every rank stopped at
+    assert (runs / name / "log.txt").read_text().count("stopped at step") == 1
+
+
+# ---- refusals: one line, exit 2, nothing launched ----------------------------------------------------
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("gptbench: error: ")
+    return lines[0]
+
+
+def test_more_processes_than_cpu_cores_is_refused(runs_dir, corpus_file, capsys):
+    from gptbench.cli import main
+
+    rc = main(["--runs-dir", str(runs_dir), "train", "--no-ui", "--data", str(corpus_file), "--backend", "torch",
+               "--device", "cpu", "--nproc", "100000"])
+    assert rc == 2
+    assert "--nproc 100000 is more processes than the" in _one_line_error(capsys)
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_more_processes_than_gpus_and_missing_nccl_are_refused(runs_dir, corpus_file, capsys, monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    from gptbench.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    base = ["--runs-dir", str(runs_dir), "train", "--no-ui", "--data", str(corpus_file), "--backend", "torch", "--device", "cuda"]
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    assert main([*base, "--nproc", "2"]) == 2
+    assert "--nproc 2 needs 2 GPUs but this machine has 1" in _one_line_error(capsys)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
+    assert main([*base, "--nproc", "2"]) == 2
+    assert "no NCCL" in _one_line_error(capsys)
+
+
+def test_mlx_launch_missing_is_refused(runs_dir, corpus_file, capsys, monkeypatch, tmp_path):
+    from gptbench.cli import main
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mlx.launch on PATH...
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # ...nor beside the interpreter
+    rc = main(["--runs-dir", str(runs_dir), "train", "--no-ui", "--data", str(corpus_file), "--backend", "mlx", "--nproc", "2"])
+    assert rc == 2
+    assert "starts them through mlx.launch, which is not on PATH" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--backend", "mlx", "--nproc", "2", "--strategy", "fsdp"], "--strategy fsdp is torch only"),
+    (["--backend", "mlx", "--nproc", "2", "--activation-checkpointing"], "the mlx backend has no activation checkpointing"),
+    (["--backend", "torch", "--strategy", "fsdp"], "--strategy fsdp shards the model over several processes; add --nproc N"),
+    (["--backend", "torch", "--nproc", "0"], "--nproc must be >= 1"),
+    (["--backend", "torch", "--nproc", "2", "--hostfile", "hosts.json"], "--hostfile lists Macs for mlx.launch"),
+])
+def test_impossible_requests_are_one_line(runs_dir, corpus_file, capsys, flags, message):
+    from gptbench.cli import main
+
+    rc = main(["--runs-dir", str(runs_dir), "train", "--no-ui", "--data", str(corpus_file), "--device", "cpu", *flags])
+    assert rc == 2
+    assert message in _one_line_error(capsys)
+
+
+def test_a_bad_hostfile_is_refused(runs_dir, corpus_file, capsys, tmp_path):
+    from gptbench.cli import main
+
+    hosts = tmp_path / "hosts.json"
+    hosts.write_text('[{"ssh": "mac1"}]')
+    rc = main(["--runs-dir", str(runs_dir), "train", "--no-ui", "--data", str(corpus_file), "--backend", "mlx", "--hostfile", str(hosts)])
+    assert rc == 2
+    assert "must list hosts with their IPs" in _one_line_error(capsys)
+
+
+# ---- the pieces: launcher bookkeeping and the rank's environment ---------------------------------------
+def test_launcher_options_are_stripped_from_the_ranks_command():
+    from gptbench.launch import strip_launcher_options
+
+    argv = ["--runs-dir", "r", "train", "--no-ui", "--nproc", "2", "--hostfile=h.json", "--name", "x", "--nproc=3", "--lr", "1"]
+    assert strip_launcher_options(argv) == ["--runs-dir", "r", "train", "--no-ui", "--name", "x", "--lr", "1"]
+
+
+@pytest.mark.parametrize("codes, signalled, expected", [
+    ({}, False, "finished"),
+    ({0: 130, 1: 130}, False, "stopped"),
+    ({0: 130, 1: -15}, False, "stopped"),  # torchrun terminated a rank already past its handlers
+    ({}, True, "stopped"),
+    ({0: 2, 1: 2}, False, "user-error"),
+    ({0: 2, 1: -15}, False, "user-error"),
+    ({1: -9, 0: 1}, False, "failed"),
+    ({0: 1, 1: -15}, False, "failed"),
+])
+def test_the_launcher_reads_the_ranks_exit_codes(codes, signalled, expected):
+    from gptbench.launch import outcome
+
+    assert outcome(codes, signalled) == expected
+
+
+def test_the_root_cause_is_the_killed_rank_not_the_ones_it_broke():
+    from gptbench.launch import root_cause
+
+    assert root_cause({0: 1, 1: -9}) == (1, -9)  # rank 0 failed because rank 1 was killed
+    assert root_cause({0: -15, 1: 1}) == (1, 1)  # rank 1 failed; the launcher then terminated rank 0
+    assert root_cause({0: 1, 1: 1}) == (0, 1)
+
+
+def test_a_rank_knows_its_place_from_torchrun_and_mlx_launch(monkeypatch, tmp_path):
+    from gptbench.launch import worker_parallel
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MLX_RANK", "MLX_HOSTFILE"):
+        monkeypatch.delenv(key, raising=False)
+    assert worker_parallel() == (None, worker_parallel()[1])
+    assert worker_parallel()[1].world_size == 1
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    framework, par = worker_parallel("fsdp", True)
+    assert framework == "torch"
+    assert (par.rank, par.world_size, par.local_rank, par.local_world_size, par.strategy, par.activation_checkpointing) == (3, 4, 1, 2, "fsdp", True)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key)
+    hosts = tmp_path / "ring.json"
+    hosts.write_text(json.dumps([["10.0.0.1:5000"], ["10.0.0.1:5001"], ["10.0.0.2:5000"]]))
+    monkeypatch.setenv("MLX_HOSTFILE", str(hosts))
+    monkeypatch.setenv("MLX_RANK", "1")
+    framework, par = worker_parallel()
+    assert framework == "mlx"
+    assert (par.rank, par.world_size, par.local_rank, par.local_world_size) == (1, 3, 1, 2)
+    hosts.write_text("\n")  # mlx.launch -n 1 writes an empty hostfile: one process
+    assert worker_parallel()[1].world_size == 1
+
+
+def test_skipping_a_batch_moves_the_stream_as_drawing_it_does():
+    from gptbench.data import get_batch, skip_batch
+
+    data = np.arange(1000, dtype=np.uint16)
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    get_batch(data, 4, 16, a)
+    skip_batch(data, 4, 16, b)
+    xa, ya = get_batch(data, 4, 16, a)
+    xb, yb = get_batch(data, 4, 16, b)
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(ya, yb)
+
+
+def test_runs_listing_shows_the_world_size(dist_runs):
+    from gptbench.runstore import RunStore, read_summary
+
+    runs, _, _, train = dist_runs
+    train("ddp2", "--backend", "torch", "--nproc", "2")
+    summary = read_summary(RunStore(runs).existing("ddp2"))
+    assert (summary.world_size, summary.strategy) == (2, "ddp")
+
+
+# ---- the contract's one-process side: what every backend promises without a group ------------------
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_one_process_collectives_are_the_identity(backend):
+    from gptbench.backends.base import Collectives, Parallel, backend_class
+
+    comm = backend_class(backend).connect(Parallel(), "cpu")
+    assert type(comm) is Collectives
+    assert (comm.rank, comm.world_size, comm.name) == (0, 1, "local")
+    assert comm.sum([1.5, -2.0]) == [1.5, -2.0]
+    assert comm.any(True) is True
+    assert comm.any(False) is False
+    assert comm.broadcast({"a": [1, 2]}) == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_a_backend_refuses_a_group_it_was_not_started_in(backend, monkeypatch):
+    """connect() with a world of 2 but no launcher environment: torch cannot rendezvous
+    (no MASTER_ADDR), MLX's ring has no hostfile; both fail instead of training alone."""
+    from gptbench.backends.base import Parallel, backend_class
+
+    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "MLX_RANK", "MLX_HOSTFILE"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises((RuntimeError, ValueError)):
+        backend_class(backend).connect(Parallel(world_size=2, rank=1), "cpu")
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_peak_memory_and_memory_shared_by_processes(backend):
+    from gptbench.backends.base import backend_class, create_backend
+    from helpers import tiny_model_config
+
+    b = create_backend(tiny_model_config(), backend, device="cpu")
+    assert b.peak_memory() > 10 * 2**20  # at least the interpreter and the framework
+    cls = backend_class(backend)
+    one, two = cls.available_memory("cpu"), cls.available_memory("cpu", processes=2)
+    assert one is not None
+    assert two is not None
+    assert abs(two - one / 2) < one * 0.1  # CPU ranks on one machine share its memory
+
+
+def test_memory_estimate_shrinks_with_shards_and_checkpointing():
+    from helpers import tiny_model_config
+
+    cfg = tiny_model_config(n_layer=8, n_embd=64, block_size=64)
+    full = cfg.training_bytes(8)
+    assert cfg.training_bytes(8, shards=4) == pytest.approx(full - 16 * cfg.num_params() * 3 / 4, abs=1)
+    B, T, C, L = 8, 64, 64, 8
+    assert full - cfg.training_bytes(8, checkpointed=True) == 34 * 2 * L * B * T * C - (4 * L * B * T * C + 34 * 2 * B * T * C)
