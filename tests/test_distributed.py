@@ -152,6 +152,29 @@ def test_mlx_ring_two_processes_equal_one_mlx_process(dist_runs):
     assert (st["world_size"], st["strategy"], st["comm"], st["backend"]) == (2, "ddp", "ring", "mlx")
 
 
+RECIPE = ["--pos", "rope", "--qk-norm", "--logit-softcap", "15", "--mlp", "relu2", "--optimizer", "muon"]
+
+
+def test_the_modern_recipe_with_muon_on_two_processes_equals_one(dist_runs):
+    """Muon orthogonalises the all-reduced gradients' momentum: under DDP every rank takes
+    the one-process step; rotary tables pass through activation checkpointing."""
+    runs, _, _, train = dist_runs
+    train("muon-ref", "--backend", "torch", "--grad-accum", "2", *RECIPE)
+    train("muon-ddp2", "--backend", "torch", "--nproc", "2", "--activation-checkpointing", *RECIPE)
+    assert_same_training(runs, "muon-ref", "muon-ddp2")
+    assert "Muon (peak lr" in (runs / "muon-ddp2" / "log.txt").read_text()
+
+
+def test_muon_with_fsdp_is_one_line(dist_runs):
+    runs, cache, common, _ = dist_runs
+    out = gptbench(runs, cache, *common, "--backend", "torch", "--nproc", "2", "--strategy", "fsdp", "--optimizer", "muon",
+                   "--name", "muon-fsdp")
+    assert out.returncode == 2
+    assert "--optimizer muon orthogonalises whole matrices, which FSDP shards" in out.stderr
+    assert out.stderr.count("gptbench: error:") == 1, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 # ---- resume across world sizes ---------------------------------------------------------------------
 def _copy_truncated(runs: Path, src: str, dst: str, keep_step: int) -> None:
     """A copy of `src` whose last checkpoint is `keep_step` (as if it had stopped there)."""
