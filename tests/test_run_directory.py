@@ -329,3 +329,27 @@ def test_a_run_with_a_relative_corpus_path_resumes_from_anywhere(capsys, runs_di
     monkeypatch.chdir(tmp_path)
     rc, err = resume(capsys, Run(runs_dir / "rel"), "--max-iters", "5")
     assert rc == 0, err
+
+
+def test_the_runs_table_fits_80_columns_and_shows_bits_per_byte(capsys, baby, monkeypatch):
+    """The listing drops whole columns, least useful first, instead of cutting cells."""
+    from gptbench.commands.runs import COLUMNS
+
+    run = Run(baby.path)
+    status = run.status()
+    run.status_path.write_text(json.dumps({**status, "best_val_bpb": 1.2345}))
+    for width, shown, hidden in ((80, ["name", "status", "step", "best val", "params", "bits/byte"], ["device"]),
+                                 (160, [c[0] for c in COLUMNS], [])):
+        monkeypatch.setenv("COLUMNS", str(width))
+        rc, out, _ = run_cli_output(capsys, "--runs-dir", baby.path.parent, "runs")
+        assert rc == 0
+        table = [line for line in out.splitlines() if "│" in line or "┃" in line]
+        assert max(len(line) for line in table) <= width
+        header = table[0]
+        for col in shown:
+            assert col in header, (width, col)
+        for col in hidden:
+            assert col not in header, (width, col)
+        row = next(line for line in table if "baby" in line)
+        assert "150/150" in row
+        assert "1.2345" in row

@@ -4,6 +4,8 @@ delete, compare, help, command palette, resize and themes. Fixture runs are writ
 
 from __future__ import annotations
 
+import math
+
 import json
 import shutil
 
@@ -286,6 +288,17 @@ async def test_compare_overlays_curves_and_diffs_config(fixture_runs):
         text = screen_text(app)
         assert "keys differ" in text
         assert "model.n_layer" in text
+        # char and byte tokenizers: losses are not comparable, bits per byte are
+        assert val.chart_title == "val bits/byte"
+        assert val.series[0].ys[0] == pytest.approx(4.42 / math.log(2), abs=1e-4)
+        assert keys[:2] == ["best val loss", "best val bits/byte"]
+        best = {r: diff.get_row(r) for r in ("best val loss", "best val bits/byte")}
+        assert str(best["best val loss"][1]) == "1.4749"
+        assert float(str(best["best val bits/byte"][1])) == pytest.approx(1.4749 / math.log(2), abs=2e-4)
+        await pilot.press("b")
+        await settle(pilot)
+        assert val.chart_title == "val loss"
+        assert val.series[0].ys[0] == pytest.approx(4.42)
         await pilot.press("l")
         await settle(pilot)
         assert train.log_y

@@ -106,7 +106,8 @@ def write_run(
         if s % eval_interval == 0 or s == step:
             val = scale * (3.0 * math.exp(-s / 500) + 1.42)
             best = val if best is None else min(best, val)
-            writer.append_metric(EvalRecord(s, round(loss - 0.01, 5), round(val, 5), round(math.exp(val), 3), s * 0.15, t0 + s * 0.16))
+            writer.append_metric(EvalRecord(s, round(loss - 0.01, 5), round(val, 5), round(math.exp(val), 3), s * 0.15, t0 + s * 0.16,
+                                            val_bpb=round(val / math.log(2), 5)))  # one byte a token (char on ASCII, byte)
             writer.log(f"step {s}: train loss {loss - 0.01:.4f}, val loss {val:.4f}", at=morning + s // 100 % 60)
         if s:
             writer.append_metric(TrainRecord(s, round(loss, 5), _lr(s, lr, lr / 10, 100, max_iters), 0.9,

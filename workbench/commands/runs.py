@@ -19,10 +19,12 @@ COLUMNS: list[tuple[str, Callable[[RunSummary], str], bool]] = [
     ("step", lambda s: "converted" if s.converted else (f"{s.step}/{s.max_iters}" if s.max_iters else "-"), True),
     ("best val", lambda s: f"{s.best_val_loss:.4f}" if s.best_val_loss is not None else "-", True),
     ("params", lambda s: format_params(s.params) if s.params else "-", True),
+    # bits per byte compare runs whatever their tokenizer (losses only with the same one)
+    ("bits/byte", lambda s: f"{s.best_val_bpb:.4f}" if s.best_val_bpb is not None else "-", True),
     ("backend", lambda s: s.backend or "-", False),
     ("tokenizer", lambda s: s.tokenizer or "-", False),
     ("created", lambda s: time.strftime("%Y-%m-%d %H:%M", time.localtime(s.created)) if s.created else "-", False),
-    ("device", lambda s: s.device or "-", False),
+    ("device", lambda s: (s.device or "-") + (f" ×{s.world_size}" if s.world_size > 1 else ""), False),
 ]
 CELL_PADDING = 3  # rich's box: one space each side plus a rule
 

@@ -10,6 +10,7 @@ incrementally through `JsonlTail`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -94,6 +95,7 @@ class MetricSeries:
     eval_step: list[int] = field(default_factory=list)
     eval_train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    val_bpb: list[float] = field(default_factory=list)  # bits per byte (NaN where a record has none)
     sample_step: int | None = None
     sample_text: str = ""
     version: int = 0  # bumped on every change, so a viewer can tell "new data" cheaply
@@ -117,10 +119,12 @@ class MetricSeries:
                     step = int(r["step"])
                     if self.eval_step and step <= self.eval_step[-1]:
                         keep = sum(1 for s in self.eval_step if s < step)
-                        del self.eval_step[keep:], self.eval_train_loss[keep:], self.val_loss[keep:]
+                        del self.eval_step[keep:], self.eval_train_loss[keep:], self.val_loss[keep:], self.val_bpb[keep:]
                     self.eval_step.append(step)
                     self.eval_train_loss.append(float(r["train_loss"]))
                     self.val_loss.append(float(r["val_loss"]))
+                    bpb = r.get("val_bpb")
+                    self.val_bpb.append(float(bpb) if isinstance(bpb, (int, float)) else math.nan)
                 elif kind == "sample":
                     self.sample_step, self.sample_text = int(r["step"]), str(r.get("text", ""))
                 else:
@@ -131,6 +135,11 @@ class MetricSeries:
         if changed:
             self.version += 1
         return changed
+
+    def copy(self) -> "MetricSeries":
+        """A copy whose lists the watcher's later `extend` calls do not touch."""
+        return dataclasses.replace(self, **{f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), list)})
 
     def _truncate_train(self, step: int) -> None:
         keep = sum(1 for s in self.train_step if s < step)
@@ -249,11 +258,7 @@ class RunWatcher:
             new_lines = self.log.poll()
             if not (changed or new_lines):
                 return None
-            s = self.series
-            series = MetricSeries(
-                list(s.train_step), list(s.train_loss), list(s.lr), list(s.tokens_per_sec), list(s.train_time),
-                list(s.eval_step), list(s.eval_train_loss), list(s.val_loss), s.sample_step, s.sample_text, s.version,
-            )
+            series = self.series.copy()
             return WatchSnapshot(
                 self.run.name, self.state, self.summary, dict(self.status), self.config, self.config_error,
                 list(self.checkpoints), series, list(self.log.lines), self.log.total,

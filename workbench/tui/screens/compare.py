@@ -1,5 +1,10 @@
-"""Compare runs: train and val loss curves overlaid (one colour per run) and a config diff
-that lists only the keys whose values differ, every run's column fitted to the screen."""
+"""Compare runs: train and val curves overlaid (one colour per run), each run's best val
+loss and bits per byte, and a config diff that lists only the keys whose values differ,
+every run's column fitted to the screen.
+
+Losses of runs with different tokenizers are in different units (nats per token of
+different tokens); bits per byte of raw text is tokenizer-independent, so the val chart
+shows it when the runs' tokenizers differ (`b` switches)."""
 
 from __future__ import annotations
 
@@ -22,6 +27,11 @@ from gptbench.tui.widgets.charts import PALETTE, MetricChart, Series
 MIN_VALUE_WIDTH = 8  # a run's column never gets narrower than this (the table scrolls instead)
 
 
+def _tokenizer(config: dict) -> str:
+    tok = config.get("tokenizer") or {}
+    return str(tok.get("fingerprint") or tok.get("spec") or tok.get("kind") or "")
+
+
 def cell_text(value: object, width: int) -> Text:
     """A config value in at most `width` cells; a long one (a path, a list) keeps its end,
     the part that tells runs apart."""
@@ -41,12 +51,14 @@ def cell_text(value: object, width: int) -> Text:
 class CompareScreen(Screen):
     TITLE = "gptbench"
     HELP = """\\
-Train and val loss of the marked runs, one colour per run, and the config keys whose values
-differ (long values keep their end). **l** toggles a log scale, **+**/**-** change the
-smoothing of the train curves.
+Train and val loss of the marked runs, one colour per run, their best val loss and bits per
+byte, and the config keys whose values differ (long values keep their end). **b** switches
+the val chart between loss and bits per byte (the default when the runs' tokenizers
+differ), **l** toggles a log scale, **+**/**-** change the smoothing of the train curves.
 """
     BINDINGS = [
         Binding("escape", "back", "Back"),
+        Binding("b", "toggle_bpb", "Bits/byte"),
         Binding("l", "toggle_log", "Log scale"),
         Binding("plus,equals_sign", "smooth(1)", "Smooth", key_display="+/-"),
         Binding("minus", "smooth(-1)", "Smooth less", show=False),
@@ -60,6 +72,7 @@ smoothing of the train curves.
         self.snaps: dict[str, WatchSnapshot] = {}
         self._poller: Timer | None = None
         self._diff_width = 0
+        self.show_bpb: bool | None = None  # None: decided from the tokenizers once configs arrive
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -98,6 +111,13 @@ smoothing of the train curves.
     def _show(self, snaps: dict[str, WatchSnapshot]) -> None:
         config_changed = any(n not in self.snaps or self.snaps[n].config is not s.config for n, s in snaps.items())
         self.snaps.update(snaps)
+        if self.show_bpb is None and all(self.snaps.get(n) is not None and self.snaps[n].config for n in self.names):
+            self.show_bpb = len({_tokenizer(self.snaps[n].config) for n in self.names}) > 1
+        self._show_curves()
+        if config_changed or snaps:
+            self._show_diff()
+
+    def _show_curves(self) -> None:
         train, val = [], []
         for i, name in enumerate(self.names):
             snap = self.snaps.get(name)
@@ -106,16 +126,16 @@ smoothing of the train curves.
             color = PALETTE[i % len(PALETTE)]
             s = snap.series
             train.append(Series(name, s.train_step, s.train_loss, color))
-            val.append(Series(name, s.eval_step, s.val_loss, color, smooth=False))
+            val.append(Series(name, s.eval_step, s.val_bpb if self.show_bpb else s.val_loss, color, smooth=False))
         self.query_one("#compare-train", MetricChart).set_series(train)
-        self.query_one("#compare-val", MetricChart).set_series(val)
-        if config_changed:
-            self._show_diff()
+        val_chart = self.query_one("#compare-val", MetricChart)
+        val_chart.set_title("val bits/byte" if self.show_bpb else "val loss")
+        val_chart.set_series(val)
 
     def _show_diff(self) -> None:
         table = self.query_one("#compare-diff", DataTable)
         configs = {n: (self.snaps[n].config if n in self.snaps else None) for n in self.names}
-        rows = config_diff(configs)
+        rows = [*self._results(), *config_diff(configs)]
         key_width = max([len("key"), *(len(k) for k, _ in rows)])
         # every run's column gets an equal share of what the key column and a vertical
         # scrollbar leave (2 cells of padding per column)
@@ -129,8 +149,21 @@ smoothing of the train curves.
             table.add_column(label, key=name, width=width)
         for key, values in rows:
             table.add_row(key, *(cell_text(v, width) for v in values), key=key)
-        title = f"config diff: {len(rows)} key{'s' if len(rows) != 1 else ''} differ" if rows else "config diff: the configs are identical"
+        differ = len(rows) - 2
+        title = (f"best results and config diff: {differ} key{'s differ' if differ != 1 else ' differs'}" if differ
+                 else "best results and config diff: the configs are identical")
         self.query_one("#compare-diff-title", Static).update(Text(title, style="bold"))
+
+    def _results(self) -> list[tuple[str, list[object]]]:
+        """The best val loss and bits per byte of each run (from its metrics)."""
+        loss, bpb = [], []
+        for name in self.names:
+            snap = self.snaps.get(name)
+            s = snap.series if snap is not None else None
+            loss.append(f"{min(s.val_loss):.4f}" if s and s.val_loss else None)
+            finite = [v for v in (s.val_bpb if s else []) if v == v]
+            bpb.append(f"{min(finite):.4f}" if finite else None)
+        return [("best val loss", loss), ("best val bits/byte", bpb)]
 
     def on_resize(self, event: Resize) -> None:
         self.call_after_refresh(self._refit_diff)  # the table has its new size after this layout
@@ -141,6 +174,10 @@ smoothing of the train curves.
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+    def action_toggle_bpb(self) -> None:
+        self.show_bpb = not self.show_bpb
+        self._show_curves()
 
     def action_toggle_log(self) -> None:
         for chart in self.query(MetricChart).results(MetricChart):

@@ -135,6 +135,11 @@ class MetricChart(PlotextPlot):
         self.series = series
         self._changed()
 
+    def set_title(self, title: str) -> None:
+        if title != self.chart_title:
+            self.chart_title = title
+            self._changed()
+
     def toggle_log_scale(self) -> None:
         if self.log_scalable:
             self.log_y = not self.log_y
