@@ -36,13 +36,16 @@ import resource
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
 from gptbench.backends.sampling import SamplingParams
 from gptbench.backends.spec import GPTConfig
 from gptbench.errors import UserError
+
+if TYPE_CHECKING:
+    from gptbench.backends.lora import LoRAConfig
 
 
 # Muon's fixed constants (Keller Jordan's muon.py; torch.optim.Muon and mlx.optimizers.Muon
@@ -118,12 +121,14 @@ class OptimConfig:
     muon: MuonConfig | None = None
 
 
-def optimizer_state_shapes(config: GPTConfig, optim: OptimConfig | None) -> dict[str, tuple[int, ...]]:
+def optimizer_state_shapes(config: GPTConfig, optim: OptimConfig | None, lora: "LoRAConfig | None" = None) -> dict[str, tuple[int, ...]]:
     """What every backend's `optimizer_state_shapes` returns: AdamW's two moments for each
-    parameter it trains, Muon's momentum buffer for each of `muon_blocks`."""
-    muon = muon_blocks(config) if optim is not None and optim.muon is not None else {}
+    parameter it trains, Muon's momentum buffer for each of `muon_blocks`. Under LoRA only
+    the adapters train (with AdamW)."""
+    muon = muon_blocks(config) if optim is not None and optim.muon is not None and lora is None else {}
+    trained = lora.adapter_shapes(config) if lora is not None else config.canonical_shapes()
     shapes: dict[str, tuple[int, ...]] = {}
-    for name, shape in config.canonical_shapes().items():
+    for name, shape in trained.items():
         if name in muon:
             shapes[f"momentum.{name}"] = shape
         else:
@@ -324,8 +329,9 @@ class TrainingBackend(ABC):
     # ---- training -------------------------------------------------------------------
     @abstractmethod
     def setup_optimizer(self, optim: OptimConfig) -> None:
-        """Create AdamW over every parameter (with `optim.muon`: Muon over the hidden
-        matrices, AdamW over the rest); must precede `train_step` and the state calls."""
+        """Create the optimizers over every parameter that trains (the adapters only after
+        `apply_lora`): AdamW, or with `optim.muon` Muon over the hidden matrices and AdamW
+        over the rest (refused under LoRA); must precede `train_step` and the state calls."""
 
     @abstractmethod
     def train_step(self, micro_batches: Sequence[Batch], lr: float) -> StepResult:
@@ -352,8 +358,9 @@ class TrainingBackend(ABC):
     def optimizer_state_shapes(self) -> dict[str, tuple[int, ...]]:
         """The tensors `get_optimizer_state` returns and `set_optimizer_state` needs, by
         name and shape: `exp_avg.<param>` and `exp_avg_sq.<param>` for every parameter
-        AdamW trains, `momentum.<param>` for every one Muon trains. The checkpoint reader
-        checks a saved state against this before installing it."""
+        AdamW trains, `momentum.<param>` for every one Muon trains (after `apply_lora`: the
+        adapters' moments only). The checkpoint reader checks a saved state against this
+        before installing it."""
 
     @abstractmethod
     def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -380,6 +387,26 @@ class TrainingBackend(ABC):
     @abstractmethod
     def set_rng_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore `get_rng_state`'s arrays (validated against `rng_state_shapes`)."""
+
+    # ---- LoRA -----------------------------------------------------------------------
+    lora: "LoRAConfig | None" = None  # set by apply_lora
+
+    @abstractmethod
+    def apply_lora(self, lora: "LoRAConfig") -> None:
+        """Freeze the model and add LoRA adapters to the Linears `lora` targets, initialised
+        by `backends.lora.init_adapters` from the construction seed (the same numbers on every
+        backend). Afterwards get/set_weights still move the frozen base (canonical names),
+        the forward pass includes the adapters, and the optimizer, its state and
+        `optimizer_state_shapes` cover the adapters only.
+        Raises: RuntimeError after `setup_optimizer` (the optimizer would miss them)."""
+
+    @abstractmethod
+    def get_adapters(self) -> dict[str, np.ndarray]:
+        """Every adapter by name (`LoRAConfig.adapter_shapes`) as float32 numpy copies."""
+
+    @abstractmethod
+    def set_adapters(self, tensors: dict[str, np.ndarray]) -> None:
+        """Replace every adapter (names and shapes already checked)."""
 
     # ---- utilities ------------------------------------------------------------------
     @classmethod

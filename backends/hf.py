@@ -1,8 +1,10 @@
 """The Hugging Face GPT-2 layout (`transformers.GPT2LMHeadModel`) as an import/export mapping.
 
 The difference from the canonical layout is small and listed explicitly:
-- names carry a `transformer.` prefix (except `lm_head.weight`); checkpoints saved from a bare
-  `GPT2Model` (like the hub's original `gpt2`) have no prefix, so both are accepted;
+- `save_pretrained` names carry a `transformer.` prefix (except `lm_head.weight`); checkpoints
+  saved from a bare `GPT2Model` (like the hub's original `gpt2`) have none. Both are read;
+  exports are written without it, the hub's own layout, because that is what mlx-lm's gpt2
+  loads (transformers reads both);
 - the four projections are `Conv1D` modules storing `[in, out]`, the transpose of a Linear:
   exactly the names in `CONV1D_WEIGHTS` are transposed, nothing else;
 - the attention `attn.bias` (causal mask) and `attn.masked_bias` buffers that some
@@ -96,14 +98,17 @@ def check_exportable(config: GPTConfig) -> None:
         )
 
 
-def config_to_hf(config: GPTConfig, dtype: str = "float32") -> dict[str, Any]:
-    """The `config.json` of an equivalent GPT2LMHeadModel."""
+def config_to_hf(config: GPTConfig, dtype: str = "float32", eos_token_id: int | None = None) -> dict[str, Any]:
+    """The `config.json` of an equivalent GPT2LMHeadModel. `n_ctx` repeats `n_positions`:
+    transformers no longer writes it, but mlx-lm's gpt2 requires it. `eos_token_id` is the
+    tokenizer's end-of-text (also bos, as in GPT-2); None writes neither."""
     check_exportable(config)
     out: dict[str, Any] = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": config.vocab_size,
         "n_positions": config.block_size,
+        "n_ctx": config.block_size,
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
@@ -121,8 +126,17 @@ def config_to_hf(config: GPTConfig, dtype: str = "float32") -> dict[str, Any]:
         "use_cache": True,
         "dtype": dtype,
     }
-    if config.vocab_size > 50256:  # GPT-2's <|endoftext|>
-        out["bos_token_id"] = out["eos_token_id"] = 50256
+    # Written even when None: GPT2Config would otherwise default both to 50256.
+    out["bos_token_id"] = out["eos_token_id"] = None if eos_token_id is None else int(eos_token_id)
+    return out
+
+
+def generation_config(eos_token_id: int | None) -> dict[str, Any]:
+    """`generation_config.json`. It must repeat eos: when this file exists, transformers'
+    generate takes eos from it alone (a file without eos never stops)."""
+    out: dict[str, Any] = {"_from_model_config": True, "use_cache": True}
+    if eos_token_id is not None:
+        out["bos_token_id"] = out["eos_token_id"] = int(eos_token_id)
     return out
 
 
@@ -164,15 +178,10 @@ def config_from_hf(data: Mapping[str, Any], source: str = "config.json") -> GPTC
 
 # ---- tensors ------------------------------------------------------------------------------
 def to_hf(config: GPTConfig, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Canonical tensors -> GPT2LMHeadModel state dict (tied head omitted)."""
+    """Canonical tensors -> the hub's GPT-2 layout: GPT2Model names without a prefix, Conv1D
+    weights transposed, `lm_head.weight` only for an untied head, no attention buffers."""
     check_exportable(config)
-    out: dict[str, np.ndarray] = {}
-    for name, arr in tensors.items():
-        if name == "lm_head.weight":
-            out[name] = arr
-            continue
-        out[PREFIX + name] = np.ascontiguousarray(arr.T) if is_conv1d(name) else arr
-    return out
+    return {name: np.ascontiguousarray(arr.T) if is_conv1d(name) else arr for name, arr in tensors.items()}
 
 
 def from_hf(config: GPTConfig, tensors: Mapping[str, np.ndarray], source: str = "model") -> dict[str, np.ndarray]:

@@ -31,7 +31,7 @@ import sys
 from typing import Any, Sequence
 
 # mlx_model first: it may preload a faster CBLAS, which must happen before mlx.core loads.
-from gptbench.backends.mlx_model import GPT, ModelCache, cross_entropy  # isort: skip
+from gptbench.backends.mlx_model import GPT, LoRAKeys, ModelCache, apply_lora, cross_entropy  # isort: skip
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -55,6 +55,7 @@ from gptbench.backends.base import (
     optimizer_state_shapes,
     rank_seed,
 )
+from gptbench.backends.lora import LORA_ONE_PROCESS, LORA_WITH_MUON, LoRAConfig, init_adapters, is_adapter
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.sampling import SamplingParams, apply_filters
 from gptbench import paths
@@ -249,6 +250,8 @@ class MLXBackend(Backend):
             raise UserError(f"unknown dtype {dtype!r}; choose float32, bfloat16 or float16")
         self.dtype = "float32"
         self.compile = compile  # compiles the training step and the evaluation loss
+        self.seed = seed
+        self._lora_keys: LoRAKeys | None = None  # set by apply_lora
         with mx.stream(self._device):
             self.model = GPT(config)
             self.model.init_weights(seed)
@@ -281,8 +284,13 @@ class MLXBackend(Backend):
 
     # ---- weights --------------------------------------------------------------------
     def _named_params(self) -> dict[str, mx.array]:
-        """Canonical name -> parameter (a tied head is the embedding, listed once)."""
-        return dict(tree_flatten(self.model.parameters()))
+        """Canonical name -> parameter (a tied head is the embedding, listed once); LoRA
+        adapters are not model weights and are left out."""
+        return {n: p for n, p in tree_flatten(self.model.parameters()) if not is_adapter(n)}
+
+    def _trainable_params(self) -> dict[str, mx.array]:
+        """What the optimizer steps: every parameter, or only the adapters after apply_lora."""
+        return dict(tree_flatten(self.model.trainable_parameters()))
 
     def get_weights(self) -> dict[str, np.ndarray]:
         if self.parallel.rank != 0:
@@ -322,6 +330,8 @@ class MLXBackend(Backend):
 
     # ---- training -------------------------------------------------------------------
     def setup_optimizer(self, optim: OptimConfig) -> None:
+        if optim.muon is not None and self.lora is not None:
+            raise UserError(LORA_WITH_MUON)
         self.optim_config = optim
         self._adamw = _AdamW(
             learning_rate=0.0,
@@ -349,6 +359,17 @@ class MLXBackend(Backend):
 
         def loss_fn(x: mx.array, y: mx.array, key: mx.array) -> mx.array:
             return cross_entropy(model(x, key=key), y)
+
+        lora_keys = self._lora_keys
+        if lora_keys is not None and self.lora is not None and self.lora.dropout > 0:
+            plain_loss = loss_fn
+
+            def loss_fn(x: mx.array, y: mx.array, key: mx.array) -> mx.array:  # noqa: F811
+                key, lora_keys.key = mx.random.split(key)  # LoRA dropout draws from its own half
+                try:
+                    return plain_loss(x, y, key)
+                finally:
+                    lora_keys.key = None
 
         grad_fn = nn.value_and_grad(model, loss_fn)
         state = [model.state, optimizer.state]
@@ -406,7 +427,7 @@ class MLXBackend(Backend):
             return float(loss)
 
     def optimizer_state_shapes(self) -> dict[str, tuple[int, ...]]:
-        return optimizer_state_shapes(self.config, self.optim_config)
+        return optimizer_state_shapes(self.config, self.optim_config, self.lora)
 
     def _state_names(self) -> list[tuple[optim.Optimizer, dict[str, str]]]:
         """Each optimizer with its per-parameter state entries -> checkpoint name prefixes."""
@@ -437,7 +458,7 @@ class MLXBackend(Backend):
         with mx.stream(self._device):
             for opt, prefixes in self._state_names():
                 names, arrays = [], []
-                for name, p in self._named_params().items():
+                for name, p in self._trainable_params().items():
                     if (name in muon_names) == (opt is self._muon):
                         for entry, prefix in prefixes.items():
                             names.append(f"{name}.{entry}")
@@ -451,6 +472,29 @@ class MLXBackend(Backend):
             self.optimizer.init(self.model.trainable_parameters())  # marks them initialised
             mx.eval(self.optimizer.state)
         self._build_step()
+
+    # ---- LoRA -----------------------------------------------------------------------
+    def apply_lora(self, lora: LoRAConfig) -> None:
+        if self.optimizer is not None:
+            raise RuntimeError("apply_lora() must come before setup_optimizer()")
+        if self.parallel.distributed:
+            raise UserError(LORA_ONE_PROCESS)
+        with mx.stream(self._device):
+            self._lora_keys = apply_lora(self.model, lora)
+        self.lora = lora
+        self._eval_fn = None  # traced over the old module tree
+        self.set_adapters(init_adapters(self.config, lora, self.seed))
+
+    def get_adapters(self) -> dict[str, np.ndarray]:
+        adapters = {n: p for n, p in tree_flatten(self.model.parameters()) if is_adapter(n)}
+        mx.eval(list(adapters.values()))
+        return {n: np.array(p.astype(mx.float32), copy=True) for n, p in adapters.items()}
+
+    def set_adapters(self, tensors: dict[str, np.ndarray]) -> None:
+        names = [n for n, _ in tree_flatten(self.model.parameters()) if is_adapter(n)]
+        with mx.stream(self._device):
+            self.model.update(tree_unflatten([(n, mx.array(np.ascontiguousarray(tensors[n], dtype=np.float32))) for n in names]))
+            mx.eval(self.model.parameters())
 
     def rng_state_shapes(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         return {"mlx_key": ("uint32", tuple(self._key.shape))}

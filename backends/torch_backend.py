@@ -47,9 +47,10 @@ from gptbench.backends.base import (
     optimizer_state_shapes,
     rank_seed,
 )
+from gptbench.backends.lora import LORA_ONE_PROCESS, LORA_WITH_MUON, LoRAConfig, init_adapters, is_adapter
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.sampling import SamplingParams, apply_filters
-from gptbench.backends.torch_model import GPT, ModelCache, cross_entropy
+from gptbench.backends.torch_model import GPT, ModelCache, apply_lora, cross_entropy
 from gptbench import paths
 from gptbench.errors import UserError
 
@@ -302,6 +303,7 @@ class TorchBackend(Backend):
             raise UserError("--strategy fsdp trains in float32 or bfloat16; drop --dtype float16 (or use --strategy ddp)")
         self.dtype = dtype
         self.compile = compile
+        self.seed = seed
         torch.manual_seed(seed)
         self.model = GPT(config)
         self.model.init_weights(seed)  # its own generator: the same weights on every rank
@@ -364,8 +366,13 @@ class TorchBackend(Backend):
 
     # ---- weights --------------------------------------------------------------------
     def _named_params(self) -> dict[str, torch.nn.Parameter]:
-        """Canonical name -> parameter (a tied head is the embedding, listed once)."""
-        return dict(self.model.named_parameters())
+        """Canonical name -> parameter (a tied head is the embedding, listed once); LoRA
+        adapters are not model weights and are left out."""
+        return {n: p for n, p in self.model.named_parameters() if not is_adapter(n)}
+
+    def _trainable_params(self) -> dict[str, torch.nn.Parameter]:
+        """What the optimizer steps: every parameter, or only the adapters after apply_lora."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def _sharded(self) -> None:
         """Put FSDP back in its sharded layout. A forward without backward (evaluation,
@@ -404,9 +411,11 @@ class TorchBackend(Backend):
 
     # ---- training -------------------------------------------------------------------
     def setup_optimizer(self, optim: OptimConfig) -> None:
-        params = self._named_params()
+        params = self._trainable_params()
         if optim.muon is not None and self.fsdp:
             raise UserError("--optimizer muon orthogonalises whole matrices, which FSDP shards; use --strategy ddp with muon, or adamw with fsdp")
+        if optim.muon is not None and self.lora is not None:
+            raise UserError(LORA_WITH_MUON)
         blocks = muon_blocks(self.config) if optim.muon is not None else {}
         self.muon = Muon({params[n]: k for n, k in blocks.items()}, optim.muon) if blocks else None
         self._muon_names = set(blocks)
@@ -492,14 +501,14 @@ class TorchBackend(Backend):
         return float(loss)
 
     def optimizer_state_shapes(self) -> dict[str, tuple[int, ...]]:
-        return optimizer_state_shapes(self.config, self.optim_config)
+        return optimizer_state_shapes(self.config, self.optim_config, self.lora)
 
     def get_optimizer_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         assert self.optimizer is not None
         self._sharded()
         tensors: dict[str, np.ndarray] = {}
         step = self.muon.steps if self.muon is not None else 0
-        for name, p in self._named_params().items():
+        for name, p in self._trainable_params().items():
             if name in self._muon_names:  # (never sharded: muon trains with one process or DDP)
                 st = self.muon.state.get(p)
                 if st:
@@ -535,7 +544,7 @@ class TorchBackend(Backend):
         if step == 0:
             return  # nothing has moved yet: fresh optimizers are exactly this state
         on_device = any(group.get("fused") or group.get("capturable") for group in self.optimizer.param_groups)
-        for name, p in self._named_params().items():
+        for name, p in self._trainable_params().items():
             if name in self._muon_names:
                 value = torch.from_numpy(np.asarray(tensors[f"momentum.{name}"], dtype=np.float32).copy()) if self._rank0 else None
                 self.muon.state[p] = {"momentum_buffer": self._from_rank0(value, p).detach().clone()}
@@ -569,6 +578,25 @@ class TorchBackend(Backend):
         full = value.to(self.device) if value is not None else torch.empty(like.shape, dtype=torch.float32, device=self.device)
         dist.broadcast(full, src=0)
         return full
+
+    # ---- LoRA -----------------------------------------------------------------------
+    def apply_lora(self, lora: LoRAConfig) -> None:
+        if self.optimizer is not None:
+            raise RuntimeError("apply_lora() must come before setup_optimizer()")
+        if self.parallel.distributed:
+            raise UserError(LORA_ONE_PROCESS)
+        apply_lora(self.model, lora)
+        self.lora = lora
+        self.set_adapters(init_adapters(self.config, lora, self.seed))
+
+    def get_adapters(self) -> dict[str, np.ndarray]:
+        return {n: p.detach().float().cpu().numpy().copy() for n, p in self.model.named_parameters() if is_adapter(n)}
+
+    def set_adapters(self, tensors: dict[str, np.ndarray]) -> None:
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                if is_adapter(name):
+                    p.copy_(torch.from_numpy(np.ascontiguousarray(tensors[name], dtype=np.float32)))
 
     def rng_state_shapes(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         shapes = {"torch_cpu": ("uint8", tuple(torch.get_rng_state().shape))}

@@ -20,7 +20,7 @@ import mmap
 import os
 import struct
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from gptbench.backends.spec import GPTConfig
 from gptbench.errors import ConfigError
 from gptbench.errors import UserError
 from gptbench.fsutil import atomic_path
+
+if TYPE_CHECKING:
+    from gptbench.backends.lora import LoRAConfig
 
 FORMAT = "gptbench"
 FORMAT_VERSION = "1"
@@ -271,5 +274,68 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[GPTConfig, dict[str, np.
     """Load and validate a gptbench weights file: (config, float tensors by canonical name)."""
     tensors, meta = load_tensors(path)
     config = _config_from_meta(path, meta)
+    if is_adapter_file(meta):
+        raise WeightsError(f"{path} holds LoRA adapters, not a whole model; load it through its run, or merge it with `gptbench convert`")
     check_tensors(config, tensors, source=str(path))
     return config, tensors
+
+
+# ---- LoRA adapter files --------------------------------------------------------------------
+# A LoRA run's checkpoint holds only its adapters. Its header adds `lora` (rank, alpha,
+# targets, dropout) and `base`: where the frozen base weights are and their sha256, so the
+# model can be rebuilt and a moved or changed base is detected (`gptbench.finetune`).
+def is_adapter_file(meta: Mapping[str, str]) -> bool:
+    return "lora" in meta
+
+
+def save_adapters(
+    path: str | os.PathLike[str],
+    config: GPTConfig,
+    lora: "LoRAConfig",
+    tensors: Mapping[str, np.ndarray],
+    base: Mapping[str, object],
+    **extra_meta: str,
+) -> int:
+    """Validate against `lora.adapter_shapes(config)`, then write an adapter file (float32)."""
+    _check_adapters(config, lora, tensors, "adapters")
+    meta = weights_metadata(config, dtype="float32", lora=json.dumps(lora.to_dict()), base=json.dumps(dict(base)), **extra_meta)
+    return save_tensors(path, tensors, meta, dtype="float32")
+
+
+def load_adapters(path: str | os.PathLike[str]) -> tuple[GPTConfig, "LoRAConfig", dict[str, object], dict[str, np.ndarray]]:
+    """An adapter file: (base model config, LoRA config, base reference, adapters), checked."""
+    from gptbench.backends.lora import LoRAConfig
+
+    tensors, meta = load_tensors(path)
+    config = _config_from_meta(path, meta)
+    if not is_adapter_file(meta):
+        raise WeightsError(f"{path} is a whole model, not LoRA adapters")
+    try:
+        lora = LoRAConfig.from_dict(json.loads(meta["lora"]))
+        base = json.loads(meta.get("base", "null"))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise WeightsError(f"{path}: unreadable LoRA header ({exc})") from None
+    except ConfigError as exc:
+        raise WeightsError(f"{path}: {exc}") from None
+    if not isinstance(base, dict) or not all(isinstance(base.get(k), str) for k in ("kind", "path", "sha256")):
+        raise WeightsError(f"{path} has no usable reference to its base model (kind, path, sha256) in its header")
+    _check_adapters(config, lora, tensors, str(path))
+    return config, lora, base, tensors
+
+
+def _check_adapters(config: GPTConfig, lora: "LoRAConfig", tensors: Mapping[str, object], source: str) -> None:
+    try:
+        want = lora.adapter_shapes(config)
+    except ConfigError as exc:
+        raise WeightsError(f"{source}: {exc}") from None
+    missing = [n for n in want if n not in tensors]
+    extra = [n for n in tensors if n not in want]
+    wrong = [f"{n} has shape {list(getattr(tensors[n], 'shape'))}, LoRA rank {lora.rank} needs {list(s)}"
+             for n, s in want.items() if n in tensors and tuple(getattr(tensors[n], "shape")) != s]
+    problems = ([f"missing {_few(missing)}"] if missing else []) + ([f"unexpected {_few(extra)}"] if extra else []) + wrong
+    if problems:
+        raise WeightsError(f"{source} does not match its LoRA config: " + "; ".join(problems[:4]))
+    for name in want:
+        arr = np.asarray(tensors[name])
+        if arr.dtype.kind != "f" or not np.isfinite(arr).all():
+            raise WeightsError(f"{source}: adapter {name} is not finite floating point (a diverged run or a damaged file)")

@@ -49,9 +49,10 @@ def optim_config(**overrides):
 
 
 def train_fixture_run(runs_dir: Path, corpus: Path, name: str = "fixture", max_iters: int = 150, backend: str = "torch",
-                      model: dict | None = None, **train):
-    """Train a tiny char-level run through the real Trainer (about a second or two);
-    `model` adds model keys (e.g. today's recipe) to its 2 x 32 shape."""
+                      tokenizer: str = "char", model: dict | None = None, **train):
+    """Train a tiny run (char-level unless `tokenizer` says otherwise) through the real
+    Trainer (about a second or two); `model` adds model keys (e.g. today's recipe, or a
+    tied head) to its 2 x 32 shape."""
     from gptbench.config import resolve_run_config
     from gptbench.runstore import RunStore
     from gptbench.train import Trainer
@@ -62,7 +63,7 @@ def train_fixture_run(runs_dir: Path, corpus: Path, name: str = "fixture", max_i
         {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, **(model or {})},
         {"max_iters": max_iters, "eval_interval": 50, "eval_iters": 4, "batch_size": 8, "log_interval": 10,
          "warmup_iters": 10, "sample_tokens": 40, **train},
-        {"data": str(corpus), "tokenizer": "char", "backend": backend, "device": "cpu", "name": name},
+        {"data": str(corpus), "tokenizer": tokenizer, "backend": backend, "device": "cpu", "name": name},
     )
     trainer = Trainer.new_run(RunStore(runs_dir), cfg)
     trainer.fit()
@@ -100,3 +101,35 @@ def assert_one_line(err: str, *needles: str) -> None:
     assert "Traceback" not in err
     for n in needles:
         assert n in err, err
+
+
+def save_hf_gpt2(folder: Path, *, prefixed: bool = True, vocab_size: int = 50257, seed: int = 0, scale: float = 8.0, tokenizer=None, **shape):
+    """A tiny GPT-2 made by transformers itself (GPT2LMHeadModel(GPT2Config(...))) standing in
+    for pretrained weights, saved with save_pretrained. Matrices are scaled up so its greedy
+    continuations are far from ties. `prefixed=False` rewrites the file in the hub's
+    original layout (no `transformer.` prefix, like openai-community/gpt2). A gptbench
+    `tokenizer` adds its Hugging Face tokenizer files. Returns the model (eval mode)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gptbench.backends.weights import load_tensors, save_tensors
+
+    torch.manual_seed(seed)
+    dims = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)
+    dims.update(shape)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, **dims)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(scale)
+            else:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    if not prefixed:
+        tensors, meta = load_tensors(folder / "model.safetensors")
+        save_tensors(folder / "model.safetensors", {k.removeprefix("transformer."): v for k, v in tensors.items()}, meta)
+    if tokenizer is not None:
+        from gptbench.tokenizers.hf_files import write_hf_tokenizer
+
+        write_hf_tokenizer(tokenizer, folder, dims["n_positions"])
+    return model

@@ -353,6 +353,96 @@ def test_optimizer_and_rng_state_round_trip_continue_identically(name, muon):
     assert [c.train_step(b, 1e-3).loss for b in batches[3:]] != tail_a
 
 
+# ---- LoRA --------------------------------------------------------------------------------------
+def _lora_backend(name, cfg, lora, seed=0):
+    """A backend with perturbed base weights, LoRA applied, and B moved off zero (so both
+    adapters get gradients); returns (backend, base, adapters)."""
+    be = make(name, cfg, seed=seed)
+    base = perturbed_weights(cfg, seed=1)
+    be.set_weights(base)
+    be.apply_lora(lora)
+    rng = np.random.default_rng(3)
+    adapters = {k: (v if k.endswith("lora_a") else rng.normal(0, 0.1, v.shape).astype(np.float32)) for k, v in be.get_adapters().items()}
+    be.set_adapters(adapters)
+    return be, base, adapters
+
+
+def test_lora_forward_and_step_match_the_merged_reference(name):
+    """Logits equal the float64 reference of the merged weights W + (alpha/r)·B@A, and one
+    step moves only the adapters, by AdamW on dL/dA = s·Bᵀ·dL/dW and dL/dB = s·dL/dW·Aᵀ."""
+    from gptbench.backends.lora import LoRAConfig, merge
+
+    cfg = tiny_model_config()
+    lora = LoRAConfig(4, 8.0, ("attn", "mlp"))
+    be, base, adapters = _lora_backend(name, cfg, lora)
+    merged = merge(cfg, lora, base, adapters)
+    idx = random_tokens(cfg, seed=2)
+    np.testing.assert_allclose(be.forward_logits(idx), reference_logits(cfg, merged, idx), rtol=1e-4, atol=1e-4)
+    opt = OptimConfig(weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=0.0)
+    be.setup_optimizer(opt)
+    batches = [(random_tokens(cfg, seed=s), random_tokens(cfg, seed=s + 10)) for s in range(2)]
+    losses, g = reference_gradients(cfg, merged, batches)
+    ga = {}
+    for module in lora.modules(cfg):
+        a, b, gw = adapters[f"{module}.lora_a"], adapters[f"{module}.lora_b"], g[f"{module}.weight"]
+        ga[f"{module}.lora_a"] = lora.scale * b.astype(np.float64).T @ gw
+        ga[f"{module}.lora_b"] = lora.scale * gw @ a.astype(np.float64).T
+    res = be.train_step(batches, lr=1e-2)
+    assert res.loss == pytest.approx(np.mean(losses), rel=1e-5)
+    assert res.grad_norm == pytest.approx(np.sqrt(sum((v**2).sum() for v in ga.values())), rel=1e-4)
+    want = _adamw_reference(adapters, ga, 1e-2, opt)
+    got = be.get_adapters()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=2e-5, err_msg=k)
+    after = be.get_weights()
+    assert set(after) == set(cfg.canonical_shapes())  # get_weights: the base, never the adapters
+    for k in base:
+        np.testing.assert_array_equal(after[k], base[k], err_msg=k)
+
+
+def test_lora_optimizer_state_is_the_adapters_only(name):
+    from gptbench.backends.lora import LoRAConfig
+
+    cfg = tiny_model_config(tie_embeddings=False)
+    lora = LoRAConfig(2, 2.0, ("c_attn",))
+    be = make(name, cfg)
+    be.apply_lora(lora)
+    be.setup_optimizer(optim_config())
+    tensors, meta = be.get_optimizer_state()
+    want = {f"{m}.{n}" for m in ("exp_avg", "exp_avg_sq") for n in lora.adapter_shapes(cfg)}
+    assert set(be.optimizer_state_shapes()) == want
+    assert {k: v.shape for k, v in tensors.items()} == be.optimizer_state_shapes()
+    late = make(name, cfg)
+    late.setup_optimizer(optim_config())
+    with pytest.raises(RuntimeError, match="before setup_optimizer"):
+        late.apply_lora(lora)
+
+
+def test_lora_dropout_is_seeded_off_in_eval_and_resumes_exactly(name):
+    from gptbench.backends.lora import LoRAConfig
+
+    cfg = tiny_model_config()
+    batches = [[(random_tokens(cfg, seed=s), random_tokens(cfg, seed=s + 100))] for s in range(5)]
+    idx = random_tokens(cfg, seed=7)
+
+    def run(dropout, seed=0):
+        be, _, _ = _lora_backend(name, cfg, LoRAConfig(4, 8.0, dropout=dropout), seed=seed)
+        be.setup_optimizer(optim_config())
+        return be
+
+    a, plain = run(0.5), run(0.0)
+    np.testing.assert_array_equal(a.forward_logits(idx), plain.forward_logits(idx))  # eval: no dropout
+    head = [a.train_step(b, 1e-3).loss for b in batches[:2]]
+    assert head != [plain.train_step(b, 1e-3).loss for b in batches[:2]]  # dropout is on in training
+    adapters, (opt, meta), rng = a.get_adapters(), a.get_optimizer_state(), a.get_rng_state()
+    tail = [a.train_step(b, 1e-3).loss for b in batches[2:]]
+    b_ = run(0.5, seed=99)
+    b_.set_adapters(adapters)
+    b_.set_optimizer_state(opt, meta)
+    b_.set_rng_state(rng)
+    assert [b_.train_step(b, 1e-3).loss for b in batches[2:]] == tail
+
+
 # ---- generation ------------------------------------------------------------------------------
 def test_kv_cache_grows_in_chunks_and_keeps_history(name):
     import importlib

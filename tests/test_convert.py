@@ -52,7 +52,8 @@ def test_run_to_weights_file_loads_identically_on_both_backends(trained_run, tmp
     assert "verified on mlx on cpu: max |logit difference| vs source = 0 " in out
     src_cfg, src = load_weights(trained_run.checkpoint("last").path)
     cfg, got = load_weights(dst)
-    assert cfg == src_cfg and set(got) == set(src)
+    assert cfg == src_cfg
+    assert set(got) == set(src)
     assert all(np.array_equal(got[k], src[k]) for k in src)
     idx = random_tokens(cfg, seed=3)
     np.testing.assert_allclose(logits_on("mlx", dst, idx), logits_on("torch", trained_run.checkpoint("last").path, idx), atol=1e-4)
@@ -67,7 +68,8 @@ def test_dtype_is_written_and_widened_on_load(dtype, st, itemsize, tmp_path, cap
     assert rc == 0, err
     header, meta, _ = read_header(dst)
     assert {e["dtype"] for e in header.values()} == {st}
-    assert meta["format"] == "gptbench" and meta["dtype"] == dtype
+    assert meta["format"] == "gptbench"
+    assert meta["dtype"] == dtype
     _, w = load_weights(src)
     _, got = load_weights(dst)
     import torch
@@ -109,7 +111,8 @@ def test_run_to_run_keeps_the_tokenizer_and_samples(trained_run, tmp_path, capsy
     assert run.config()["converted_from"]["source"].startswith("orig@step-")
     assert main(["sample", "--run", "copy", "--runs-dir", str(runs), "--temperature", "0", "--max-new-tokens", "20", "--prompt", "ROMEO:"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("ROMEO:") and len(text.strip()) > len("ROMEO:")
+    assert text.startswith("ROMEO:")
+    assert len(text.strip()) > len("ROMEO:")
 
 
 def test_json_output(tmp_path, capsys):
@@ -117,8 +120,11 @@ def test_json_output(tmp_path, capsys):
     rc, out, _ = cli(capsys, str(src), str(tmp_path / "o.safetensors"), "--json", "--to", "mlx")
     assert rc == 0
     rec = json.loads(out)
-    assert rec["source_kind"] == "weights" and rec["to"] == "mlx" and rec["max_logit_diff"] == 0.0
-    assert rec["verified_on"] == "mlx on cpu" and rec["tensors"] == len(load_weights(src)[1])
+    assert rec["source_kind"] == "weights"
+    assert rec["to"] == "mlx"
+    assert rec["max_logit_diff"] == 0.0
+    assert rec["verified_on"] == "mlx on cpu"
+    assert rec["tensors"] == len(load_weights(src)[1])
 
 
 # ---- Hugging Face ----------------------------------------------------------------------------
@@ -131,12 +137,20 @@ def test_hf_export_loads_in_transformers_with_matching_logits(tied, tmp_path, ca
     folder = tmp_path / "hf"
     rc, out, err = cli(capsys, str(src), str(folder), "--to", "hf")
     assert rc == 0, err
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    # a weights file has no tokenizer: the model files only, and a note saying so
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert "note: no tokenizer files written" in out
     header, meta, _ = read_header(folder / "model.safetensors")
     assert meta == {"format": "pt"}
     assert ("lm_head.weight" in header) == (not tied)
-    assert header["transformer.h.0.mlp.c_fc.weight"]["shape"] == [cfg.n_embd, cfg.mlp_hidden]  # Conv1D [in, out]
-    model = GPT2LMHeadModel.from_pretrained(folder).eval()
+    assert not any(k.startswith("transformer.") for k in header)  # the hub's GPT2Model layout
+    assert header["h.0.mlp.c_fc.weight"]["shape"] == [cfg.n_embd, cfg.mlp_hidden]  # Conv1D [in, out]
+    hf_config = json.loads((folder / "config.json").read_text())
+    assert hf_config["n_ctx"] == hf_config["n_positions"] == cfg.block_size
+    assert hf_config["eos_token_id"] is None  # no tokenizer, no end-of-text
+    model, info = GPT2LMHeadModel.from_pretrained(folder, output_loading_info=True)
+    model.eval()
+    assert {k: v for k, v in info.items() if v} == {}  # nothing missing, unexpected or mismatched
     assert model.config.tie_word_embeddings == tied
     idx = random_tokens(cfg, batch=2, length=cfg.block_size, seed=4)
     with torch.no_grad():
@@ -171,7 +185,8 @@ def test_hf_import_to_run_matches_transformers_and_samples(tmp_path, capsys):
     runs = tmp_path / "runs"
     rc, out, err = cli(capsys, str(tmp_path / "hf"), "gpt2-tiny", "--runs-dir", str(runs))
     assert rc == 0, err
-    assert "(hf)" in out and "wrote" in out
+    assert "(hf)" in out
+    assert "wrote" in out
     from gptbench.backends.generate import generate
     from gptbench.backends.sampling import SamplingParams
     from gptbench.loading import load_model
@@ -321,7 +336,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, dst_name, tmp_pat
     before = sorted(p.name for p in tmp_path.iterdir())
     rc, out, err = cli(capsys, str(src), str(dst), "--runs-dir", str(runs), *extra)
     assert rc == 2
-    assert err.count("\n") == 1 and err.startswith("gptbench: error: ") and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert err.startswith("gptbench: error: ")
+    assert "Traceback" not in err
     assert fragment in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing left over
     assert not runs.exists() or not any(runs.iterdir())
@@ -329,16 +346,21 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, dst_name, tmp_pat
 
 def test_missing_source_and_bad_destination(tmp_path, capsys):
     rc, _, err = cli(capsys, "no-such-run", str(tmp_path / "x.safetensors"), "--runs-dir", str(tmp_path))
-    assert rc == 2 and "no run named 'no-such-run'" in err
+    assert rc == 2
+    assert "no run named 'no-such-run'" in err
     rc, _, err = cli(capsys, str(tmp_path / "missing.safetensors"), str(tmp_path / "x.safetensors"))
-    assert rc == 2 and "weights file not found" in err
+    assert rc == 2
+    assert "weights file not found" in err
     _, src = gpt2_weights_file(tmp_path)
     rc, _, err = cli(capsys, str(src), str(tmp_path / "sub" / "name"), "--tokenizer", "byte")
-    assert rc == 2 and "neither a run name nor a .safetensors file" in err
+    assert rc == 2
+    assert "neither a run name nor a .safetensors file" in err
     rc, _, err = cli(capsys, str(src), "newrun", "--runs-dir", str(tmp_path / "runs"))
-    assert rc == 2 and "needs a tokenizer: pass --tokenizer" in err
+    assert rc == 2
+    assert "needs a tokenizer: pass --tokenizer" in err
     rc, _, err = cli(capsys, str(src), "newrun", "--runs-dir", str(tmp_path / "runs"), "--tokenizer", "byte")
-    assert rc == 2 and "tokenizer byte has 256 tokens but the model only 67" in err
+    assert rc == 2
+    assert "tokenizer byte has 256 tokens but the model only 67" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert leftovers(tmp_path) == []
 
@@ -349,7 +371,8 @@ def test_refuses_to_overwrite_without_force(tmp_path, capsys):
         assert cli(capsys, str(src), str(dst), *extra)[0] == 0
         stamp = dst.stat().st_mtime_ns
         rc, _, err = cli(capsys, str(src), str(dst), *extra)
-        assert rc == 2 and "already exists; pass --force" in err
+        assert rc == 2
+        assert "already exists; pass --force" in err
         assert dst.stat().st_mtime_ns == stamp
         rc, _, err = cli(capsys, str(src), str(dst), "--force", "--dtype", "float16", *extra)
         assert rc == 0, err
@@ -365,7 +388,8 @@ def test_failed_verification_leaves_nothing(tmp_path, capsys, monkeypatch):
     _, src = gpt2_weights_file(tmp_path, vocab_size=256)
     for dst, extra in ((tmp_path / "o.safetensors", []), (tmp_path / "hf", ["--to", "hf"]), ("r", ["--tokenizer", "byte"])):
         rc, _, err = cli(capsys, str(src), str(dst), "--dtype", "bfloat16", "--runs-dir", str(tmp_path / "runs"), *extra)
-        assert rc == 2 and "verification failed" in err, err
+        assert rc == 2, err
+        assert "verification failed" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "src.safetensors"]
     assert list((tmp_path / "runs").iterdir()) == []
 

@@ -180,10 +180,21 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": dict(n_layer=48, n_head=25, n_embd=1600, block_size=1024, dropout=0.0, bias=True),
         "train": dict(batch_size=12, grad_accum=40, max_iters=600000, lr=2e-4, min_lr=2e-5, warmup_iters=2000, beta2=0.95, eval_interval=2000, eval_iters=200),
     },
+    # nanoGPT's finetune_shakespeare: a small constant learning rate, a short run, frequent
+    # evaluation. No model section: the shape comes from --init-from, dropout is --dropout
+    # (default 0). For LoRA, raise --lr about tenfold (the adapters start from zero).
+    "finetune": {
+        "model": {},
+        "train": dict(batch_size=1, grad_accum=32, max_iters=20, lr=3e-5, min_lr=0.0, decay_lr=False, warmup_iters=0,
+                      beta2=0.95, eval_interval=5, eval_iters=40),
+    },
 }
 DEFAULT_PRESET = "tiny"
+FINETUNE_PRESET = "finetune"  # the default preset with --init-from
+NEEDS_INIT_FROM = (FINETUNE_PRESET,)
 
-RUN_KEYS = ("data", "tokenizer", "backend", "device", "dtype", "compile", "name")
+RUN_KEYS = ("data", "tokenizer", "backend", "device", "dtype", "compile", "name", "init_from")
+LORA_KEYS = ("rank", "alpha", "targets", "dropout")
 
 
 @dataclass(frozen=True)
@@ -195,16 +206,23 @@ class RunConfig:
     model: dict[str, Any]
     train: TrainConfig
     data: str | None = None
-    tokenizer: str = "char"
+    tokenizer: str | None = "char"
     backend: str = "auto"
     device: str = "auto"
     dtype: str = "auto"
     compile: bool | None = None  # None = the backend's default (see Backend.default_compile)
     name: str | None = None
     command: str | None = None  # the command line that created the run, for the record
+    # Fine-tuning: the source of the initial weights (then `model` holds only the keys given
+    # explicitly, checked against the source, and `tokenizer` is None unless given), and
+    # LoRA settings (LoRAConfig.to_dict()) when only adapters train.
+    init_from: str | None = None
+    lora: dict[str, Any] | None = None
 
     def model_config(self, vocab_size: int) -> GPTConfig:
-        return GPTConfig.from_dict({**self.model, "vocab_size": vocab_size})
+        """The model for a tokenizer of `vocab_size` ids; a fine-tuning run's `model` is the
+        source's whole config and keeps its own vocab_size (it may exceed the tokenizer's)."""
+        return GPTConfig.from_dict({"vocab_size": vocab_size, **self.model})
 
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
@@ -218,9 +236,10 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot parse {p}: {exc}") from None
-    reject_unknown_keys("config-file", data, {"preset", "model", "train", *RUN_KEYS})
+    reject_unknown_keys("config-file", data, {"preset", "model", "train", "lora", *RUN_KEYS})
     reject_unknown_keys("[model]", data.get("model", {}), MODEL_KEYS)
     reject_unknown_keys("[train]", data.get("train", {}), TRAIN_KEYS)
+    reject_unknown_keys("[lora]", data.get("lora", {}), LORA_KEYS)
     return data
 
 
@@ -230,12 +249,20 @@ def resolve_run_config(
     model_flags: Mapping[str, Any] | None = None,
     train_flags: Mapping[str, Any] | None = None,
     run_flags: Mapping[str, Any] | None = None,
+    lora_flags: Mapping[str, Any] | None = None,
 ) -> RunConfig:
-    """defaults < preset < TOML file < command-line flags (None values mean 'not given')."""
+    """defaults < preset < TOML file < command-line flags (None values mean 'not given').
+
+    With `init_from` the model comes from the source: `model` keeps only the keys given in
+    the TOML file or as flags (to be checked against it), the tokenizer only when given,
+    and the preset defaults to `finetune`."""
     toml = dict(toml or {})
-    preset = preset or toml.get("preset") or DEFAULT_PRESET
+    init_from = (run_flags or {}).get("init_from") or toml.get("init_from")
+    preset = preset or toml.get("preset") or (FINETUNE_PRESET if init_from else DEFAULT_PRESET)
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if preset in NEEDS_INIT_FROM and not init_from:
+        raise ConfigError(f"preset {preset} fine-tunes pretrained weights; add --init-from SRC (e.g. gpt2, a Hugging Face folder or RUN)")
     model: dict[str, Any] = {k: v for k, v in GPTConfig().to_dict().items() if k != "vocab_size"}
     model.update(PRESETS[preset]["model"])
     train: dict[str, Any] = TrainConfig().to_dict()
@@ -252,4 +279,23 @@ def resolve_run_config(
     if train_cfg.lr_decay_iters == 0:
         train_cfg = dataclasses.replace(train_cfg, lr_decay_iters=train_cfg.max_iters)
     GPTConfig.from_dict({**model, "vocab_size": 1})  # validate the shape early
-    return RunConfig(preset=preset, model=model, train=train_cfg, **run)
+    lora = _resolve_lora(toml.get("lora", {}), lora_flags or {}, bool(init_from))
+    if init_from:
+        model = {**toml.get("model", {}), **{k: v for k, v in (model_flags or {}).items() if v is not None}}
+        run.setdefault("tokenizer", None)
+    return RunConfig(preset=preset, model=model, train=train_cfg, lora=lora, **run)
+
+
+def _resolve_lora(toml: Mapping[str, Any], flags: Mapping[str, Any], init_from: bool) -> dict[str, Any] | None:
+    """The LoRA section (TOML < flags), validated; None without a rank."""
+    from gptbench.backends.lora import LoRAConfig
+
+    given = {**toml, **{k: v for k, v in flags.items() if v is not None}}
+    reject_unknown_keys("lora", given, LORA_KEYS)
+    if not given:
+        return None
+    if "rank" not in given:
+        raise ConfigError(f"--lora-{sorted(given)[0]} needs --lora-rank R (LoRA is on when a rank is given)")
+    if not init_from:
+        raise ConfigError("--lora-rank trains adapters on pretrained weights; add --init-from SRC (e.g. gpt2, a Hugging Face folder or RUN)")
+    return LoRAConfig.build(given["rank"], given.get("alpha"), given.get("targets"), given.get("dropout")).to_dict()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from gptbench.backends.base import Backend, backend_class, check_memory, create_backend
 from gptbench.backends.spec import format_params
-from gptbench.backends.weights import load_weights, read_config
+from gptbench.backends.weights import read_config
 from gptbench.errors import UserError
 from gptbench.runstore import CorruptRunError, Run, RunStore
 
@@ -50,7 +50,10 @@ def load_model(
     batch_size: int = 1,
 ) -> LoadedModel:
     """The model and tokenizer of a run's checkpoint or of a weights file, on a backend.
-    Refuses (one line) a model, plus a KV cache for `batch_size` rows, that cannot fit."""
+    Refuses (one line) a model, plus a KV cache for `batch_size` rows, that cannot fit.
+    A LoRA checkpoint is loaded unmerged: its base (hash-checked) plus its adapters."""
+    from gptbench.finetune import load_checkpoint
+
     if (run is None) == (weights is None):
         raise UserError("give exactly one of --run NAME or --weights FILE.safetensors")
     if run is not None:
@@ -66,11 +69,12 @@ def load_model(
     check_memory(config.inference_bytes(batch_size), backend_class(backend).available_memory(device),
                  f"generating {batch_size} sample{'s' if batch_size > 1 else ''} with this {format_params(config.num_params())}-parameter model",
                  "ask for fewer --num-samples" if batch_size > 1 else "use a machine with more memory")
-    config, tensors = load_weights(path)
+    stored = load_checkpoint(Path(path))  # a LoRA checkpoint brings its base (hash-checked)
+    config = stored.config
     if tok.vocab_size > config.vocab_size:
         raise UserError(f"tokenizer has {tok.vocab_size} tokens but the model only {config.vocab_size}; pick the tokenizer the model was trained with")
     be = create_backend(config, backend, device=device, dtype=dtype)
-    be.set_weights(tensors)
+    stored.install(be)  # LoRA runs sample unmerged: base plus adapters, as they trained
     return LoadedModel(be, tok, source)
 
 

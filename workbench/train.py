@@ -42,9 +42,11 @@ import numpy as np
 from gptbench.backends.base import Backend, Collectives, Parallel, backend_class, check_memory, create_backend, resolve_backend_name
 from gptbench.backends.sampling import SamplingParams
 from gptbench.backends.spec import GPTConfig, format_params
-from gptbench.backends.weights import WeightsError, load_weights
+from gptbench.backends.lora import LORA_ONE_PROCESS, LoRAConfig
+from gptbench.backends.weights import WeightsError
 from gptbench.config import MODEL_KEYS, RunConfig, TrainConfig
 from gptbench.errors import ConfigError, UserError
+from gptbench.finetune import ModelWeights, load_checkpoint
 from gptbench.runstore import (
     HEARTBEAT_INTERVAL_S,
     RUN_FORMAT_VERSION,
@@ -231,13 +233,38 @@ class TrainOutcome:
     best_val_bpb: float | None = None
 
 
-def _check_fits(model_cfg: GPTConfig, t: TrainConfig, backend_name: str, device: str, parallel: Parallel = Parallel()) -> None:
+def _prepare_finetune(store: RunStore, cfg: RunConfig, comm: Collectives, reporter: Reporter) -> tuple[Any, RunConfig, Any]:
+    """Rank 0 of a new fine-tuning run: resolve `--init-from`, derive the model from it (the
+    explicit model keys checked against it), take its tokenizer and prepare the corpus.
+    Returns (source, the config with the source's full model and tokenizer, data)."""
+    from gptbench.data import prepare_data
+    from gptbench.finetune import choose_tokenizer, derive_config, resolve_init_source
+
+    lora = LoRAConfig.from_dict(cfg.lora) if cfg.lora else None
+    if lora is not None and comm.world_size > 1:
+        raise UserError(LORA_ONE_PROCESS)
+    source = resolve_init_source(cfg.init_from or "", store, progress=reporter.log)
+    model_cfg = derive_config(source.config, cfg.model, source.label)
+    tokenizer = choose_tokenizer(source, cfg.tokenizer)
+    if lora is not None:
+        lora.modules(model_cfg)  # targets this model lacks fail before any data is read
+    data = prepare_data(cfg.data, tokenizer.spec, block_size=model_cfg.block_size, val_fraction=cfg.train.val_fraction,
+                        tokenizer=tokenizer, progress=reporter.log)
+    # the whole model, vocab_size included (it may exceed the tokenizer's): the other ranks build it from this
+    return source, replace(cfg, tokenizer=tokenizer.spec, model=model_cfg.to_dict()), data
+
+
+def _check_fits(model_cfg: GPTConfig, t: TrainConfig, backend_name: str, device: str, parallel: Parallel = Parallel(),
+                lora: LoRAConfig | None = None) -> None:
     """Refuse, before building it, a model that cannot fit in one rank's share of memory."""
     available = backend_class(backend_name).available_memory(device, processes=parallel.local_world_size)
     shards = parallel.world_size if parallel.distributed and parallel.strategy == "fsdp" else 1
     procs = f" on each of {parallel.local_world_size} processes" if parallel.local_world_size > 1 else ""
+    needed = model_cfg.training_bytes(t.batch_size, shards=shards, checkpointed=parallel.activation_checkpointing)
+    if lora is not None:  # frozen base: no gradients or moments for it, only for the adapters
+        needed += 16 * lora.num_params(model_cfg) - 12 * model_cfg.num_params()
     check_memory(
-        model_cfg.training_bytes(t.batch_size, shards=shards, checkpointed=parallel.activation_checkpointing), available,
+        needed, available,
         f"training this {format_params(model_cfg.num_params())}-parameter model with --batch-size {t.batch_size} "
         f"and --block-size {model_cfg.block_size}{procs}",
         "use a smaller model (--n-layer, --n-embd) or a smaller --batch-size (raise --grad-accum to keep the batch)"
@@ -277,6 +304,7 @@ class Trainer:
         self.local_accum = self.t.grad_accum // self.comm.world_size  # this rank's micro-batches per step
         self.step = start_step
         self.created = created or time.time()
+        self.init_from: dict[str, Any] | None = None  # the source reference (lineage) of a fine-tuned run
         self.best_val_loss: float | None = None
         self.elapsed = 0.0
         self.tokens_seen = 0
@@ -303,9 +331,10 @@ class Trainer:
         reporter = reporter or QuietReporter()
         comm = comm or Collectives()
         writer: RunWriter | None = None
+        source: Any = None  # rank 0, fine-tuning: the resolved --init-from (its weights)
 
         def claim_and_prepare() -> tuple[Any, Any]:
-            nonlocal writer, cfg
+            nonlocal writer, cfg, source
             from gptbench.data.sources import absolute_spec
 
             name = cfg.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -313,12 +342,15 @@ class Trainer:
             backend_name = resolve_backend_name(cfg.backend)
             cfg = replace(cfg, name=name, backend=backend_name, data=absolute_spec(cfg.data))
             _check_world(cfg.train, comm, name)
-            data = prepare_data(
-                cfg.data, cfg.tokenizer, block_size=cfg.model["block_size"], val_fraction=cfg.train.val_fraction,
-                progress=reporter.log,
-            )
+            if cfg.init_from:
+                source, cfg, data = _prepare_finetune(store, cfg, comm, reporter)
+            else:
+                data = prepare_data(
+                    cfg.data, cfg.tokenizer, block_size=cfg.model["block_size"], val_fraction=cfg.train.val_fraction,
+                    progress=reporter.log,
+                )
             model_cfg = cfg.model_config(data.tokenizer.vocab_size)
-            _check_fits(model_cfg, cfg.train, backend_name, cfg.device, comm.parallel)
+            _check_fits(model_cfg, cfg.train, backend_name, cfg.device, comm.parallel, LoRAConfig.from_dict(cfg.lora) if cfg.lora else None)
             return data, {"cfg": _config_dict(cfg), "data": _data_plan(data)}
 
         try:
@@ -328,7 +360,18 @@ class Trainer:
             model_cfg = cfg.model_config(data.tokenizer.vocab_size)
             backend = create_backend(model_cfg, cfg.backend, device=cfg.device, seed=cfg.train.seed, dtype=cfg.dtype,
                                      compile=cfg.compile, parallel=comm.parallel)
+            if cfg.init_from:  # rank 0's source weights, on every rank (collective)
+                from gptbench.finetune import fit_tensors
+
+                backend.set_weights(fit_tensors(source.model.merged(), source.config, model_cfg, source.label) if source is not None else {})
+                if cfg.lora:
+                    backend.apply_lora(LoRAConfig.from_dict(cfg.lora))
             trainer = cls(writer, cfg, model_cfg, data, backend, reporter, comm=comm, run=Run(Path(store.root) / str(cfg.name)))
+            if source is not None:
+                trainer.init_from = source.reference()
+                lora = backend.lora
+                kind = f"LoRA r{lora.rank} ({format_params(lora.num_params(model_cfg))} trainable)" if lora else "all weights training"
+                trainer._resume_notes.append(f"initialised from {source.label} ({source.kind}, sha256 {trainer.init_from['sha256'][:12]}...); {kind}")
             if writer is not None:
                 writer.save_tokenizer(data.tokenizer)
                 trainer._write_config()  # last: from here on the folder is a run
@@ -420,6 +463,8 @@ class Trainer:
                 compile=compile_ if compile_ is not None else saved.get("compile"),
                 name=name,
                 command=saved.get("command"),
+                init_from=(saved.get("init_from") or {}).get("spec"),
+                lora=saved.get("lora"),
             )
             tokenizer = load_run_tokenizer(run)
             data = prepare_data(cfg.data, cfg.tokenizer, block_size=saved_model.block_size, val_fraction=t.val_fraction, tokenizer=tokenizer, progress=reporter.log)
@@ -429,42 +474,60 @@ class Trainer:
                     f"the corpus {cfg.data or 'default'} changed since run {name!r} was trained on it (sha256 {saved_sha[:12]}... is now {str(sha)[:12]}...); "
                     "restore it, or pass --accept-changed-data to continue on the new text"
                 )
+            lora = LoRAConfig.from_dict(saved["lora"]) if saved.get("lora") else None
+            if lora is not None and comm.world_size > 1:
+                raise UserError(LORA_ONE_PROCESS)
+            init_from = saved.get("init_from")
             if ckpt is not None:
                 try:
-                    model_cfg, weights = load_weights(ckpt.path)
+                    stored = load_checkpoint(ckpt.path)  # a LoRA checkpoint brings its base (hash-checked)
                 except WeightsError as exc:
                     raise CorruptRunError(f"{exc}; delete {ckpt.path.name} to resume from the checkpoint before it") from None
-                if model_cfg.replace(dropout=saved_model.dropout) != saved_model:
+                model_cfg = stored.config
+                if model_cfg.replace(dropout=saved_model.dropout) != saved_model or stored.lora != lora:
                     raise CorruptRunError(f"{ckpt.path} holds a different model than {where} describes")
+            elif init_from:  # killed before its first checkpoint: start again from its source
+                from gptbench.finetune import fit_tensors, load_reference
+
+                origin = load_reference(init_from, f"run {name!r}")
+                model_cfg = saved_model
+                stored = ModelWeights(model_cfg, fit_tensors(origin.merged(), origin.config, model_cfg, str(init_from.get("label"))), lora)
             else:
-                model_cfg, weights = saved_model, None
-            _check_fits(model_cfg, t, backend_name, device, comm.parallel)
+                model_cfg, stored = saved_model, None
+            _check_fits(model_cfg, t, backend_name, device, comm.parallel, lora)
             notes = [] if ckpt is not None else [f"run {name} has no complete checkpoint: training it again from step 0 with its saved config"]
             notes.extend(_schedule_notes(start, t, saved["train"]))
             if sha != saved_sha and saved_sha:
                 notes.append("the corpus changed since the run started; continuing on the new text (--accept-changed-data)")
-            kept = (data, ckpt, weights)
+            kept = (data, ckpt, stored)
             shared = {"cfg": _config_dict(cfg), "model": model_cfg.to_dict(), "data": _data_plan(data), "start": start,
-                      "checkpoint": ckpt is not None, "created": saved.get("created"), "notes": notes}
+                      "checkpoint": ckpt is not None, "weights": stored is not None, "init_from": init_from,
+                      "created": saved.get("created"), "notes": notes}
             return kept, shared
 
         try:
             kept, plan = _from_rank0(comm, open_and_check)
-            data, ckpt, weights = kept if kept is not None else (None, None, None)
+            data, ckpt, stored = kept if kept is not None else (None, None, None)
             cfg = _config_from(plan["cfg"])
             model_cfg = GPTConfig.from_dict(plan["model"])
             data = _shared_data(comm, cfg, model_cfg.block_size, data, plan["data"])
             backend = create_backend(model_cfg, cfg.backend, device=cfg.device, seed=cfg.train.seed, dtype=cfg.dtype,
                                      compile=cfg.compile, parallel=comm.parallel)
+            if cfg.lora:  # before the optimizer: it must see only the adapters
+                backend.apply_lora(LoRAConfig.from_dict(cfg.lora))
             trainer = cls(writer, cfg, model_cfg, data, backend, reporter, start_step=plan["start"], created=plan["created"],
                           comm=comm, run=Run(Path(store.root) / name))
+            trainer.init_from = plan["init_from"]
+            if plan["weights"]:  # rank 0's checkpoint (or source) weights, on every rank (collective)
+                backend.set_weights(stored.tensors if stored is not None else {})
+                if stored is not None and stored.adapters is not None:
+                    backend.set_adapters(stored.adapters)  # LoRA: one process only
             if plan["checkpoint"]:
                 def read_state() -> tuple[Any, Any]:
                     state = load_training_state(ckpt, backend.optimizer_state_shapes(), backend.rng_state_shapes(), backend.name)
                     return state, {"trainer": state.trainer, "optimizer_meta": state.optimizer_meta}
 
                 state, shared_state = _from_rank0(comm, read_state)
-                backend.set_weights(weights if comm.rank == 0 else {})
                 trainer._install(
                     state.optimizer if state is not None else {}, shared_state["optimizer_meta"],
                     state.rng if state is not None else {}, shared_state["trainer"],
@@ -506,6 +569,8 @@ class Trainer:
             # how the latest session trained it; train.grad_accum is the global count
             "parallel": {"world_size": par.world_size, "strategy": par.strategy_name, "comm": self.comm.name,
                          "grad_accum_per_process": self.local_accum, "activation_checkpointing": par.activation_checkpointing},
+            **({"init_from": self.init_from} if self.init_from else {}),
+            **({"lora": self.backend.lora.to_dict(), "trainable_params": self.backend.lora.num_params(self.model_cfg)} if self.backend.lora else {}),
         })
 
     def _status(self, state: RunState, **extra: Any) -> None:
@@ -533,7 +598,8 @@ class Trainer:
     def _save_checkpoint(self, val_loss: float | None) -> None:
         """Collective: every rank helps gather the state; rank 0 writes it."""
         opt_tensors, opt_meta = self.backend.get_optimizer_state()
-        weights = self.backend.get_weights()
+        lora = self.backend.lora  # a LoRA checkpoint holds the adapters (LoRA: one process)
+        weights = self.backend.get_adapters() if lora else self.backend.get_weights()
         if self.writer is None:
             return
         rng = {f"rng.{k}": v for k, v in self.backend.get_rng_state().items()}
@@ -548,7 +614,7 @@ class Trainer:
         }
         self.writer.save_checkpoint(
             self.step, self.model_cfg, weights, {**opt_tensors, **rng}, trainer_state,
-            val_loss=val_loss, keep_last=self.t.keep_last,
+            val_loss=val_loss, keep_last=self.t.keep_last, lora=lora, base=self.init_from if lora else None,
         )
 
     def _optimizer_notes(self) -> list[str]:

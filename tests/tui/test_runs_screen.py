@@ -58,9 +58,9 @@ async def test_lists_every_run_with_status_and_columns(fixture_runs):
         # newest first
         assert table_names(app) == ["live-run", "lr-too-high", "baby-char", "gpt2-wide", "broken-run"]
         assert row_text(app, "baby-char") == (
-            "  baby-char | ✔ finished | 2,000/2,000 | 1.4749 | 28.4K | torch | cpu | char | tinyshakespeare.txt | 3h ago | 5m12s"
+            "  baby-char | ✔ finished | 2,000/2,000 | 1.4749 | 28.4K | torch | cpu | char | - | tinyshakespeare.txt | 3h ago | 5m12s"
         )
-        assert row_text(app, "gpt2-wide").startswith("  gpt2-wide | ■ stopped | 1,200/5,000 | 2.7075 | 10.61M | torch | cpu | byte | wiki.txt | 2d ago")
+        assert row_text(app, "gpt2-wide").startswith("  gpt2-wide | ■ stopped | 1,200/5,000 | 2.7075 | 10.61M | torch | cpu | byte | - | wiki.txt | 2d ago")
         assert "failed | 300/2,000" in row_text(app, "lr-too-high")
         assert "running | 700/2,000" in row_text(app, "live-run")
         assert "8m ago" in row_text(app, "live-run")

@@ -8,15 +8,18 @@ import json
 from gptbench.errors import UserError
 
 EPILOG = """\
-SRC is a run name (its --checkpoint, default best), a gptbench .safetensors file, or a
-Hugging Face GPT-2 folder (config.json + model.safetensors). DST is:
+SRC is a run name (its --checkpoint, default best; a LoRA run is merged), a gptbench
+.safetensors file, or a Hugging Face GPT-2 folder (config.json + model.safetensors). DST is:
   --to torch|mlx   a .safetensors file, or any other name = a new run (with a tokenizer)
-  --to hf          a folder for transformers.GPT2LMHeadModel.from_pretrained
+  --to hf          a folder (hub layout + tokenizer files) that transformers.pipeline loads,
+                   and mlx_lm.load too when the LM head is tied
+  --to mlx-lm      the same folder, refused for an untied head (mlx-lm's gpt2 is tied-only)
 The result is reloaded and its logits compared with the source's before it is written.
 
 examples:
   gptbench convert baby baby.safetensors                 run -> weights file
   gptbench convert baby exported-hf --to hf              run -> Hugging Face folder
+  gptbench convert ft-lora ft-mlx --to mlx-lm            LoRA run, merged -> mlx-lm folder
   gptbench convert ./gpt2-hf gpt2 --tokenizer gpt2:PATH  Hugging Face folder -> run
   gptbench convert model.safetensors half.safetensors --dtype bfloat16
 """
@@ -32,12 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", metavar="SRC", help="run name, gptbench .safetensors file, or Hugging Face GPT-2 folder")
     p.add_argument("dst", metavar="DST", help="output: .safetensors file or run name (torch/mlx), folder (hf)")
-    p.add_argument("--to", default="auto", help="torch | mlx | hf (default auto = the default backend)")
+    p.add_argument("--to", default="auto", help="torch | mlx | hf | mlx-lm (default auto = the default backend)")
     p.add_argument("--from", dest="source_kind", default="auto", help="auto | run | weights | hf (default: detect)")
     p.add_argument("--checkpoint", default="best", help="with a run source: best | last | step-N (default best)")
     p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (default float32)")
-    p.add_argument("--tokenizer", help="for a run destination: gpt2, gpt2:PATH, byte, bpe:PATH or a run folder (default: the source run's, gpt2 for Hugging Face)")
-    p.add_argument("--backend", default="auto", help="with --to hf: backend that verifies the export (auto | torch | mlx)")
+    p.add_argument("--tokenizer", help="for a run or Hugging Face destination: gpt2, gpt2:PATH, byte, bpe:PATH or a run folder "
+                   "(default: the source's own: a run's, a Hugging Face folder's files, gpt2 for a 50257-token GPT-2)")
+    p.add_argument("--backend", default="auto", help="with --to hf|mlx-lm: backend that verifies the export (auto | torch | mlx)")
     p.add_argument("--device", default="auto", help="device for the verification (default auto)")
     p.add_argument("--force", action="store_true", help="overwrite an existing DST")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -76,6 +80,11 @@ def run_convert(args: argparse.Namespace) -> int:
         f"verified on {result.backend}: max |logit difference| vs source = {result.max_diff:.3g} "
         f"on a {result.batch_shape[0]}x{result.batch_shape[1]} batch"
     )
+    for note in result.notes:
+        print(f"note: {note}")
     if result.layout == "run":
         print(f"try: gptbench sample --run {result.dst.name}")
+    elif result.tokenizer is not None:
+        loader = "mlx_lm.load" if result.target == "mlx-lm" else "transformers.pipeline('text-generation', ...)"
+        print(f"tokenizer {result.tokenizer} written as tokenizer.json; try: {loader} on {result.dst}")
     return 0

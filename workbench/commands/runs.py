@@ -25,6 +25,7 @@ COLUMNS: list[tuple[str, Callable[[RunSummary], str], bool]] = [
     ("tokenizer", lambda s: s.tokenizer or "-", False),
     ("created", lambda s: time.strftime("%Y-%m-%d %H:%M", time.localtime(s.created)) if s.created else "-", False),
     ("device", lambda s: (s.device or "-") + (f" ×{s.world_size}" if s.world_size > 1 else ""), False),
+    ("from", lambda s: s.init_from or "-", False),  # lineage: what a fine-tuned run started from
 ]
 CELL_PADDING = 3  # rich's box: one space each side plus a rule
 

@@ -85,8 +85,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ui", action="store_true", help="train headless with a progress bar (default opens the TUI dashboard)")
     p.add_argument("--name", help="run name (letters, digits, . _ -); default PRESET-DATE-TIME")
     p.add_argument("--resume", metavar="NAME", help="continue a run from its last checkpoint")
-    p.add_argument("--preset", help="tiny | small | modern | modern-small | gpt2 | gpt2-medium | gpt2-large | gpt2-xl (default tiny); "
-                                    "modern = today's recipe (rope, qk-norm, relu2, muon, ...)")
+    p.add_argument("--preset", help="tiny | small | modern | modern-small | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | finetune "
+                                    "(default tiny; finetune with --init-from); modern = today's recipe (rope, qk-norm, relu2, muon, ...)")
+    p.add_argument("--init-from", metavar="SRC", help="start from pretrained weights: a Hugging Face GPT-2 folder or name "
+                   "(gpt2, gpt2-medium, gpt2-large, gpt2-xl; from the local HF cache), a gptbench .safetensors file, or RUN[:CHECKPOINT]; "
+                   "the model shape and tokenizer follow the source")
+    p.add_argument("--lora-rank", type=int, default=None, metavar="R", help="train LoRA adapters of rank R instead of every weight (needs --init-from)")
+    p.add_argument("--lora-alpha", type=finite_float, default=None, help="LoRA scale numerator: updates are scaled by alpha/R (default 2R)")
+    p.add_argument("--lora-targets", default=None, help="Linear layers that get adapters: attn, mlp, or attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, mlp.c_gate, comma-separated (default attn,mlp)")
+    p.add_argument("--lora-dropout", type=finite_float, default=None, help="dropout on the adapters' input (default 0)")
     p.add_argument("--config", metavar="FILE", help="TOML file with preset/model/train/data keys")
     p.add_argument("--data", help=data_help())
     p.add_argument("--tokenizer", help="char | byte | gpt2[:RANKS_FILE] | bpe:PATH | bpe:VOCAB_SIZE (default char)")
@@ -113,6 +120,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     for flag, key, help_ in MODEL_SWITCHES:
         p.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_)
     p.set_defaults(func=run_train)
+
+
+def _lora_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, f"lora_{k}") for k in ("rank", "alpha", "targets", "dropout") if getattr(args, f"lora_{k}") is not None}
 
 
 def _flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -142,8 +153,9 @@ def _new_run_config(args: argparse.Namespace) -> Any:
         "dtype": args.dtype,
         "compile": args.compile,
         "name": args.name,
+        "init_from": args.init_from,
     }
-    return resolve_run_config(args.preset, toml, model_flags, train_flags, run_flags)
+    return resolve_run_config(args.preset, toml, model_flags, train_flags, run_flags, _lora_flags(args))
 
 
 def _check_resume_flags(args: argparse.Namespace) -> None:
@@ -154,6 +166,8 @@ def _check_resume_flags(args: argparse.Namespace) -> None:
         raise UserError("--preset and --config cannot be combined with --resume; the run keeps its config")
     if args.name is not None:
         raise UserError("give --name NAME for a new run or --resume NAME to continue one, not both")
+    if args.init_from or _lora_flags(args):
+        raise UserError("--init-from and --lora-* cannot be combined with --resume; the run keeps its source and LoRA settings")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -204,6 +218,10 @@ def _launch(args: argparse.Namespace) -> int:
         device = args.device or (saved.get("device_request", "auto") if backend_name == saved.get("backend") else "auto")
     else:
         cfg = _new_run_config(args)
+        if cfg.lora:
+            from gptbench.backends.lora import LORA_ONE_PROCESS
+
+            raise UserError(LORA_ONE_PROCESS)
         backend_name = resolve_backend_name(cfg.backend)
         device = cfg.device
         name = cfg.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"

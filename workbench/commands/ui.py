@@ -48,7 +48,8 @@ def train_flags_from_args(args: argparse.Namespace) -> tuple[str, list[str]]:
             from gptbench.config import load_toml
 
             preset = load_toml(args.config).get("preset")
-        name = getattr(args, "name", None) or f"{preset or 'tiny'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        default_preset = "finetune" if getattr(args, "init_from", None) else "tiny"
+        name = getattr(args, "name", None) or f"{preset or default_preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         flags += ["--name", name]
         if getattr(args, "preset", None):
             flags += ["--preset", args.preset]
@@ -56,6 +57,11 @@ def train_flags_from_args(args: argparse.Namespace) -> tuple[str, list[str]]:
             flags += ["--config", str(Path(args.config).expanduser().resolve())]
     if getattr(args, "data", None):
         flags += ["--data", _data_flag(args.data)]
+    if getattr(args, "init_from", None):
+        flags += ["--init-from", _data_flag(args.init_from)]
+    for key in ("rank", "alpha", "targets", "dropout"):
+        if getattr(args, f"lora_{key}", None) is not None:
+            flags += [f"--lora-{key}", str(getattr(args, f"lora_{key}"))]
     for opt in ("tokenizer", "backend", "device", "dtype"):
         if getattr(args, opt, None):
             flags += [f"--{opt}", str(getattr(args, opt))]

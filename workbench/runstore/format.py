@@ -133,6 +133,9 @@ CONFIG_OPTIONAL: dict[str, tuple[type, ...]] = {
     "device_request": STR, "dtype": STR, "compile": (bool, type(None)), "param_breakdown": (dict,),
     "versions": (dict,), "command": STR + OPT, "converted_from": (dict,),
     "parallel": (dict,),  # the latest session's processes: world_size, strategy, comm, ...
+    # fine-tuning: the source reference (gptbench.finetune: spec, kind, label, path, sha256)
+    # and, for LoRA runs, its settings and the number of adapter parameters
+    "init_from": (dict,), "lora": (dict,), "trainable_params": INT,
 }
 STATUS_SCHEMA: dict[str, tuple[type, ...]] = {"state": STR}
 STATUS_OPTIONAL: dict[str, tuple[type, ...]] = {

@@ -404,6 +404,7 @@ class RunSummary:
     converted: bool = field(default=False)
     world_size: int = 1  # processes training it (now, or in its latest session)
     strategy: str = ""  # single | ddp | fsdp ("" before distributed training existed)
+    init_from: str = ""  # short lineage: "gpt2", "base@step-200 +LoRA r8"; "" when trained from scratch
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -454,7 +455,18 @@ def read_summary(run: Run, now: float | None = None) -> RunSummary:
         converted="converted_from" in cfg,
         world_size=max(1, _int(st.get("world_size", parallel.get("world_size", 1)))),
         strategy=str(st.get("strategy") or parallel.get("strategy") or ""),
+        init_from=lineage_label(cfg.get("init_from"), cfg.get("lora")),
     )
+
+
+def lineage_label(init_from: Any, lora: Any = None) -> str:
+    """Short lineage for tables: `gpt2`, `base@step-200 +LoRA r8` ("" for a run from scratch)."""
+    if not isinstance(init_from, dict):
+        return ""
+    text = str(init_from.get("label") or init_from.get("spec") or "")
+    if isinstance(lora, dict) and lora.get("rank"):
+        text += f" +LoRA r{lora['rank']}"
+    return text
 
 
 def _claim(path: Path) -> str:

@@ -52,6 +52,7 @@ from gptbench.runstore.format import (
 from gptbench.runstore.reader import CheckpointInfo, Run, find_checkpoints, iter_jsonl
 
 if TYPE_CHECKING:
+    from gptbench.backends.lora import LoRAConfig
     from gptbench.backends.spec import GPTConfig
     from gptbench.tokenizers.base import Tokenizer
 
@@ -338,12 +339,16 @@ class RunWriter:
         val_loss: float | None,
         keep_last: int,
         dtype: str = "float32",
+        lora: "LoRAConfig | None" = None,
+        base: Mapping[str, Any] | None = None,
         **weights_meta: str,
     ) -> CheckpointInfo:
         """Write `step-N.state.safetensors` (if `state`) then `step-N.safetensors`, then
-        apply retention. On a full disk, the partial files are removed, the earlier
-        checkpoints are intact, and a UserError says so."""
-        from gptbench.backends.weights import save_tensors, save_weights
+        apply retention. With `lora`, `weights` are the adapters and `base` the reference
+        to the frozen weights under them (`backends/weights.save_adapters`). On a full
+        disk, the partial files are removed, the earlier checkpoints are intact, and a
+        UserError says so."""
+        from gptbench.backends.weights import save_adapters, save_tensors, save_weights
 
         ckdir = self.run.checkpoints_dir
         ckdir.mkdir(exist_ok=True)
@@ -351,7 +356,10 @@ class RunWriter:
         try:
             if state is not None:
                 save_tensors(ckdir / state_file(step), state, {"trainer": json.dumps(dict(trainer_state or {}))})
-            save_weights(ckdir / weights_file(step), config, weights, dtype=dtype, **meta)
+            if lora is not None:
+                save_adapters(ckdir / weights_file(step), config, lora, weights, dict(base or {}), **meta)
+            else:
+                save_weights(ckdir / weights_file(step), config, weights, dtype=dtype, **meta)
         except OSError as exc:
             for name in (weights_file(step), state_file(step)):
                 (ckdir / name).unlink(missing_ok=True)

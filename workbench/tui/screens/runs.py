@@ -56,6 +56,8 @@ def summary_table(s: RunSummary, snap: WatchSnapshot | None, now: float, frame: 
         m = cfg["model"]
         shape = f" · {m.get('n_layer')}L {m.get('n_head')}H {m.get('n_embd')}d ctx {m.get('block_size')}"
     grid.add_row("params", (format_params(s.params) if s.params else "-") + shape)
+    for label, value in lineage_rows(cfg):
+        grid.add_row(label, value)
     grid.add_row("backend", " · ".join(x for x in (s.backend, s.device) if x) or "-")
     if s.world_size > 1:
         grid.add_row("processes", f"{s.world_size} ({s.strategy or 'ddp'})")
@@ -69,6 +71,23 @@ def summary_table(s: RunSummary, snap: WatchSnapshot | None, now: float, frame: 
         best = min(with_val, key=lambda c: c.val_loss).step if with_val else snap.checkpoints[-1].step
         grid.add_row("checkpoints", f"{len(snap.checkpoints)} (best: step-{best})")
     return grid
+
+
+def lineage_rows(cfg: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Where a fine-tuned run started (source, kind, sha256 prefix, path) and its LoRA
+    settings; nothing for a run trained from scratch."""
+    rows: list[tuple[str, str]] = []
+    source = cfg.get("init_from") if isinstance(cfg, dict) else None
+    if isinstance(source, dict):
+        sha = str(source.get("sha256") or "")[:12]
+        rows.append(("from", f"{source.get('label') or source.get('spec')} ({source.get('kind')}) · sha256 {sha}… · {source.get('path')}"))
+    lora = cfg.get("lora") if isinstance(cfg, dict) else None
+    if isinstance(lora, dict):
+        trainable = cfg.get("trainable_params")
+        counted = f" · {format_params(trainable)} trainable" if isinstance(trainable, int) else ""
+        targets = ",".join(lora.get("targets") or [])
+        rows.append(("LoRA", f"rank {lora.get('rank')} · alpha {lora.get('alpha'):g} · {targets}{counted}"))
+    return rows
 
 
 CONFIG_ORDER = ("model", "train", "data", "tokenizer")

@@ -1,6 +1,10 @@
 """New-run form. Every field validates as you type (messages inline, under the field), the
 whole config is then checked by the same `resolve_run_config` the trainer uses, and Start
-launches `gptbench train --no-ui` as its own process and opens its dashboard."""
+launches `gptbench train --no-ui` as its own process and opens its dashboard.
+
+Fine-tuning: a source in "Init from" (a hub name, a Hugging Face folder, a weights file or
+RUN[:CHECKPOINT]) makes the model shape and the tokenizer come from it, so those fields are
+disabled, and the preset switches to `finetune`; a LoRA rank trains adapters only."""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from textual.suggester import SuggestFromList
 from textual.validation import Integer, Number, ValidationResult, Validator
 from textual.widgets import Button, Footer, Header, Input, Select, Static
 
-from gptbench.config import PRESETS, resolve_run_config
+from gptbench.config import FINETUNE_PRESET, PRESETS, resolve_run_config
 from gptbench.errors import UserError
 from gptbench.runstore import validate_run_name
 from gptbench.tui.widgets.form import Field, input_error
@@ -56,6 +60,29 @@ class CorpusValidator(Validator):
         return self.success() if Path(v).expanduser().exists() else self.failure(f"no such file or folder: {v}")
 
 
+class InitFromValidator(Validator):
+    """Blank (from scratch), an existing file or folder, a run in the runs directory
+    (RUN[:CHECKPOINT]), or a hub name that is cached or can be downloaded. Only cheap checks
+    of the file system: the trainer reads the source itself and reports anything else."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        super().__init__()
+        self.runs_dir = Path(runs_dir)
+
+    def validate(self, value: str) -> ValidationResult:
+        from gptbench.hfcache import find_cached, is_hub_name, offline_reason
+
+        v = value.strip()
+        if not v or Path(v).expanduser().exists() or (self.runs_dir / v.partition(":")[0] / "config.json").is_file():
+            return self.success()
+        name = v[3:] if v.startswith("hf:") else v
+        if is_hub_name(name):
+            if find_cached(name.partition("@")[0], name.partition("@")[2] or None) is None and offline_reason():
+                return self.failure(f"{name} is not in the Hugging Face cache and downloads are off ({offline_reason()})")
+            return self.success()
+        return self.failure("not a folder, a weights file, a run or a Hugging Face name (gpt2, …)")
+
+
 class TokenizerValidator(Validator):
     def validate(self, value: str) -> ValidationResult:
         v = value.strip()
@@ -84,6 +111,25 @@ NUMBER_FIELDS = [
     NumberField("n_embd", "Width", int, "model", 1),
     NumberField("dropout", "Dropout", float, "model", 0.0, 1.0),
     NumberField("seed", "Seed", int, "train", 0),
+]
+
+
+SOURCE_SHAPE = ("n_layer", "n_head", "n_embd")  # fixed by an init-from source (context may shrink, dropout is free)
+
+
+@dataclass(frozen=True)
+class LoraField:
+    key: str  # lora_rank -> --lora-rank
+    label: str
+    placeholder: str
+    validators: tuple[Validator, ...] = ()
+
+
+LORA_FIELDS = [
+    LoraField("lora_rank", "LoRA rank", "off", (Integer(minimum=1, failure_description="LoRA rank must be an integer ≥ 1"),)),
+    LoraField("lora_alpha", "LoRA alpha", "2 × rank", (Number(minimum=0.0, failure_description="LoRA alpha must be a positive number"),)),
+    LoraField("lora_targets", "LoRA targets", "attn,mlp"),
+    LoraField("lora_dropout", "LoRA dropout", "0", (Number(minimum=0.0, maximum=0.999, failure_description="LoRA dropout must be in [0, 1)"),)),
 ]
 
 
@@ -146,6 +192,17 @@ class TrainScreen(Screen):
             with Grid(classes="form-grid"):
                 yield Field("Processes", Input("1", id="nproc", compact=True, validators=[Integer(minimum=1, failure_description="processes must be an integer ≥ 1")]), "nproc")
                 yield Field("Strategy", Select([("ddp", "ddp"), ("fsdp (torch)", "fsdp")], value="ddp", allow_blank=False, id="strategy", compact=True), "strategy")
+            # after the hyperparameters, so the keyboard order of the fields before it never changes
+            yield Static("Fine-tuning (blank = train from scratch)", classes="section-title")
+            with Grid(classes="form-grid"):
+                yield Field(
+                    "Init from",
+                    Input(placeholder="gpt2 · HF folder · RUN[:best]", id="init_from", compact=True,
+                          validators=[InitFromValidator(self.gapp.runs_dir)], suggester=SuggestFromList(["gpt2", "gpt2-medium"])),
+                    "init_from",
+                )
+                for lf in LORA_FIELDS:
+                    yield Field(lf.label, Input(placeholder=lf.placeholder, id=lf.key, compact=True, validators=list(lf.validators), valid_empty=True), lf.key)
             yield Static("", id="form-error")
             yield Static("", id="command-preview")
             with Horizontal(id="form-buttons"):
@@ -181,12 +238,38 @@ class TrainScreen(Screen):
     # ---- validation --------------------------------------------------------------------------
     def _update_placeholders(self) -> None:
         preset = str(self.query_one("#preset", Select).value)
+        fine_tuning = bool(self.query_one("#init_from", Input).value.strip())
         for f in NUMBER_FIELDS:
-            self.query_one(f"#{f.key}", Input).placeholder = f"{_preset_value(preset, f):g}" if f.kind is float else str(_preset_value(preset, f))
+            w = self.query_one(f"#{f.key}", Input)
+            if fine_tuning and f.section == "model":
+                w.placeholder = "0" if f.key == "dropout" else "source"  # the shape comes from the source
+            else:
+                w.placeholder = f"{_preset_value(preset, f):g}" if f.kind is float else str(_preset_value(preset, f))
+            w.disabled = fine_tuning and f.key in SOURCE_SHAPE
+        tok = self.query_one("#tokenizer", Input)
+        tok.disabled = fine_tuning  # it follows the source
+        tok.placeholder = "from the source" if fine_tuning else ""
 
     @on(Input.Changed)
     def _input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "init_from":
+            self._follow_source(bool(event.value.strip()))
         self.validate_form()
+
+    def _follow_source(self, fine_tuning: bool) -> None:
+        """A source switches the untouched default preset to `finetune` (and back when the
+        source is cleared), and disables what the source decides."""
+        preset = self.query_one("#preset", Select)
+        tok = self.query_one("#tokenizer", Input)
+        if fine_tuning and not tok.disabled:  # shown empty ("from the source"), restored after
+            self._tokenizer_value, tok.value = tok.value, ""
+        elif not fine_tuning and tok.disabled:
+            tok.value = getattr(self, "_tokenizer_value", "char")
+        if fine_tuning and preset.value == "tiny":
+            preset.value = FINETUNE_PRESET
+        elif not fine_tuning and preset.value == FINETUNE_PRESET:
+            preset.value = "tiny"
+        self._update_placeholders()
 
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
@@ -217,12 +300,20 @@ class TrainScreen(Screen):
             self.query_one("#command-preview", Static).update("")
             return None
         v = self._values()
-        model = {f.key: f.kind(v[f.key]) for f in NUMBER_FIELDS if f.section == "model" and v.get(f.key)}
+        model = {f.key: f.kind(v[f.key]) for f in NUMBER_FIELDS if f.section == "model" and v.get(f.key)
+                 and not (v.get("init_from") and f.key in SOURCE_SHAPE)}
         train = {f.key: f.kind(v[f.key]) for f in NUMBER_FIELDS if f.section == "train" and v.get(f.key)}
+        lora = {k: (int(v[f"lora_{k}"]) if k == "rank" else v[f"lora_{k}"] if k == "targets" else float(v[f"lora_{k}"]))
+                for k in ("rank", "alpha", "targets", "dropout") if v.get(f"lora_{k}")}
+        run = {"init_from": v.get("init_from") or None, "tokenizer": None if v.get("init_from") else v["tokenizer"] or None}
         try:
-            resolve_run_config(v["preset"], None, model, train, {"tokenizer": v["tokenizer"] or None})
+            resolve_run_config(v["preset"], None, model, train, run, lora)
             if int(v.get("nproc") or 1) > 1 and v.get("strategy") == "fsdp" and v["backend"] == "mlx":
                 raise UserError("--strategy fsdp is torch only; the mlx backend trains data-parallel (ddp)")
+            if int(v.get("nproc") or 1) > 1 and lora:
+                from gptbench.backends.lora import LORA_ONE_PROCESS
+
+                raise UserError(LORA_ONE_PROCESS)
         except UserError as exc:
             form_error.update(Text(f"✖ {exc}", style="bold red"))
             start.disabled = True
@@ -245,13 +336,23 @@ class TrainScreen(Screen):
             if data not in NAMED_CORPORA and not data.startswith("hf:") and (p.exists() or any(c in data for c in "*?[")):
                 data = str(p.resolve()) if p.exists() else str(Path.cwd() / p)  # the trainer's cwd may differ
             flags += ["--data", data]
-        flags += ["--preset", v["preset"], "--tokenizer", v["tokenizer"] or "char", "--backend", v["backend"], "--device", v["device"]]
+        source = v.get("init_from")
+        if source:
+            p = Path(source).expanduser()
+            flags += ["--init-from", str(p.resolve()) if p.exists() else source]  # the trainer's cwd may differ
+            for lf in LORA_FIELDS:
+                if v.get(lf.key):
+                    flags += [f"--{lf.key.replace('_', '-')}", v[lf.key]]
+        flags += ["--preset", v["preset"]]
+        if not source:
+            flags += ["--tokenizer", v["tokenizer"] or "char"]
+        flags += ["--backend", v["backend"], "--device", v["device"]]
         if int(v.get("nproc") or 1) > 1:  # several processes: torchrun, or mlx.launch for mlx
             flags += ["--nproc", str(int(v["nproc"]))]
             if v.get("strategy") == "fsdp":
                 flags += ["--strategy", "fsdp"]
         for f in NUMBER_FIELDS:
-            if v.get(f.key):
+            if v.get(f.key) and not (source and f.key in SOURCE_SHAPE):
                 flags += [f"--{f.key.replace('_', '-')}", v[f.key]]
         return flags
 
@@ -275,8 +376,8 @@ class TrainScreen(Screen):
 
     @on(Button.Pressed, "#reset")
     def action_reset(self) -> None:
-        for f in NUMBER_FIELDS:
-            self.query_one(f"#{f.key}", Input).value = ""
+        for key in [f.key for f in NUMBER_FIELDS] + [lf.key for lf in LORA_FIELDS] + ["init_from"]:
+            self.query_one(f"#{key}", Input).value = ""
         self.query_one("#name", Input).value = ""
         self.query_one("#data", Input).value = ""
         self.query_one("#tokenizer", Input).value = "char"

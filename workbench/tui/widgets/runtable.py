@@ -57,12 +57,13 @@ COLUMNS: list[tuple[str, str, Callable[[RunSummary], Any]]] = [
     ("backend", "Backend", lambda s: s.backend),
     ("device", "Device", lambda s: (s.device, s.world_size)),
     ("tokenizer", "Tokenizer", lambda s: s.tokenizer),
+    ("from", "From", lambda s: s.init_from),  # lineage: what a fine-tuned run started from
     ("corpus", "Corpus", lambda s: s.corpus),
     ("created", "Created", lambda s: s.created),
     ("duration", "Duration", lambda s: s.duration),
 ]
 SORT_KEYS = {key: fn for key, _, fn in COLUMNS}
-SEARCHED = ("name", "state", "backend", "device", "tokenizer", "corpus", "error")
+SEARCHED = ("name", "state", "backend", "device", "tokenizer", "init_from", "corpus", "error")
 NAME_MIN, NAME_SHARE = 12, 0.3  # the Name column gets at most 30% of the table (12 cells at least)
 
 
@@ -122,6 +123,7 @@ def row_cells(s: RunSummary, *, marked: bool, now: float, frame: int) -> tuple:
         s.backend or "-",
         device_text(s),
         s.tokenizer or "-",
+        s.init_from or "-",
         short_corpus(s.corpus) if s.corpus else "-",
         fmt_age(s.created, now),
         Text(fmt_duration(s.duration) if s.duration else "-", justify="right"),
