@@ -155,6 +155,41 @@ def test_hub_name_not_cached_is_downloaded_with_huggingface_hub_when_online(tmp_
     assert not (runs / "nope").exists()
 
 
+def test_two_processes_fine_tune_like_one(tmp_path, corpus_file):
+    """Rank 0 reads the source and every rank starts from its weights: `--nproc 2` (DDP on
+    gloo, through the real launcher) logs the losses and ends with the weights of one
+    process with the same global batch (float32 reduction order aside)."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+    from gptbench.backends.weights import load_weights
+
+    save_hf_gpt2(tmp_path / "hf")
+    runs = tmp_path / "runs"
+    env = {**os.environ, "GPTBENCH_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests"),
+           "GPTBENCH_DIST_TIMEOUT": "120"}
+    common = ["--init-from", str(tmp_path / "hf"), "--data", str(corpus_file), "--max-iters", "4", "--batch-size", "2",
+              "--eval-iters", "2", "--eval-interval", "2", "--log-interval", "1", "--sample-tokens", "0", "--lr", "1e-3",
+              "--device", "cpu", "--threads", "1", "--backend", "torch"]
+    for name, extra in (("one", ["--grad-accum", "4"]), ("two", ["--grad-accum", "2", "--nproc", "2"])):
+        out = subprocess.run([sys.executable, "-m", "gptbench", "--runs-dir", str(runs), "train", "--no-ui", *common, "--name", name, *extra],
+                             capture_output=True, text=True, timeout=240, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+    one, two = records(runs / "one"), records(runs / "two")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=0, atol=1e-5)
+    assert json.loads((runs / "two" / "config.json").read_text())["init_from"]["kind"] == "hf"
+    _, wa = load_weights(runs / "one" / "checkpoints" / "step-4.safetensors")
+    _, wb = load_weights(runs / "two" / "checkpoints" / "step-4.safetensors")
+    C = 32
+    for k in wa:
+        # the key part of c_attn.bias has an analytically zero gradient (softmax ignores a
+        # shift shared by all keys): Adam turns reduction-order noise there into steps of ~lr
+        keep = np.r_[0:C, 2 * C : 3 * C] if k.endswith("c_attn.bias") else slice(None)
+        np.testing.assert_allclose(wb[k][keep], wa[k][keep], rtol=0, atol=1e-5, err_msg=k)
+
+
 def test_from_a_run_its_tokenizer_follows(trained_run, tmp_path, capsys):
     runs = tmp_path / "runs"
     shutil.copytree(trained_run.path, runs / "base")
@@ -258,6 +293,7 @@ BAD = [
     ("LoRA rank 0", _hf, ["--lora-rank", "0"], "--lora-rank must be a positive integer, got 0"),
     ("LoRA rank negative", _hf, ["--lora-rank", "-2"], "--lora-rank must be a positive integer, got -2"),
     ("LoRA alpha without rank", _hf, ["--lora-alpha", "8"], "--lora-alpha needs --lora-rank R"),
+    ("LoRA on several processes", _hf, ["--lora-rank", "4", "--nproc", "2"], "LoRA runs train in one process"),
     ("tokenizer contradicts", _hf_with_tokenizer, ["--tokenizer", "byte"], "--tokenizer byte differs from the tokenizer of --init-from"),
     ("missing path", lambda p: [str(p / "nope" / "model")], [], "no such file or folder"),
 ]

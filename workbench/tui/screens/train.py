@@ -23,7 +23,7 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
 from textual.validation import Integer, Number, ValidationResult, Validator
-from textual.widgets import Button, Footer, Header, Input, Select, Static
+from textual.widgets import Button, Collapsible, Footer, Header, Input, Select, Static
 
 from gptbench.config import FINETUNE_PRESET, PRESETS, resolve_run_config
 from gptbench.errors import UserError
@@ -192,9 +192,10 @@ class TrainScreen(Screen):
             with Grid(classes="form-grid"):
                 yield Field("Processes", Input("1", id="nproc", compact=True, validators=[Integer(minimum=1, failure_description="processes must be an integer ≥ 1")]), "nproc")
                 yield Field("Strategy", Select([("ddp", "ddp"), ("fsdp (torch)", "fsdp")], value="ddp", allow_blank=False, id="strategy", compact=True), "strategy")
-            # after the hyperparameters, so the keyboard order of the fields before it never changes
-            yield Static("Fine-tuning (blank = train from scratch)", classes="section-title")
-            with Grid(classes="form-grid"):
+            # after the hyperparameters, so the keyboard order of the fields before it never
+            # changes; folded until used, so the form (and its command line) still fits a screen
+            with Collapsible(title="Fine-tuning: start from pretrained weights, LoRA (blank = train from scratch)",
+                             collapsed=True, id="finetune", classes="form-section"), Grid(classes="form-grid"):
                 yield Field(
                     "Init from",
                     Input(placeholder="gpt2 · HF folder · RUN[:best]", id="init_from", compact=True,
@@ -259,6 +260,8 @@ class TrainScreen(Screen):
     def _follow_source(self, fine_tuning: bool) -> None:
         """A source switches the untouched default preset to `finetune` (and back when the
         source is cleared), and disables what the source decides."""
+        if fine_tuning:
+            self.query_one("#finetune", Collapsible).collapsed = False  # e.g. filled in from `gptbench train --init-from`
         preset = self.query_one("#preset", Select)
         tok = self.query_one("#tokenizer", Input)
         if fine_tuning and not tok.disabled:  # shown empty ("from the source"), restored after
