@@ -367,12 +367,15 @@ def _lora_backend(name, cfg, lora, seed=0):
     return be, base, adapters
 
 
-def test_lora_forward_and_step_match_the_merged_reference(name):
+@pytest.mark.parametrize("recipe", [{}, dict(norm="rmsnorm", mlp="relu2", bias=False, pos="rope", qk_norm=True, logit_softcap=15.0)],
+                         ids=["gpt2", "modern"])
+def test_lora_forward_and_step_match_the_merged_reference(name, recipe):
     """Logits equal the float64 reference of the merged weights W + (alpha/r)·B@A, and one
-    step moves only the adapters, by AdamW on dL/dA = s·Bᵀ·dL/dW and dL/dB = s·dL/dW·Aᵀ."""
+    step moves only the adapters, by AdamW on dL/dA = s·Bᵀ·dL/dW and dL/dB = s·dL/dW·Aᵀ
+    (GPT-2's architecture and today's recipe alike: LoRA only touches the Linears)."""
     from gptbench.backends.lora import LoRAConfig, merge
 
-    cfg = tiny_model_config()
+    cfg = tiny_model_config(**recipe)
     lora = LoRAConfig(4, 8.0, ("attn", "mlp"))
     be, base, adapters = _lora_backend(name, cfg, lora)
     merged = merge(cfg, lora, base, adapters)

@@ -294,6 +294,7 @@ BAD = [
     ("LoRA rank negative", _hf, ["--lora-rank", "-2"], "--lora-rank must be a positive integer, got -2"),
     ("LoRA alpha without rank", _hf, ["--lora-alpha", "8"], "--lora-alpha needs --lora-rank R"),
     ("LoRA on several processes", _hf, ["--lora-rank", "4", "--nproc", "2"], "LoRA runs train in one process"),
+    ("LoRA with Muon", _hf, ["--lora-rank", "4", "--optimizer", "muon"], "LoRA trains its adapters with AdamW"),
     ("tokenizer contradicts", _hf_with_tokenizer, ["--tokenizer", "byte"], "--tokenizer byte differs from the tokenizer of --init-from"),
     ("missing path", lambda p: [str(p / "nope" / "model")], [], "no such file or folder"),
 ]

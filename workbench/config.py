@@ -280,6 +280,10 @@ def resolve_run_config(
         train_cfg = dataclasses.replace(train_cfg, lr_decay_iters=train_cfg.max_iters)
     GPTConfig.from_dict({**model, "vocab_size": 1})  # validate the shape early
     lora = _resolve_lora(toml.get("lora", {}), lora_flags or {}, bool(init_from))
+    if lora is not None and train_cfg.optimizer == "muon":
+        from gptbench.backends.lora import LORA_WITH_MUON
+
+        raise ConfigError(LORA_WITH_MUON)
     if init_from:
         model = {**toml.get("model", {}), **{k: v for k, v in (model_flags or {}).items() if v is not None}}
         run.setdefault("tokenizer", None)
