@@ -57,6 +57,9 @@ NS_EPS = 1e-7
 MUON_MOMENTUM_START = 0.85
 
 
+MUON_FSDP = "--optimizer muon orthogonalises whole matrices, which FSDP shards; use --strategy ddp with muon, or adamw with fsdp"
+
+
 @dataclass(frozen=True)
 class MuonConfig:
     """Muon (MomentUm Orthogonalized by Newton-Schulz) for the hidden matrices.

@@ -35,6 +35,7 @@ import torch
 from gptbench.backends.base import (
     NS_COEFFICIENTS,
     NS_EPS,
+    MUON_FSDP,
     NS_STEPS,
     Backend,
     Batch,
@@ -413,7 +414,7 @@ class TorchBackend(Backend):
     def setup_optimizer(self, optim: OptimConfig) -> None:
         params = self._trainable_params()
         if optim.muon is not None and self.fsdp:
-            raise UserError("--optimizer muon orthogonalises whole matrices, which FSDP shards; use --strategy ddp with muon, or adamw with fsdp")
+            raise UserError(MUON_FSDP)
         if optim.muon is not None and self.lora is not None:
             raise UserError(LORA_WITH_MUON)
         blocks = muon_blocks(self.config) if optim.muon is not None else {}

@@ -123,13 +123,18 @@ def test_train_then_chat_in_a_real_terminal(tmp_path, corpus_file, request):
         phase("model loaded")
         tmux.type("ROMEO:")
         tmux.keys("Enter")
-        # the reply streams in: the text under the prompt grows while no finish reason is shown
-        growing = []
+        # the reply streams in: the transcript (right of the sidebar) keeps changing while no
+        # finish reason is shown (the view follows the newest text, so the prompt line
+        # itself scrolls away on a fast machine)
+        seen_transcripts: set[str] = set()
 
         def reply_growing(s: str) -> bool:
-            if "› ROMEO:" in s and "finish:" not in s:
-                growing.append(len(s.split("› ROMEO:", 1)[1].split("▊")[0].strip()))
-            return len(set(growing)) >= 3 and growing[-1] > growing[0]
+            if "finish:" in s:
+                return False
+            transcript = "\n".join(line.split("▎", 1)[1] for line in s.splitlines() if "▎" in line)
+            if "ROMEO:" in transcript:
+                seen_transcripts.add(transcript)
+            return len(seen_transcripts) >= 3
 
         tmux.wait_for(reply_growing, 60, "the reply to stream")
         phase("reply streaming")

@@ -201,7 +201,7 @@ def _launch(args: argparse.Namespace) -> int:
     import time
 
     from gptbench import launch
-    from gptbench.backends.base import resolve_backend_name
+    from gptbench.backends.base import MUON_FSDP, resolve_backend_name
     from gptbench.runstore import Run, RunStore
 
     store = RunStore(args.runs_dir)
@@ -216,8 +216,10 @@ def _launch(args: argparse.Namespace) -> int:
             pass  # rank 0 will say what is wrong with it
         backend_name = resolve_backend_name(args.backend or saved.get("backend") or "auto")
         device = args.device or (saved.get("device_request", "auto") if backend_name == saved.get("backend") else "auto")
+        optimizer = args.optimizer or saved.get("train", {}).get("optimizer", "adamw")
     else:
         cfg = _new_run_config(args)
+        optimizer = cfg.train.optimizer
         if cfg.lora:
             from gptbench.backends.lora import LORA_ONE_PROCESS
 
@@ -228,6 +230,8 @@ def _launch(args: argparse.Namespace) -> int:
         if args.name is None:
             argv += ["--name", name]  # every rank trains the run this launcher watches
     strategy = args.strategy or "ddp"
+    if strategy == "fsdp" and optimizer == "muon":  # said here once, not by every rank
+        raise UserError(MUON_FSDP)
     if backend_name == "torch":
         if args.hostfile is not None:
             raise UserError("--hostfile lists Macs for mlx.launch; for several machines with torch start torchrun on each (see README: Scaling out)")
