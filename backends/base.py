@@ -420,6 +420,15 @@ class TrainingBackend(ABC):
         free = system_available_memory()
         return None if free is None else free // max(1, processes)
 
+    def cpu_threads(self) -> int | None:
+        """The intra-op CPU threads this backend trains with, when it trains on this
+        machine's CPU in one process and can change them (`set_cpu_threads`); else None."""
+        return None
+
+    def set_cpu_threads(self, n: int) -> None:
+        """Train on `n` CPU threads from the next step on (see `gptbench.cpu`)."""
+        raise NotImplementedError(f"{self.name} cannot change its CPU threads")
+
     def hints(self) -> list[str]:
         """One-line suggestions about this backend's setup (a slow library it could
         replace, say), printed when a run starts. Empty when there is nothing to say."""

@@ -282,11 +282,16 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:, :]
-        logits = self.wte.as_linear(x) if self.config.tie_embeddings else self.lm_head(x)
+        logits = self.head(x)
         if self.config.logit_softcap:  # in float32, as torch (whose autocast may give bfloat16)
             cap = self.config.logit_softcap
             logits = cap * mx.tanh(logits.astype(mx.float32) / cap)
         return logits
+
+
+    def head(self, x: mx.array) -> mx.array:
+        """The LM head: the token embedding, transposed, when tied; else its own matrix."""
+        return self.wte.as_linear(x) if self.config.tie_embeddings else self.lm_head(x)
 
 
 def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:

@@ -232,11 +232,16 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:, :]
-        logits = F.linear(x, self.wte.weight) if self.config.tie_embeddings else self.lm_head(x)
+        logits = self.head(x)
         if self.config.logit_softcap:  # in float32 at least: tanh in bfloat16 is off by ~7e-2
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits.to(torch.promote_types(logits.dtype, torch.float32)) / cap)
         return logits
+
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The LM head: the token embedding, transposed, when tied; else its own matrix."""
+        return F.linear(x, self.wte.weight) if self.config.tie_embeddings else self.lm_head(x)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

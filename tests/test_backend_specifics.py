@@ -35,29 +35,58 @@ def test_torch_unknown_device_and_dtype_are_user_errors():
         create_backend(tiny_model_config(), "torch", device="tpu")
 
 
-def test_torch_decode_layout_keeps_weights_and_training_intact():
-    """Generation stores Linear weights (and a tied head) column-major on CPU (faster
-    one-row matmuls); values, get_weights and a later training step are unaffected."""
+@pytest.mark.parametrize("onednn", [True, False], ids=["prepacked", "column-major"])
+def test_torch_decode_kernels_keep_weights_logits_and_training_intact(onednn, monkeypatch):
+    """CPU generation runs the linears on oneDNN-prepacked weights (or, without oneDNN,
+    stores them column-major): the logits and greedy tokens are the plain model's, the
+    weights are untouched, and a later training step is the one a fresh backend takes."""
+    import torch
+
     from gptbench.backends.generate import generate_tokens
     from gptbench.backends.sampling import SamplingParams
 
+    if not onednn:
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     cfg = tiny_model_config()
     a, b = (create_backend(cfg, "torch", device="cpu", seed=3) for _ in range(2))
+    w = perturbed_weights(cfg, seed=5)
+    a.set_weights(w)
+    b.set_weights(w)
+    prompt = random_tokens(cfg, 1, 12, seed=3)
+    plain = b.forward_logits(prompt)[0, -1]
     before = a.get_weights()
-    list(generate_tokens(a, [[1, 2, 3]], SamplingParams(temperature=0, max_new_tokens=3)))
-    w = a.model.h[0].mlp.c_fc.weight
-    assert w.stride() == (1, w.shape[0])
-    assert not w.is_inference()
-    head = a.model.wte.weight
-    assert head.stride() == (1, head.shape[0])
+    greedy = SamplingParams(temperature=0, max_new_tokens=20)
+    fast = [int(t[0]) for t in generate_tokens(a, [list(prompt[0])], greedy)]
+    assert a._decode_layout
+    if onednn:
+        assert "forward" in vars(a.model.h[0].mlp.c_fc)  # the instance runs the prepacked kernel
+        assert "head" in vars(a.model)  # the tied head too
+    else:
+        wt = a.model.h[0].mlp.c_fc.weight
+        assert wt.stride() == (1, wt.shape[0])
+    np.testing.assert_allclose(np.asarray(a.forward_last(prompt, None)[0]), plain, rtol=1e-5, atol=1e-5)
+    b._decode_layout = True  # as if done: `b` keeps the plain kernels, the reference
+    slow = [int(t[0]) for t in generate_tokens(b, [list(prompt[0])], greedy)]
+    assert "forward" not in vars(b.model.h[0].mlp.c_fc)
+    assert fast == slow
     after = a.get_weights()
     for k in before:
         np.testing.assert_array_equal(before[k], after[k], err_msg=k)
         assert after[k].flags.c_contiguous, k
+    # new weights after generating: the next decode runs on them (packed copies are redone)
+    w2 = perturbed_weights(cfg, seed=6)
+    a.set_weights(w2)
+    b.set_weights(w2)
+    b._decode_layout = True
+    np.testing.assert_allclose(np.asarray(a.forward_last(prompt, None)[0]), np.asarray(b.forward_last(prompt, None)[0]),
+                               rtol=1e-5, atol=1e-5)
+    a.set_weights(w)
+    b.set_weights(w)
     x, y = random_tokens(cfg, 2, 16, seed=1), random_tokens(cfg, 2, 16, seed=2)
     for be in (a, b):
         be.setup_optimizer(optim_config())
         be.train_step([(x, y)], 1e-3)
+    assert "forward" not in vars(a.model.h[0].mlp.c_fc)  # training uses the plain modules
     wa, wb = a.get_weights(), b.get_weights()
     assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-6
 
