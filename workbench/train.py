@@ -319,6 +319,7 @@ class Trainer:
         self._last_beat = 0.0
         self._started = time.time()
         self._resume_notes: list[str] = []
+        self.thread_policy: Any = None  # a gptbench.cpu.ThreadPolicy, set by `gptbench train`
 
     # ---- construction ---------------------------------------------------------------
     @classmethod
@@ -793,6 +794,12 @@ class Trainer:
             result = self.backend.train_step(self._step_batches(), lr)
             self.step += 1
             window_steps += 1
+            if self.thread_policy is not None:
+                switched = self.thread_policy.tick()
+                if switched is not None:
+                    threads, others = switched
+                    self._log(f"other processes use {others:.1f} of {self.thread_policy.cores} cores: "
+                              f"training on {threads} thread{'s' if threads > 1 else ''} now")
             self.tokens_seen += tokens_per_step
             if self.step % t.log_interval == 0 or self.step == t.max_iters:
                 loss = self._global_numbers(result.loss)  # the only host sync of the step, every log_interval

@@ -321,6 +321,12 @@ def _train(args: argparse.Namespace, parallel: Any, comm: Any) -> int:
         cfg = replace(cfg, train=replace(cfg.train, grad_accum=cfg.train.grad_accum * world),
                       command=" ".join(["gptbench", *sys.argv[1:]]))
         trainer = Trainer.new_run(store, cfg, reporter, comm=comm)
+    if not parallel.distributed:
+        from gptbench.cpu import ThreadPolicy
+
+        # the command (not the Trainer as a library) adapts torch's CPU threads to the cores
+        # other processes leave free, unless --threads or OMP_NUM_THREADS fixed them
+        trainer.thread_policy = ThreadPolicy.for_backend(trainer.backend)
     t0 = time.time()
     outcome = trainer.fit()
     if parallel.rank == 0:

@@ -22,33 +22,10 @@ LAUNCH_DIR = ".launch"
 
 
 def train_command(runs_dir: Path, flags: list[str]) -> list[str]:
-    """The headless trainer command. Unless the flags choose, it leaves one core free for
-    the app: watching costs only ~2% of a core, but a chat reply generated in the app while
-    the run trains is a full core of work, and torch's spinning OpenMP threads slow down
-    5-30x when one of them shares its core (measured on the 2-core dev VM)."""
-    threads = [] if "--threads" in flags else ["--threads", str(max(1, (os.cpu_count() or 1) - 1))]
-    return [sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs_dir), *threads, *flags]
-
-
-def parallel_flags(run_path: Path) -> list[str]:
-    """The flags that resume a run on as many processes as its last session had (with its
-    strategy and activation checkpointing), read from its config; none for one process."""
-    from gptbench.errors import UserError
-    from gptbench.runstore import Run
-
-    try:
-        par = Run(run_path).config().get("parallel", {})
-    except UserError:
-        return []
-    flags: list[str] = []
-    world = par.get("world_size", 1)
-    if isinstance(world, int) and world > 1:
-        flags += ["--nproc", str(world)]
-        if par.get("strategy") == "fsdp":
-            flags += ["--strategy", "fsdp"]
-    if par.get("activation_checkpointing") is True:
-        flags.append("--activation-checkpointing")
-    return flags
+    """The headless trainer command. Its CPU threads are left to the trainer, which adapts
+    them to the cores other processes leave free (`gptbench.cpu`): all of them while the
+    app only watches (about 2% of a core), one fewer while a chat reply is generated here."""
+    return [sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs_dir), *flags]
 
 
 @dataclass
