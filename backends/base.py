@@ -426,7 +426,7 @@ class TrainingBackend(ABC):
         return None
 
     def set_cpu_threads(self, n: int) -> None:
-        """Train on `n` CPU threads from the next step on (see `gptbench.cpu`)."""
+        """Train on `n` CPU threads from the next step on (see `gptbench.backends.cpu`)."""
         raise NotImplementedError(f"{self.name} cannot change its CPU threads")
 
     def hints(self) -> list[str]:

@@ -49,6 +49,7 @@ from gptbench.backends.base import (
     optimizer_state_shapes,
     rank_seed,
 )
+from gptbench.backends.cpu import ThreadPolicy
 from gptbench.backends.lora import LORA_ONE_PROCESS, LORA_WITH_MUON, LoRAConfig, init_adapters, is_adapter
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.sampling import SamplingParams, apply_filters
@@ -339,6 +340,7 @@ class TorchBackend(Backend):
         self.optim_config: OptimConfig | None = None
         self._decode_layout = False  # see _use_decode_layout
         self._decode_undo: list[Any] | None = None  # restores the modules prepack_for_decoding changed
+        self._decode_threads: ThreadPolicy | None = None  # adapts the CPU threads while generating
         use_amp = dtype != "float32" and self.device.split(":")[0] in ("cuda", "mps")
         self._autocast = (
             (lambda: torch.autocast(device_type=self.device.split(":")[0], dtype=DTYPES[dtype]))
@@ -405,7 +407,9 @@ class TorchBackend(Backend):
         return out
 
     def _plain_modules(self) -> None:
-        """Undo `prepack_for_decoding` (its copies are snapshots of the weights)."""
+        """Undo `prepack_for_decoding` (its copies are snapshots of the weights); the
+        thread policy of generation stops too (training has its own)."""
+        self._decode_threads = None
         for undo in self._decode_undo or []:
             undo()
         if self._decode_undo is not None:
@@ -648,6 +652,7 @@ class TorchBackend(Backend):
         self._decode_layout = True
         if self.optimizer is not None or self.device != "cpu" or self.parallel.distributed:
             return
+        self._decode_threads = ThreadPolicy.for_backend(self)
         extra = 4 * sum(m.weight.numel() for m in self.model.modules() if isinstance(m, torch.nn.Linear))
         extra += 4 * self.model.wte.weight.numel() if self.config.tie_embeddings else 0
         available = self.available_memory("cpu")
@@ -663,6 +668,8 @@ class TorchBackend(Backend):
             self.model.eval()
         if not self._decode_layout:
             self._use_decode_layout()
+        if self._decode_threads is not None:
+            self._decode_threads.tick()
         x = ids if isinstance(ids, torch.Tensor) else torch.as_tensor(np.asarray(ids, dtype=np.int64), device=self.device)
         with self._autocast():
             logits = self.model(x, cache=cache, last_only=True)

@@ -6,7 +6,7 @@ Each measurement is a real `gptbench train --no-ui` run of the tiny preset (eval
 samples off, so tokens/s is training alone), its tokens/s the median of its logged
 windows after the first. "old default" pins torch's own choice, every core spinning
 (`--threads <cores>`, which also turns adaptation off); "policy" is a plain run, whose
-trainer adapts its threads to the cores other processes leave free (`gptbench.cpu`).
+trainer adapts its threads to the cores other processes leave free (`gptbench.backends.cpu`).
 "busy" runs `yes > /dev/null` beside the trainer (started a second before it). The
 cases alternate within each repetition, so slow drift of the machine hits all alike.
 Run it on an otherwise quiet machine. Prints a table and writes

@@ -1,4 +1,4 @@
-"""The CPU thread policy (`gptbench.cpu`): how many threads training uses beside other
+"""The CPU thread policy (`gptbench.backends.cpu`): how many threads training uses beside other
 processes, when it switches, and when it leaves the user's choice alone."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from gptbench import cpu
+from gptbench.backends import cpu
 from gptbench.backends.base import create_backend
 from helpers import tiny_model_config
 
@@ -106,5 +106,29 @@ def test_a_switch_changes_torch_threads_and_is_logged(capsys, runs_dir, corpus_f
         assert torch.get_num_threads() == 1
         assert "other processes use 1.5 of" in out
         assert "training on 1 thread now" in (runs_dir / "busy" / "log.txt").read_text()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_generation_adapts_its_threads_too(monkeypatch):
+    """A torch backend that only generates runs the same policy, ticked once a token."""
+    import torch
+
+    from gptbench.backends.generate import generate_tokens
+    from gptbench.backends.sampling import SamplingParams
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: there is nothing to adapt")
+    for name in cpu.USER_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cpu.CpuMeter, "others", lambda self: 1.5)
+    monkeypatch.setattr(cpu, "INTERVAL_S", 0.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        be = create_backend(tiny_model_config(), "torch", device="cpu")
+        list(generate_tokens(be, [[1, 2, 3]], SamplingParams(temperature=0, max_new_tokens=6)))
+        assert torch.get_num_threads() == 1
+        assert be._decode_threads.switches[-1][1] == 1
     finally:
         torch.set_num_threads(before)

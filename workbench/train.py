@@ -319,7 +319,7 @@ class Trainer:
         self._last_beat = 0.0
         self._started = time.time()
         self._resume_notes: list[str] = []
-        self.thread_policy: Any = None  # a gptbench.cpu.ThreadPolicy, set by `gptbench train`
+        self.thread_policy: Any = None  # a gptbench.backends.cpu.ThreadPolicy, set by `gptbench train`
 
     # ---- construction ---------------------------------------------------------------
     @classmethod

@@ -322,7 +322,7 @@ def _train(args: argparse.Namespace, parallel: Any, comm: Any) -> int:
                       command=" ".join(["gptbench", *sys.argv[1:]]))
         trainer = Trainer.new_run(store, cfg, reporter, comm=comm)
     if not parallel.distributed:
-        from gptbench.cpu import ThreadPolicy
+        from gptbench.backends.cpu import ThreadPolicy
 
         # the command (not the Trainer as a library) adapts torch's CPU threads to the cores
         # other processes leave free, unless --threads or OMP_NUM_THREADS fixed them

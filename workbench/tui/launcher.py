@@ -23,7 +23,7 @@ LAUNCH_DIR = ".launch"
 
 def train_command(runs_dir: Path, flags: list[str]) -> list[str]:
     """The headless trainer command. Its CPU threads are left to the trainer, which adapts
-    them to the cores other processes leave free (`gptbench.cpu`): all of them while the
+    them to the cores other processes leave free (`gptbench.backends.cpu`): all of them while the
     app only watches (about 2% of a core), one fewer while a chat reply is generated here."""
     return [sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs_dir), *flags]
 
