@@ -288,7 +288,6 @@ class GPT(nn.Module):
             logits = cap * mx.tanh(logits.astype(mx.float32) / cap)
         return logits
 
-
     def head(self, x: mx.array) -> mx.array:
         """The LM head: the token embedding, transposed, when tied; else its own matrix."""
         return self.wte.as_linear(x) if self.config.tie_embeddings else self.lm_head(x)

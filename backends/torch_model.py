@@ -238,7 +238,6 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits.to(torch.promote_types(logits.dtype, torch.float32)) / cap)
         return logits
 
-
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """The LM head: the token embedding, transposed, when tied; else its own matrix."""
         return F.linear(x, self.wte.weight) if self.config.tie_embeddings else self.lm_head(x)

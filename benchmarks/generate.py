@@ -10,7 +10,9 @@ taken minutes apart would mean little), batch 1, float32, torch on CPU, default 
   layout; nothing is downloaded), with a check that the tokens match ours;
 * memory-bandwidth utilisation: cached tokens/s x weight bytes / copy bandwidth, the copy
   bandwidth measured here with a large array copy (read + write bytes, STREAM convention);
-* time to first token for a 512-token prompt.
+* time to first token for a 512-token prompt;
+* the MLX backend against mlx-lm's decode loop on the same 124M weights (exported in the
+  Hugging Face layout and loaded by mlx_lm), and the torch decode layout before/after.
 
 Decode tokens/s counts tokens after the first over the time since the first (prefill
 excluded); end-to-end tokens/s is all new tokens over the whole call. Ours and HF alternate
@@ -36,11 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from gptbench.backends.base import create_backend
-from gptbench.backends.spec import GPTConfig
 from gptbench.backends.generate import generate_tokens
 from gptbench.backends.sampling import SamplingParams
+from gptbench.backends.spec import GPTConfig
 from gptbench.fsutil import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -206,7 +207,7 @@ def bench_model(label: str, backend, lengths: list[int], reps: int, budget: floa
             if hf_ok:
                 hf_runs.append(run_hf(hf, prompt, n))
         lockstep = run_lockstep(backend, prompt, n, budget)
-        med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
+        med = lambda runs, key: statistics.median(r[key] for r in runs)
         row.update(
             cache_decode_tps=med(cached, "decode_tps"),
             cache_e2e_tps=med(cached, "e2e_tps"),
@@ -238,12 +239,13 @@ def bench_model(label: str, backend, lengths: list[int], reps: int, budget: floa
 
 
 def layout_ab(config: GPTConfig, n: int, reps: int) -> dict:
-    """Before/after of the CPU decode layout: the torch backend stores Linear weights
-    column-major when it generates; `_decode_layout = True` up front keeps them row-major
-    (the layout before that change). Interleaved with HF, same weights, greedy."""
+    """Before/after of the CPU decode layout: a generating torch backend prepacks its Linear
+    and head weights for oneDNN (column-major where it cannot); `_decode_layout = True` up
+    front keeps plain row-major weights (the layout before that change). Interleaved with
+    HF, same weights, greedy."""
     new = create_backend(config, "torch", device="cpu", seed=0)
     old = create_backend(config, "torch", device="cpu", seed=0)
-    old._decode_layout = True  # skip the conversion: row-major, the "before"
+    old._decode_layout = True  # skip the conversion: plain row-major, the "before"
     hf = hf_model(config, new.get_weights())
     prompt = list(range(1, PROMPT_LEN + 1))
     for be in (new, old):
@@ -253,11 +255,57 @@ def layout_ab(config: GPTConfig, n: int, reps: int) -> dict:
     for _ in range(reps):
         a, b, c = run_engine(new, prompt, n, True), run_engine(old, prompt, n, True), run_hf(hf, prompt, n)
         runs.append((a["decode_tps"], b["decode_tps"], c["decode_tps"]))
-        print(f"  layout A/B {n} tok: column-major {a['decode_tps']:.1f}, row-major {b['decode_tps']:.1f}, HF {c['decode_tps']:.1f} tok/s", flush=True)
-    med = lambda i: statistics.median(r[i] for r in runs)  # noqa: E731
-    return {"new_tokens": n, "runs": runs, "column_major_tps": med(0), "row_major_tps": med(1), "hf_tps": med(2),
+        print(f"  layout A/B {n} tok: prepacked {a['decode_tps']:.1f}, row-major {b['decode_tps']:.1f}, HF {c['decode_tps']:.1f} tok/s", flush=True)
+    med = lambda i: statistics.median(r[i] for r in runs)
+    return {"new_tokens": n, "runs": runs, "prepacked_tps": med(0), "row_major_tps": med(1), "hf_tps": med(2),
             "after_vs_before": statistics.median(r[0] / r[1] for r in runs),
             "before_vs_hf": statistics.median(r[1] / r[2] for r in runs), "after_vs_hf": statistics.median(r[0] / r[2] for r in runs)}
+
+
+def mlx_vs_mlx_lm(config: GPTConfig, lengths: list[int], reps: int) -> dict:
+    """Our MLX backend against mlx-lm's own decode loop (`generate_step`, the engine under
+    `mlx_lm.generate`, greedy) on identical weights: ours exported in the Hugging Face
+    layout (what `gptbench convert --to mlx-lm` writes) and loaded by `mlx_lm`'s loader.
+    Alternating run by run; tokens compared."""
+    import mlx.core as mx
+    from gptbench.backends.hf import config_to_hf, to_hf
+    from gptbench.backends.weights import save_tensors
+    from mlx_lm.generate import generate_step
+    from mlx_lm.utils import load_model
+
+    ours = create_backend(config, "mlx", device="cpu", seed=0)
+    folder = Path(tempfile.mkdtemp(prefix="gptbench-mlxlm-"))
+    save_tensors(folder / "model.safetensors", to_hf(config, ours.get_weights()), {"format": "pt"}, dtype="float32")
+    atomic_write_json(folder / "config.json", config_to_hf(config, "float32", None))
+    theirs, _ = load_model(folder)
+    prompt = list(range(1, PROMPT_LEN + 1))
+
+    def run_mlx_lm(n: int) -> dict:
+        tokens: list[int] = []
+        t0 = time.perf_counter()
+        t_first = t0
+        for tok, _ in generate_step(mx.array(prompt), theirs, max_tokens=n):
+            tokens.append(int(tok))
+            if len(tokens) == 1:
+                t_first = time.perf_counter()
+        t_end = time.perf_counter()
+        k = len(tokens)
+        return {"tokens": tokens, "decode_tps": (k - 1) / (t_end - t_first) if k > 1 else 0.0, "e2e_tps": k / (t_end - t0)}
+
+    run_engine(ours, prompt, 4, True)
+    run_mlx_lm(4)
+    rows = []
+    for n in lengths:
+        pairs = [(run_engine(ours, prompt, n, True), run_mlx_lm(n)) for _ in range(reps)]
+        row = {"new_tokens": n, "decode_tps": statistics.median(a["decode_tps"] for a, _ in pairs),
+               "mlx_lm_decode_tps": statistics.median(b["decode_tps"] for _, b in pairs),
+               "vs_mlx_lm_decode": statistics.median(a["decode_tps"] / b["decode_tps"] for a, b in pairs),
+               "vs_mlx_lm_e2e": statistics.median(a["e2e_tps"] / b["e2e_tps"] for a, b in pairs),
+               "tokens_match_prefix": match_prefix(pairs[0][0]["tokens"], pairs[0][1]["tokens"])}
+        print(f"  mlx {n:5d} new: ours {row['decode_tps']:.1f} tok/s, mlx_lm {row['mlx_lm_decode_tps']:.1f} tok/s "
+              f"= x{row['vs_mlx_lm_decode']:.2f} (e2e x{row['vs_mlx_lm_e2e']:.2f}), tokens match {row['tokens_match_prefix']}/{n}", flush=True)
+        rows.append(row)
+    return {"config": config.to_dict(), "rows": rows}
 
 
 def print_row(label: str, r: dict) -> None:
@@ -307,6 +355,7 @@ def main() -> None:
     ap.add_argument("--run", default=None, help="use this trained run instead of training a tiny one")
     ap.add_argument("--runs-dir", default=None)
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    ap.add_argument("--no-mlx", action="store_true", help="skip the MLX vs mlx_lm comparison")
     ap.add_argument("--skip-124m", action="store_true", help="skip the gpt2 (124M) shape")
     ap.add_argument("--skip-tiny", action="store_true", help="skip the trained tiny run")
     ap.add_argument("--output", default=str(RESULTS / "generate.json"), help="JSON results file")
@@ -327,6 +376,8 @@ def main() -> None:
         del be
         if not args.no_hf and not args.quick:
             results["layout_ab"] = layout_ab(GPT2_124M, 256, reps)
+        if not args.no_mlx:
+            results["mlx_vs_mlx_lm"] = mlx_vs_mlx_lm(GPT2_124M, [n for n in lengths if n <= 256], reps)
     if not args.skip_tiny:
         label, be = tiny_backend(args)
         results["models"].append(bench_model(label, be, lengths, reps, None, False, 0))
@@ -353,7 +404,7 @@ def main() -> None:
     atomic_write_json(path, results)
     if "layout_ab" in results:
         ab = results["layout_ab"]
-        print(f"  decode layout (256 tokens, median of {len(ab['runs'])}): column-major {ab['column_major_tps']:.1f} vs row-major "
+        print(f"  decode layout (256 tokens, median of {len(ab['runs'])}): prepacked {ab['prepacked_tps']:.1f} vs row-major "
               f"{ab['row_major_tps']:.1f} tok/s = x{ab['after_vs_before']:.2f}; vs HF before x{ab['before_vs_hf']:.2f}, after x{ab['after_vs_hf']:.2f}")
     print(f"\nwrote {path}")
 

@@ -92,6 +92,50 @@ def test_torch_decode_kernels_keep_weights_logits_and_training_intact(onednn, mo
 
 
 # ---- MLX ----------------------------------------------------------------------------------------
+def test_mlx_decode_layout_keeps_weights_logits_and_training_intact():
+    """An MLX backend that does not train decodes on column-major weights (mlx[cpu]'s
+    one-row matmuls run faster on them): the logits and greedy tokens are the row-major
+    model's, get_weights returns the same C-contiguous arrays, new weights are decoded
+    correctly, and a later training step is the one a fresh backend takes."""
+    from gptbench.backends.generate import generate_tokens
+    from gptbench.backends.sampling import SamplingParams
+
+    cfg = tiny_model_config()
+    a, b = (create_backend(cfg, "mlx", device="cpu", seed=3) for _ in range(2))
+    w = perturbed_weights(cfg, seed=5)
+    a.set_weights(w)
+    b.set_weights(w)
+    prompt = random_tokens(cfg, 1, 12, seed=3)
+    before = a.get_weights()
+    greedy = SamplingParams(temperature=0, max_new_tokens=20)
+    fast = [int(t[0]) for t in generate_tokens(a, [list(prompt[0])], greedy)]
+    fc = a.model.h[0].mlp.c_fc.weight
+    assert memoryview(fc).strides == (4, 4 * fc.shape[0])  # column-major: [in, out] in memory
+    assert memoryview(a.model.wte.weight).strides[0] == 4  # the tied head too
+    b._decode_layout = True  # as if done: `b` keeps row-major weights, the reference
+    slow = [int(t[0]) for t in generate_tokens(b, [list(prompt[0])], greedy)]
+    assert memoryview(b.model.h[0].mlp.c_fc.weight).strides == (4 * fc.shape[1], 4)
+    assert fast == slow
+    np.testing.assert_allclose(np.asarray(a.forward_last(prompt, None)), np.asarray(b.forward_last(prompt, None)),
+                               rtol=1e-5, atol=1e-5)
+    after = a.get_weights()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+        assert after[k].flags.c_contiguous, k
+    w2 = perturbed_weights(cfg, seed=6)  # new weights after generating: decoded as they are
+    a.set_weights(w2)
+    b.set_weights(w2)
+    np.testing.assert_allclose(np.asarray(a.forward_last(prompt, None)), np.asarray(b.forward_last(prompt, None)),
+                               rtol=1e-5, atol=1e-5)
+    x, y = random_tokens(cfg, 2, 16, seed=1), random_tokens(cfg, 2, 16, seed=2)
+    for be in (a, b):
+        be.setup_optimizer(optim_config())
+        be.train_step([(x, y)], 1e-3)
+    assert memoryview(a.model.h[0].mlp.c_fc.weight).strides == (4 * fc.shape[1], 4)  # training runs row-major
+    wa, wb = a.get_weights(), b.get_weights()
+    assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-6
+
+
 def test_mlx_devices_and_dtypes():
     import mlx.core as mx
 

@@ -13,7 +13,8 @@ def test_gpt2_124m_parameter_count():
     cfg = GPTConfig(**PRESETS["gpt2"]["model"], vocab_size=50257)
     assert cfg.num_params() == 124_439_808  # the published GPT-2 small count (tied head)
     b = cfg.param_breakdown()
-    assert b["token_embeddings"] == 50257 * 768 and b["position_embeddings"] == 1024 * 768
+    assert b["token_embeddings"] == 50257 * 768
+    assert b["position_embeddings"] == 1024 * 768
     assert b["lm_head"] == 0
 
 
@@ -40,7 +41,9 @@ def test_variant_shapes():
     sw = GPTConfig(vocab_size=10, n_embd=96, n_head=4, mlp="swiglu", tie_embeddings=False, norm="rmsnorm", bias=False)
     shapes = sw.canonical_shapes()
     assert shapes["h.0.mlp.c_gate.weight"] == (256, 96)  # 8/3 * 96 = 256
-    assert "lm_head.weight" in shapes and "ln_f.bias" not in shapes and "h.0.attn.c_attn.bias" not in shapes
+    assert "lm_head.weight" in shapes
+    assert "ln_f.bias" not in shapes
+    assert "h.0.attn.c_attn.bias" not in shapes
 
 
 def test_precedence_defaults_preset_toml_flags(tmp_path):
@@ -51,7 +54,8 @@ def test_precedence_defaults_preset_toml_flags(tmp_path):
     assert cfg.model["n_layer"] == 2  # flag beats toml
     assert cfg.model["n_embd"] == 384  # preset beats default
     assert cfg.train.lr == 5e-4  # toml beats preset
-    assert cfg.train.max_iters == 20 and cfg.train.lr_decay_iters == 20
+    assert cfg.train.max_iters == 20
+    assert cfg.train.lr_decay_iters == 20
     assert cfg.data == "x.txt"  # None flags do not override
 
 
@@ -82,7 +86,8 @@ def test_precedence_defaults_preset_toml_flags(tmp_path):
 def test_bad_config_messages(kwargs, message):
     with pytest.raises(ConfigError) as exc:
         resolve_run_config(**kwargs)
-    assert message in str(exc.value) and "\n" not in str(exc.value)
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
 
 
 def test_unknown_keys_rejected_everywhere(tmp_path):

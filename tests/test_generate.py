@@ -127,7 +127,8 @@ def test_kv_cache_is_preallocated_and_grown_in_steps():
         be.forward_last(np.array([[t % 67]]), cache)
         assert cache.layers[0].keys is storage
     be.forward_last(np.array([[1]]), cache)  # one more position: grows by one chunk
-    assert cache.layers[0].keys.shape[2] == 2 * CACHE_STEP and cache.offset == CACHE_STEP + 1
+    assert cache.layers[0].keys.shape[2] == 2 * CACHE_STEP
+    assert cache.offset == CACHE_STEP + 1
 
 
 # ---- batches ----------------------------------------------------------------------------
@@ -157,7 +158,8 @@ def test_generate_batch_rows_end_on_their_own():
         n = int(hits[0]) + 1 if hits.size else 30
         assert res.tokens == alone[b][:n].tolist()
         assert res.finish_reason == ("eos" if hits.size else "length")
-    assert results[0].finish_reason == "eos" and len(results[0].tokens) <= 5
+    assert results[0].finish_reason == "eos"
+    assert len(results[0].tokens) <= 5
 
 
 # ---- seeds and sampling through the engine ----------------------------------------------
@@ -167,7 +169,9 @@ def test_same_seed_same_text_different_seed_different_text(trained_loaded):
     a = generate(be, tok, "ROMEO: ", params)
     b = generate(be, tok, "ROMEO: ", params)
     c = generate(be, tok, "ROMEO: ", SamplingParams(temperature=1.0, top_k=20, top_p=0.95, max_new_tokens=60, seed=12))
-    assert a.text == b.text and a.tokens == b.tokens and len(a.tokens) == 60
+    assert a.text == b.text
+    assert a.tokens == b.tokens
+    assert len(a.tokens) == 60
     assert a.text != c.text
 
 
@@ -182,16 +186,20 @@ def test_trained_run_greedy_cache_equals_no_cache(trained_loaded):
     for prompt, n in (("ROMEO: line 3", 15), ("JULIET: and so it goes, sun.\n\nROMEO: line", 80)):
         params = SamplingParams(temperature=0, max_new_tokens=n)
         a, b = generate(be, tok, prompt, params), generate(be, tok, prompt, params, use_cache=False)
-        assert a.tokens == b.tokens and len(set(a.tokens)) > 3
+        assert a.tokens == b.tokens
+        assert len(set(a.tokens)) > 3
 
 
 def test_stream_reports_speeds_and_counts(trained_loaded):
     be, tok = trained_loaded
     responses = list(stream_generate(be, tok, "ROMEO: ", SamplingParams(temperature=0, max_new_tokens=12)))
-    assert len(responses) == 12 and [r.generation_tokens for r in responses] == list(range(1, 13))
+    assert len(responses) == 12
+    assert [r.generation_tokens for r in responses] == list(range(1, 13))
     assert [r.finish_reason for r in responses] == [None] * 11 + ["length"]
     last = responses[-1]
-    assert last.prompt_tokens == 7 and last.tokens_per_sec > 0 and last.prompt_tokens_per_sec > 0
+    assert last.prompt_tokens == 7
+    assert last.tokens_per_sec > 0
+    assert last.prompt_tokens_per_sec > 0
     assert 0 < last.time_to_first_token < 30
     assert "".join(r.text for r in responses) == tok.decode([r.token for r in responses])
 

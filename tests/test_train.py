@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -34,7 +33,8 @@ def test_lr_schedule_warmup_cosine_floor():
     assert lr_at(9, t) == pytest.approx(1e-3 * 10 / 11)
     assert lr_at(10, t) == pytest.approx(1e-3)
     assert lr_at(60, t) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))
-    assert lr_at(110, t) == pytest.approx(1e-4) and lr_at(500, t) == pytest.approx(1e-4)
+    assert lr_at(110, t) == pytest.approx(1e-4)
+    assert lr_at(500, t) == pytest.approx(1e-4)
     lrs = [lr_at(s, t) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
@@ -45,12 +45,19 @@ def test_headless_run_writes_the_run_directory(runs_dir, corpus_file, capsys):
     assert rc == 0
     run = RunStore(runs_dir).existing("baby")
     cfg = run.config()
-    assert cfg["model"]["n_layer"] == 2 and cfg["train"]["max_iters"] == 60 and cfg["backend"] == "torch"
-    assert cfg["tokenizer"]["kind"] == "char" and cfg["data"]["sha256"]
+    assert cfg["model"]["n_layer"] == 2
+    assert cfg["train"]["max_iters"] == 60
+    assert cfg["backend"] == "torch"
+    assert cfg["tokenizer"]["kind"] == "char"
+    assert cfg["data"]["sha256"]
     b = cfg["param_breakdown"]
-    assert cfg["params"] == sum(b.values()) and b["blocks"] > 0 and b["lm_head"] > 0  # tiny is untied
+    assert cfg["params"] == sum(b.values())
+    assert b["blocks"] > 0
+    assert b["lm_head"] > 0  # tiny is untied
     st = run.status()
-    assert st["state"] == "finished" and st["step"] == 60 and st["best_val_loss"] < math.log(cfg["tokenizer"]["vocab_size"])
+    assert st["state"] == "finished"
+    assert st["step"] == 60
+    assert st["best_val_loss"] < math.log(cfg["tokenizer"]["vocab_size"])
     m = run.metrics()
     train = [r for r in m if r["type"] == "train"]
     evals = [r for r in m if r["type"] == "eval"]
@@ -61,14 +68,19 @@ def test_headless_run_writes_the_run_directory(runs_dir, corpus_file, capsys):
     assert any(r["type"] == "sample" and len(r["text"]) > 0 for r in m)
     # keep-last 1 plus the best
     steps = [c.step for c in run.checkpoints()]
-    assert 60 in steps and len(steps) <= 2
-    assert (run.path / "tokenizer.json").is_file() and "val loss" in run.log_path.read_text()
+    assert 60 in steps
+    assert len(steps) <= 2
+    assert (run.path / "tokenizer.json").is_file()
+    assert "val loss" in run.log_path.read_text()
     out = capsys.readouterr().out
-    assert "parameters" in out and "baby finished at step 60" in out
+    assert "parameters" in out
+    assert "baby finished at step 60" in out
     # listed by `gptbench runs --json`
     assert main(["--runs-dir", str(runs_dir), "runs", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["name"] == "baby" and rows[0]["state"] == "finished" and rows[0]["step"] == 60
+    assert rows[0]["name"] == "baby"
+    assert rows[0]["state"] == "finished"
+    assert rows[0]["step"] == 60
 
 
 def _losses(run) -> dict[int, float]:
@@ -79,10 +91,11 @@ def test_resume_continues_exactly(runs_dir, corpus_file):
     """200 steps straight == 100 steps + resume 100 through the CLI: same losses, bit for bit."""
     common = dict(eval_interval=50, log_interval=1, lr_decay_iters=200)
     straight = train_fixture_run(runs_dir, corpus_file, name="straight", max_iters=200, **common)
-    half = train_fixture_run(runs_dir, corpus_file, name="half", max_iters=100, **common)
+    train_fixture_run(runs_dir, corpus_file, name="half", max_iters=100, **common)
     assert train_cli(runs_dir, "--resume", "half", "--max-iters", "200") == 0
     a, b = _losses(straight), _losses(RunStore(runs_dir).existing("half"))
-    assert len(a) == 200 and sorted(a) == sorted(b)
+    assert len(a) == 200
+    assert sorted(a) == sorted(b)
     assert [a[s] for s in range(1, 201)] == [b[s] for s in range(1, 201)]
     ea = [(r["step"], r["val_loss"]) for r in straight.metrics() if r["type"] == "eval"]
     eb = [(r["step"], r["val_loss"]) for r in RunStore(runs_dir).existing("half").metrics() if r["type"] == "eval"]
@@ -112,7 +125,8 @@ def test_same_seed_is_deterministic(runs_dir, corpus_file):
     a = train_fixture_run(runs_dir, corpus_file, name="s1", max_iters=30, log_interval=1, sample_tokens=0)
     b = train_fixture_run(runs_dir, corpus_file, name="s2", max_iters=30, log_interval=1, sample_tokens=0)
     c = train_fixture_run(runs_dir, corpus_file, name="s3", max_iters=30, log_interval=1, sample_tokens=0, seed=7)
-    assert _losses(a) == _losses(b) and _losses(a) != _losses(c)
+    assert _losses(a) == _losses(b)
+    assert _losses(a) != _losses(c)
 
 
 def test_ctrl_c_saves_checkpoint_and_marks_stopped(runs_dir, corpus_file):
@@ -129,7 +143,8 @@ def test_ctrl_c_saves_checkpoint_and_marks_stopped(runs_dir, corpus_file):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     st = run.status()
-    assert st["state"] == "stopped" and st["step"] > 0
+    assert st["state"] == "stopped"
+    assert st["step"] > 0
     assert run.checkpoint("last").step == st["step"]
     assert "stopped at step" in out
     # and it resumes from there
@@ -146,7 +161,9 @@ def test_second_trainer_on_a_locked_run_is_refused(runs_dir, trained_run, capsys
     with RunWriter.open(runs_dir, "locked"):
         rc = train_cli(runs_dir, "--resume", "locked", "--max-iters", "300")
     err = capsys.readouterr().err
-    assert rc == 2 and "is locked by another trainer" in err and err.count("\n") == 1
+    assert rc == 2
+    assert "is locked by another trainer" in err
+    assert err.count("\n") == 1
     assert run.metrics_path.read_bytes() == before
 
 
@@ -159,7 +176,8 @@ def test_help_does_not_import_frameworks():
 
 def test_python_dash_m_works():
     out = subprocess.run([sys.executable, "-m", "gptbench", "--version"], capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.startswith("gptbench ")
+    assert out.returncode == 0
+    assert out.stdout.startswith("gptbench ")
 
 
 def test_checkpoint_weights_are_self_describing(trained_run):
@@ -167,7 +185,8 @@ def test_checkpoint_weights_are_self_describing(trained_run):
 
     ck = trained_run.checkpoint("best")
     cfg, w = load_weights(ck.path)
-    assert cfg.n_layer == 2 and cfg.vocab_size == trained_run.config()["tokenizer"]["vocab_size"]
+    assert cfg.n_layer == 2
+    assert cfg.vocab_size == trained_run.config()["tokenizer"]["vocab_size"]
     assert np.isfinite(w["wte.weight"]).all()
 
 

@@ -38,7 +38,8 @@ def _assert_continues(store, cont_same: str, cont_other: str, start: int, other_
     assert other.config()["backend"] == other_backend
     assert other.status()["state"] == "finished"
     a, b = _train_losses(same, start), _train_losses(other, start)
-    assert sorted(a) == sorted(b) and len(a) >= 4
+    assert sorted(a) == sorted(b)
+    assert len(a) >= 4
     # the two continuations agree step for step (resuming without the Adam moments would
     # already differ by ~1e-3 here; with them the difference is float round-off, ~1e-6)
     for step in a:
@@ -50,7 +51,8 @@ def _assert_continues(store, cont_same: str, cont_other: str, start: int, other_
     # and the resumed run kept its history (metrics appended, checkpoints at new steps)
     assert other.checkpoint("last").step == max(b)
     ev = [m for m in other.metrics() if m["type"] == "eval"]
-    assert ev[-1]["step"] == max(b) and np.isfinite(ev[-1]["val_loss"])
+    assert ev[-1]["step"] == max(b)
+    assert np.isfinite(ev[-1]["val_loss"])
 
 
 def test_torch_run_resumes_on_mlx(trained_run, tmp_path):
@@ -66,7 +68,8 @@ def test_torch_run_resumes_on_mlx(trained_run, tmp_path):
 def test_mlx_run_resumes_on_torch(tmp_path, corpus_file):
     runs = tmp_path / "runs"
     first = train_fixture_run(runs, corpus_file, name="mlx-run", max_iters=100, backend="mlx")
-    assert first.config()["backend"] == "mlx" and first.config()["device"] == "cpu"
+    assert first.config()["backend"] == "mlx"
+    assert first.config()["device"] == "cpu"
     losses = _losses_before(first, 100)
     assert losses[-1] < losses[0] - 0.5  # MLX training actually learns
     store = _copies(first, tmp_path / "more", ["on-mlx", "on-torch"])

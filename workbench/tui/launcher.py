@@ -28,6 +28,27 @@ def train_command(runs_dir: Path, flags: list[str]) -> list[str]:
     return [sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs_dir), *flags]
 
 
+def parallel_flags(run_path: Path) -> list[str]:
+    """The flags that resume a run on as many processes as its last session had (with its
+    strategy and activation checkpointing), read from its config; none for one process."""
+    from gptbench.errors import UserError
+    from gptbench.runstore import Run
+
+    try:
+        par = Run(run_path).config().get("parallel", {})
+    except UserError:
+        return []
+    flags: list[str] = []
+    world = par.get("world_size", 1)
+    if isinstance(world, int) and world > 1:
+        flags += ["--nproc", str(world)]
+        if par.get("strategy") == "fsdp":
+            flags += ["--strategy", "fsdp"]
+    if par.get("activation_checkpointing") is True:
+        flags.append("--activation-checkpointing")
+    return flags
+
+
 @dataclass
 class Launch:
     name: str
