@@ -58,7 +58,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--data", default=str(SHARED) if SHARED.is_file() else "default")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="gptbench-contention-"))
+    with tempfile.TemporaryDirectory(prefix="gptbench-contention-") as tmp:
+        return run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
     cache = work / "cache"
     cases = [(p, b) for b in (False, True) for p in (False, True)]
     measure(args.data, True, False, 40, work, cache)  # tokenizes the corpus once, outside the timings

@@ -139,6 +139,14 @@ def run_case(shape: str, mode: str, ac: bool, args: argparse.Namespace, out: Pat
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
 
 
+def print_row(r: dict) -> None:
+    rss = "/".join(f"{m:.0f}" for m in r["peak_rss_mb"])
+    train = "/".join(f"{m:.0f}" for m in r["training_mb"])
+    print(f"{r['shape']:6} {r['mode']:6} {'yes' if r['ac'] else 'no':3} {r['processes']:5d} {r['global_batch']:5d} "
+          f"{r['step_ms']:9.1f} {r['tokens_per_s']:9.0f} {r['comm_share'] * 100:5.1f}% {rss:>16} {train:>13} "
+          f"{r['estimate_mb']:11.0f} {r['stop_agreement_us']:8.0f}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="small,gpt2", help="comma list of: " + ", ".join(SHAPES))
@@ -149,6 +157,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads per process")
     p.add_argument("--device", default="cpu")
     p.add_argument("--smoke", action="store_true", help="tiny shape, 3 steps: checks the script, measures nothing")
+    p.add_argument("--output", help="JSON results file (default benchmarks/results/distributed.json)")
     # worker-only
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shape", help=argparse.SUPPRESS)
@@ -163,25 +172,18 @@ def main() -> None:
     if args.smoke:
         args.shapes, args.steps, args.warmup = "tiny", 3, 1
     rows = []
+    print(f"{'shape':6} {'mode':6} {'ac':3} {'procs':>5} {'batch':>5} {'step ms':>9} {'tok/s':>9} {'comm':>6} "
+          f"{'peak RSS/rank MB':>16} {'training MB':>13} {'estimate MB':>11} {'agree us':>8}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "rows.jsonl"
         for shape in args.shapes.split(","):
             for ac in (False, True):
                 for mode in ("single", "ddp", "fsdp"):
-                    t0 = time.time()
                     run_case(shape, mode, ac, args, out)
-                    print(f"  {shape} {mode}{' +ac' if ac else ''}: {time.time() - t0:.1f}s", file=sys.stderr)
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
-    print(f"{'shape':6} {'mode':6} {'ac':3} {'procs':>5} {'batch':>5} {'step ms':>9} {'tok/s':>9} {'comm':>6} "
-          f"{'peak RSS/rank MB':>16} {'training MB':>13} {'estimate MB':>11} {'agree us':>8}")
-    for r in rows:
-        rss = "/".join(f"{m:.0f}" for m in r["peak_rss_mb"])
-        train = "/".join(f"{m:.0f}" for m in r["training_mb"])
-        print(f"{r['shape']:6} {r['mode']:6} {'yes' if r['ac'] else 'no':3} {r['processes']:5d} {r['global_batch']:5d} "
-              f"{r['step_ms']:9.1f} {r['tokens_per_s']:9.0f} {r['comm_share'] * 100:5.1f}% {rss:>16} {train:>13} "
-              f"{r['estimate_mb']:11.0f} {r['stop_agreement_us']:8.0f}")
+                    rows.append(json.loads(out.read_text().splitlines()[-1]))
+                    print_row(rows[-1])  # as it comes: the gpt2 shape takes minutes per case on CPU
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("distributed-smoke.json" if args.smoke else "distributed.json")
+    path = Path(args.output) if args.output else RESULTS / ("distributed-smoke.json" if args.smoke else "distributed.json")
     path.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "args": vars(args), "rows": rows}, indent=2))
     print(f"wrote {path}")
 

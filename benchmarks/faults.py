@@ -1,6 +1,6 @@
 """Kill a real trainer 20 times at seeded moments and report what the run directory survived.
 
-Usage: python benchmarks/faults.py [--kills 20] [--seed 0] [--max-iters 600]
+Usage: python benchmarks/faults.py [--kills 20] [--seed 0] [--max-iters 10000]
 
 Moments mix crash points (the trainer SIGKILLs itself just before or after renaming a
 checkpoint half, its config or its status: see `fsutil`) with SIGKILLs from outside at
@@ -48,10 +48,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-iters", type=int, default=600)
+    ap.add_argument("--max-iters", type=int, default=10000,
+                    help="long enough that no kill moment comes after the run has finished")
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="gptbench-faults-"))
+    with tempfile.TemporaryDirectory(prefix="gptbench-faults-") as tmp:
+        return run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
     corpus = work / "corpus.txt"
     from helpers import FIXTURE_TEXT
 
@@ -104,11 +109,14 @@ def main() -> int:
     for key in ("kills_survived", "kills_tried", "steps_lost_max", "leftover_bytes_peak_after_a_kill", "leftover_bytes_after_kills",
                 "leftover_bytes_after_final_save", "live_checkpoint_bytes", "stitched_losses_equal_uninterrupted"):
         print(f"{key:<40} {result[key]}")
+    if result["kills_tried"] < len(plan):
+        print(f"only {result['kills_tried']} of {len(plan)} moments came before the run finished: raise --max-iters")
     out = HERE / "results" / "faults.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
-    return 0 if result["kills_survived"] == result["kills_tried"] and stitched_equal else 1
+    ok = result["kills_survived"] == result["kills_tried"] == len(plan) and stitched_equal
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

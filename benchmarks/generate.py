@@ -274,10 +274,12 @@ def mlx_vs_mlx_lm(config: GPTConfig, lengths: list[int], reps: int) -> dict:
     from mlx_lm.utils import load_model
 
     ours = create_backend(config, "mlx", device="cpu", seed=0)
-    folder = Path(tempfile.mkdtemp(prefix="gptbench-mlxlm-"))
-    save_tensors(folder / "model.safetensors", to_hf(config, ours.get_weights()), {"format": "pt"}, dtype="float32")
-    atomic_write_json(folder / "config.json", config_to_hf(config, "float32", None))
-    theirs, _ = load_model(folder)
+    with tempfile.TemporaryDirectory(prefix="gptbench-mlxlm-") as tmp:
+        folder = Path(tmp)
+        save_tensors(folder / "model.safetensors", to_hf(config, ours.get_weights()), {"format": "pt"}, dtype="float32")
+        atomic_write_json(folder / "config.json", config_to_hf(config, "float32", None))
+        theirs, _ = load_model(folder)
+        mx.eval(theirs.parameters())  # loaded lazily: read the file before it goes
     prompt = list(range(1, PROMPT_LEN + 1))
 
     def run_mlx_lm(n: int) -> dict:

@@ -263,24 +263,15 @@ def bench_latency_idle(work: Path, presses: int) -> dict[str, Any]:
 
 # ---- 3. startup ----------------------------------------------------------------------------------
 def make_runs(root: Path, n: int) -> None:
+    """`n` finished runs, written through `RunWriter` by the TUI tests' own fixture writer
+    (config, status, a real run's worth of metrics: never read at startup)."""
+    sys.path.insert(0, str(REPO / "tests" / "tui"))
+    from tui_fixtures import write_run
+
     now = time.time()
     for i in range(n):
-        run = root / f"run-{i:03d}"
-        run.mkdir(parents=True)
         created = now - 3600 * i
-        (run / "config.json").write_text(json.dumps({
-            "name": run.name, "created": created, "preset": "tiny", "params": 800_000 + i,
-            "model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "vocab_size": 65},
-            "train": {"max_iters": 2000}, "tokenizer": {"spec": "char"}, "data": {"name": "tinyshakespeare.txt"},
-            "backend": "torch", "device": "cpu",
-        }))
-        (run / "status.json").write_text(json.dumps({
-            "state": "finished", "step": 2000, "max_iters": 2000, "best_val_loss": 1.5 + i / 1000,
-            "elapsed": 300.0, "tokens_per_sec": 6000.0, "heartbeat": created + 300, "pid": 1,
-        }))
-        with open(run / "metrics.jsonl", "w") as f:  # a real run's worth of records, never read at startup
-            for s in range(10, 2001, 10):
-                f.write(json.dumps({"type": "train", "step": s, "loss": 2.0, "lr": 1e-3, "tokens_per_sec": 6000.0}) + "\n")
+        write_run(root, f"run-{i:03d}", created=created, params=800_000 + i, heartbeat=created + 300)
 
 
 def bench_startup(work: Path, n_runs: int, reps: int) -> dict[str, Any]:

@@ -367,6 +367,26 @@ def _lora_backend(name, cfg, lora, seed=0):
     return be, base, adapters
 
 
+def test_lora_decodes_on_the_decode_layout_with_live_adapters(name, monkeypatch):
+    """Generation on the CPU decode layouts (forced on for this tiny model) reads the
+    adapters live: forward_last equals the merged reference, before and after the adapters
+    change."""
+    from gptbench.backends.lora import LoRAConfig, merge
+
+    monkeypatch.setattr(f"gptbench.backends.{name}_backend.DECODE_LAYOUT_MIN_BYTES", 0)
+    cfg = tiny_model_config()
+    lora = LoRAConfig(4, 8.0, ("attn", "mlp"))
+    be, base, adapters = _lora_backend(name, cfg, lora)
+    idx = random_tokens(cfg, 1, 12, seed=2)
+    for step in range(2):
+        got = np.asarray(be.forward_last(idx, None))[0]
+        want = reference_logits(cfg, merge(cfg, lora, base, adapters), idx)[0, -1]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=f"adapters {step}")
+        assert be._decode_layout
+        adapters = {k: v + np.float32(0.05) for k, v in adapters.items()}
+        be.set_adapters(adapters)
+
+
 @pytest.mark.parametrize("recipe", [{}, dict(norm="rmsnorm", mlp="relu2", bias=False, pos="rope", qk_norm=True, logit_softcap=15.0)],
                          ids=["gpt2", "modern"])
 def test_lora_forward_and_step_match_the_merged_reference(name, recipe):

@@ -47,6 +47,7 @@ def test_torch_decode_kernels_keep_weights_logits_and_training_intact(onednn, mo
 
     if not onednn:
         monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    monkeypatch.setattr("gptbench.backends.torch_backend.DECODE_LAYOUT_MIN_BYTES", 0)  # a tiny model uses it too
     cfg = tiny_model_config()
     a, b = (create_backend(cfg, "torch", device="cpu", seed=3) for _ in range(2))
     w = perturbed_weights(cfg, seed=5)
@@ -91,8 +92,29 @@ def test_torch_decode_kernels_keep_weights_logits_and_training_intact(onednn, mo
     assert max(float(np.abs(wa[k] - wb[k]).max()) for k in wa) < 1e-6
 
 
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_a_model_that_fits_in_cache_decodes_on_its_plain_weights(backend):
+    """Below DECODE_LAYOUT_MIN_BYTES the decode layouts cost more than they save (measured
+    in the backends' comments): a small model keeps its row-major weights and plain kernels."""
+    from gptbench.backends.generate import generate_tokens
+    from gptbench.backends.sampling import SamplingParams
+
+    cfg = tiny_model_config()
+    be = create_backend(cfg, backend, device="cpu", seed=3)
+    prompt = random_tokens(cfg, 1, 12, seed=3)
+    tokens = list(generate_tokens(be, [list(prompt[0])], SamplingParams(temperature=0, max_new_tokens=5)))
+    assert len(tokens) == 5
+    assert be._decode_layout  # decided
+    fc = be.model.h[0].mlp.c_fc
+    if backend == "torch":
+        assert "forward" not in vars(fc)
+        assert fc.weight.stride() == (fc.weight.shape[1], 1)
+    else:
+        assert memoryview(fc.weight).strides == (4 * fc.weight.shape[1], 4)
+
+
 # ---- MLX ----------------------------------------------------------------------------------------
-def test_mlx_decode_layout_keeps_weights_logits_and_training_intact():
+def test_mlx_decode_layout_keeps_weights_logits_and_training_intact(monkeypatch):
     """An MLX backend that does not train decodes on column-major weights (mlx[cpu]'s
     one-row matmuls run faster on them): the logits and greedy tokens are the row-major
     model's, get_weights returns the same C-contiguous arrays, new weights are decoded
@@ -100,6 +122,7 @@ def test_mlx_decode_layout_keeps_weights_logits_and_training_intact():
     from gptbench.backends.generate import generate_tokens
     from gptbench.backends.sampling import SamplingParams
 
+    monkeypatch.setattr("gptbench.backends.mlx_backend.DECODE_LAYOUT_MIN_BYTES", 0)  # a tiny model uses it too
     cfg = tiny_model_config()
     a, b = (create_backend(cfg, "mlx", device="cpu", seed=3) for _ in range(2))
     w = perturbed_weights(cfg, seed=5)
