@@ -145,17 +145,14 @@ def _new_run_config(args: argparse.Namespace) -> Any:
         validate_run_name(args.name)
     model_flags, train_flags = _flags(args)
     toml = load_toml(args.config) if args.config else None
-    run_flags = {
-        "data": args.data,
-        "tokenizer": args.tokenizer,
-        "backend": args.backend,
-        "device": args.device,
-        "dtype": args.dtype,
-        "compile": args.compile,
-        "name": args.name,
-        "init_from": args.init_from,
-    }
+    run_flags = {**_run_flags(args), "name": args.name, "init_from": args.init_from}
     return resolve_run_config(args.preset, toml, model_flags, train_flags, run_flags, _lora_flags(args))
+
+
+def _run_flags(args: argparse.Namespace) -> dict:
+    """The run-level flags a new run and a resume both take (None where not given)."""
+    return {"data": args.data, "tokenizer": args.tokenizer, "backend": args.backend, "device": args.device,
+            "dtype": args.dtype, "compile": args.compile}
 
 
 def _check_resume_flags(args: argparse.Namespace) -> None:
@@ -300,16 +297,7 @@ def _train(args: argparse.Namespace, parallel: Any, comm: Any) -> int:
         trainer = Trainer.resume_run(
             store,
             args.resume,
-            {
-                "model": model_flags,
-                "train": train_flags,
-                "data": args.data,
-                "tokenizer": args.tokenizer,
-                "backend": args.backend,
-                "device": args.device,
-                "dtype": args.dtype,
-                "compile": args.compile,
-            },
+            {"model": model_flags, "train": train_flags, **_run_flags(args)},
             reporter,
             accept_changed_data=args.accept_changed_data,
             comm=comm,
