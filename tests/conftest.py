@@ -11,6 +11,7 @@ when `$CI` is set, so CI is deterministic; locally they explore new examples eac
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -40,6 +41,13 @@ def _reads_only_the_clone():
     yield
     new = _outside_reads[seen:]
     assert not new, f"the test read {new[0]} outside the clone; use tests/fixtures/ instead"
+
+# Tests send SIGINT to trainers and expect a graceful stop. A trainer keeps an inherited
+# SIG_IGN (the nohup convention), and a suite started in the background (`cmd &` without
+# job control) hands SIG_IGN to every child: catch SIGINT here, so children start with the
+# default disposition however pytest was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
