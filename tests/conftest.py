@@ -42,12 +42,14 @@ def _reads_only_the_clone():
     new = _outside_reads[seen:]
     assert not new, f"the test read {new[0]} outside the clone; use tests/fixtures/ instead"
 
-# Tests send SIGINT to trainers and expect a graceful stop. A trainer keeps an inherited
-# SIG_IGN (the nohup convention), and a suite started in the background (`cmd &` without
-# job control) hands SIG_IGN to every child: catch SIGINT here, so children start with the
-# default disposition however pytest was started.
+# Tests send SIGINT and SIGHUP to trainers and expect a graceful stop. A trainer keeps an
+# inherited SIG_IGN (the nohup convention), and a suite started under nohup or in the
+# background (`cmd &` without job control) hands SIG_IGN to every child: restore them here,
+# so children start with the default dispositions however pytest was started.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
 settings.register_profile("dev", deadline=None)
