@@ -15,6 +15,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -206,11 +207,25 @@ def test_ctrl_c_says_what_happens_and_a_second_one_still_leaves_a_final_status(t
     runs = tmp_path / "runs"
     proc = fh.trainer(runs, ["--name", "twice", "--data", str(corpus), "--max-iters", "100000", *SLOWER], env)
     wait_until(lambda: _running(runs / "twice", min_step=1), 120, "training")
+    chunks: list[bytes] = []
+    first_handled = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            chunks.append(line)
+            if b"press Ctrl-C again" in line:
+                first_handled.set()
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)  # inside the same (slow) step
+    # the second only once the first was handled (two signals pending during one torch op
+    # would be one), still inside the same step of about a second
+    assert first_handled.wait(60)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    text = out.decode()
+    proc.wait(timeout=120)
+    reader.join(10)
+    text = b"".join(chunks).decode()
     assert "stopping after this step (a checkpoint is saved); press Ctrl-C again to abort" in text
     st = Run(runs / "twice").status()
     assert proc.returncode == 130

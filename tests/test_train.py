@@ -87,8 +87,13 @@ def _losses(run) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in run.metrics() if r["type"] == "train"}
 
 
-def test_resume_continues_exactly(runs_dir, corpus_file):
+def test_resume_continues_exactly(runs_dir, corpus_file, monkeypatch):
     """200 steps straight == 100 steps + resume 100 through the CLI: same losses, bit for bit."""
+    import torch
+
+    # the same thread count throughout: the CLI's thread policy would otherwise change it
+    # when the machine is busy, and a different count sums in a different order
+    monkeypatch.setenv("GPTBENCH_TORCH_THREADS", str(torch.get_num_threads()))
     common = dict(eval_interval=50, log_interval=1, lr_decay_iters=200)
     straight = train_fixture_run(runs_dir, corpus_file, name="straight", max_iters=200, **common)
     train_fixture_run(runs_dir, corpus_file, name="half", max_iters=100, **common)

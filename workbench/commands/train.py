@@ -102,7 +102,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (auto = bf16 autocast on CUDA)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="compile the training step with the framework's JIT (default: on for mlx, off for torch)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch, fixed (default: adapted to the cores other processes leave free)")
     p.add_argument("--accept-changed-data", action="store_true", help="with --resume: continue although the corpus changed since the run started")
     p.add_argument("--nproc", type=int, default=None,
                    help="train on N processes of this machine: torch through torchrun (one per GPU, or CPU cores), mlx through mlx.launch")
