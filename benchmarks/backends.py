@@ -69,9 +69,9 @@ def run_case(case: dict) -> dict:
     from gptbench.backends.generate import generate_tokens
     from gptbench.backends.sampling import SamplingParams
     from gptbench.backends.spec import GPTConfig
-    from gptbench.config import PRESETS, TrainConfig
+    from gptbench.spec import PRESETS, TrainConfig
 
-    model = dict(PRESETS[case["shape"]]["model"], dropout=0.0)
+    model = {k: v for k, v in PRESETS[case["shape"]].model.to_dict().items() if k != "vocab_size"} | {"dropout": 0.0}
     cfg = GPTConfig(vocab_size=VOCAB, **model)
     be = create_backend(cfg, case["backend"], device="auto", seed=0, compile=case.get("compile"))
     be.setup_optimizer(TrainConfig().optim_config())

@@ -49,7 +49,7 @@ def worker(args: argparse.Namespace) -> None:
     """One rank (or the single process): time steps, report through rank 0."""
     from gptbench.backends.base import Parallel, create_backend, backend_class, peak_rss
     from gptbench.backends.spec import GPTConfig
-    from gptbench.config import TrainConfig
+    from gptbench.spec import TrainConfig
     from gptbench.launch import worker_parallel
 
     _, par = worker_parallel(args.strategy, args.ac)

@@ -42,13 +42,14 @@ def peak_rss_bytes() -> int:
 
 # ---- 1. quality at equal steps ---------------------------------------------------------------
 def train(runs: str, name: str, data: str, iters: int, train: dict, run: dict, lora: dict | None = None, preset: str = "tiny") -> dict:
-    from gptbench.config import resolve_run_config
+    from gptbench.spec import resolve_spec
+    from gptbench.spec.resolve import spec_settings
     from gptbench.runstore import RunStore
-    from gptbench.train import Trainer, full_split_loss
+    from gptbench.training import Trainer, full_split_loss
 
     model = {} if run.get("init_from") else {"tie_embeddings": True}
-    cfg = resolve_run_config(preset, None, model, {"max_iters": iters, "sample_tokens": 0, "eval_interval": max(1, iters // 4), **train},
-                             {"data": data, "tokenizer": "byte", "name": name, **run}, lora)
+    cfg = resolve_spec(preset, None, spec_settings(model=model, train={"max_iters": iters, "sample_tokens": 0, "eval_interval": max(1, iters // 4), **train},
+                                                   lora=lora, **{"data": data, "tokenizer": "byte", "name": name, **run}))
     trainer = Trainer.new_run(RunStore(runs), cfg)
     t0 = time.perf_counter()
     outcome = trainer.fit()
@@ -82,16 +83,17 @@ def quality(args: argparse.Namespace) -> list[dict]:
 def memory_child(mode: str, source: str, data: str, block: int, steps: int) -> None:
     """Runs in its own process: fine-tune (or only load) and print the peak RSS as JSON."""
     os.environ.setdefault("GPTBENCH_GPT2_RANKS", str(GPT2_RANKS))
-    from gptbench.config import resolve_run_config
+    from gptbench.spec import resolve_spec
+    from gptbench.spec.resolve import spec_settings
     from gptbench.runstore import RunStore
-    from gptbench.train import Trainer
+    from gptbench.training import Trainer
 
     lora = {"rank": 8} if mode == "lora" else None
     with tempfile.TemporaryDirectory() as runs:
-        cfg = resolve_run_config(None, None, {"block_size": block},
-                                 {"max_iters": max(1, steps), "batch_size": 1, "grad_accum": 1, "eval_iters": 1, "eval_interval": 10**6,
-                                  "sample_tokens": 0, "lr": 1e-5},
-                                 {"init_from": source, "data": data, "tokenizer": "gpt2", "backend": "torch", "device": "cpu", "name": mode}, lora)
+        cfg = resolve_spec(None, None, spec_settings(
+            model={"block_size": block}, lora=lora,
+            train={"max_iters": max(1, steps), "batch_size": 1, "grad_accum": 1, "eval_iters": 1, "eval_interval": 10**6, "sample_tokens": 0, "lr": 1e-5},
+            init_from=source, data=data, tokenizer="gpt2", backend="torch", device="cpu", name=mode))
         trainer = Trainer.new_run(RunStore(runs), cfg)
         t0 = time.perf_counter()
         if mode != "load":

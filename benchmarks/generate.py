@@ -327,8 +327,9 @@ def tiny_backend(args) -> tuple[str, object]:
     if args.run:
         lm = load_model(RunStore(args.runs_dir), run=args.run, backend="torch", device="cpu")
         return f"run {lm.source}", lm.backend
-    from gptbench.config import resolve_run_config
-    from gptbench.train import Trainer
+    from gptbench.spec import resolve_spec
+    from gptbench.spec.resolve import spec_settings
+    from gptbench.training import Trainer
 
     tmp = Path(tempfile.mkdtemp(prefix="gptbench-bench-"))
     corpus = SHARED_CORPUS if SHARED_CORPUS.is_file() else None
@@ -336,10 +337,10 @@ def tiny_backend(args) -> tuple[str, object]:
         corpus = tmp / "corpus.txt"
         corpus.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog.\n" for i in range(3000)))
     iters = 50 if args.quick else 200
-    cfg = resolve_run_config(
-        "tiny", None, {}, {"max_iters": iters, "eval_interval": iters, "eval_iters": 5, "sample_tokens": 0},
-        {"data": str(corpus), "tokenizer": "char", "backend": "torch", "device": "cpu", "name": "bench-tiny"},
-    )
+    cfg = resolve_spec("tiny", None, spec_settings(
+        train={"max_iters": iters, "eval_interval": iters, "eval_iters": 5, "sample_tokens": 0},
+        data=str(corpus), tokenizer="char", backend="torch", device="cpu", name="bench-tiny",
+    ))
     t0 = time.perf_counter()
     trainer = Trainer.new_run(RunStore(tmp / "runs"), cfg)
     trainer.fit()

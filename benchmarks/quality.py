@@ -13,9 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from gptbench.config import resolve_run_config
 from gptbench.runstore import RunStore
-from gptbench.train import Trainer, full_split_loss
+from gptbench.spec import resolve_spec
+from gptbench.spec.resolve import spec_settings
+from gptbench.training import Trainer, full_split_loss
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -31,11 +32,10 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as runs:
-        cfg = resolve_run_config(
-            "tiny", None, None,
-            {"max_iters": args.iters, "sample_tokens": 0, "eval_interval": max(1, args.iters // 4), "seed": args.seed},
-            {"data": args.data, "tokenizer": "char", "backend": args.backend, "device": args.device, "name": "quality"},
-        )
+        cfg = resolve_spec("tiny", None, spec_settings(
+            train={"max_iters": args.iters, "sample_tokens": 0, "eval_interval": max(1, args.iters // 4), "seed": args.seed},
+            data=args.data, tokenizer="char", backend=args.backend, device=args.device, name="quality",
+        ))
         trainer = Trainer.new_run(RunStore(runs), cfg)
         t0 = time.perf_counter()
         outcome = trainer.fit()

@@ -36,9 +36,9 @@ import numpy as np
 
 from gptbench.backends.base import create_backend
 from gptbench.backends.spec import GPTConfig
-from gptbench.config import resolve_run_config
+from gptbench.spec import resolve_spec
 from gptbench.data import get_batch, prepare_data
-from gptbench.train import full_split_loss, lr_at
+from gptbench.training import full_split_loss, lr_at
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -63,8 +63,8 @@ ABLATION: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
 
 def preset_recipe(preset: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A preset's resolved model and train settings (lr_decay_iters = its max_iters)."""
-    cfg = resolve_run_config(preset)
-    return dict(cfg.model), cfg.train.to_dict()
+    cfg = resolve_spec(preset)
+    return {k: v for k, v in cfg.model.to_dict().items() if k != "vocab_size"}, cfg.train.to_dict()
 
 
 def ablation_recipes() -> tuple[list[tuple[str, dict[str, Any], dict[str, Any]]], str]:
@@ -87,7 +87,7 @@ def train_to_target(model: dict, train: dict, data: Any, args: argparse.Namespac
     """Train one recipe until its full-split val loss has reached the target and the
     budget is spent (or max_iters, or `--max-seconds`). Returns the eval trajectory and
     the figures above."""
-    from gptbench.config import TrainConfig
+    from gptbench.spec import TrainConfig
 
     t = TrainConfig.from_dict(train)
     if t.lr_decay_iters == 0:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from gptbench.backends.base import create_backend
-from gptbench.config import resolve_run_config
+from gptbench.spec import resolve_spec
 from gptbench.data import get_batch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,7 +62,7 @@ def matmul_peak_flops(backend: str, device: str, seconds: float = 2.0) -> tuple[
 
 
 def measure(preset: str, backend: str, device: str, steps: int, warmup: int, vocab: int, compile: bool) -> dict:
-    cfg = resolve_run_config(preset)
+    cfg = resolve_spec(preset)
     model_cfg = cfg.model_config(vocab)
     t = cfg.train
     be = create_backend(model_cfg, backend, device=device, seed=0, compile=compile)

@@ -83,7 +83,7 @@ def check_run(run_path: Path) -> list[str]:
 
 
 def _optim():
-    from gptbench.config import TrainConfig
+    from gptbench.spec import TrainConfig
 
     return TrainConfig().optim_config()
 

@@ -43,9 +43,17 @@ def optim_config(**overrides):
     """The run defaults' AdamW settings (`TrainConfig().optim_config()`), with overrides."""
     import dataclasses
 
-    from gptbench.config import TrainConfig
+    from gptbench.spec import TrainConfig
 
     return dataclasses.replace(TrainConfig().optim_config(), **overrides)
+
+
+def resolve_config(preset=None, toml=None, model_flags=None, train_flags=None, run_flags=None, lora_flags=None):
+    """A run spec from per-section settings (what the tests used to pass as flag dicts)."""
+    from gptbench.spec import resolve_spec
+    from gptbench.spec.resolve import spec_settings
+
+    return resolve_spec(preset, toml, spec_settings(model=model_flags, train=train_flags, lora=lora_flags, **(run_flags or {})))
 
 
 def train_fixture_run(runs_dir: Path, corpus: Path, name: str = "fixture", max_iters: int = 150, backend: str = "torch",
@@ -53,18 +61,17 @@ def train_fixture_run(runs_dir: Path, corpus: Path, name: str = "fixture", max_i
     """Train a tiny run (char-level unless `tokenizer` says otherwise) through the real
     Trainer (about a second or two); `model` adds model keys (e.g. today's recipe, or a
     tied head) to its 2 x 32 shape."""
-    from gptbench.config import resolve_run_config
+    from gptbench.spec import resolve_spec
+    from gptbench.spec.resolve import spec_settings
     from gptbench.runstore import RunStore
-    from gptbench.train import Trainer
+    from gptbench.training import Trainer
 
-    cfg = resolve_run_config(
-        "tiny",
-        None,
-        {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, **(model or {})},
-        {"max_iters": max_iters, "eval_interval": 50, "eval_iters": 4, "batch_size": 8, "log_interval": 10,
-         "warmup_iters": 10, "sample_tokens": 40, **train},
-        {"data": str(corpus), "tokenizer": tokenizer, "backend": backend, "device": "cpu", "name": name},
-    )
+    cfg = resolve_spec("tiny", None, spec_settings(
+        model={"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, **(model or {})},
+        train={"max_iters": max_iters, "eval_interval": 50, "eval_iters": 4, "batch_size": 8, "log_interval": 10,
+               "warmup_iters": 10, "sample_tokens": 40, **train},
+        data=str(corpus), tokenizer=tokenizer, backend=backend, device="cpu", name=name,
+    ))
     trainer = Trainer.new_run(RunStore(runs_dir), cfg)
     trainer.fit()
     return trainer.run

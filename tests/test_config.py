@@ -6,11 +6,13 @@ import pytest
 
 from gptbench.backends.spec import GPTConfig
 from gptbench.errors import ConfigError
-from gptbench.config import PRESETS, TrainConfig, load_toml, resolve_run_config
+from gptbench.spec import PRESETS, TrainConfig
+from gptbench.spec.toml import load_toml
+from helpers import resolve_config as resolve_run_config
 
 
 def test_gpt2_124m_parameter_count():
-    cfg = GPTConfig(**PRESETS["gpt2"]["model"], vocab_size=50257)
+    cfg = PRESETS["gpt2"].model.replace(vocab_size=50257)
     assert cfg.num_params() == 124_439_808  # the published GPT-2 small count (tied head)
     b = cfg.param_breakdown()
     assert b["token_embeddings"] == 50257 * 768
@@ -20,20 +22,20 @@ def test_gpt2_124m_parameter_count():
 
 @pytest.mark.parametrize("preset,expected", [("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)])
 def test_larger_gpt2_counts(preset, expected):
-    assert GPTConfig(**PRESETS[preset]["model"], vocab_size=50257).num_params() == expected
+    assert PRESETS[preset].model.replace(vocab_size=50257).num_params() == expected
 
 
 def test_tiny_preset_is_nanogpt_cpu_config():
     cfg = resolve_run_config("tiny")
-    assert (cfg.model["n_layer"], cfg.model["n_head"], cfg.model["n_embd"], cfg.model["block_size"]) == (4, 4, 128, 64)
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (4, 4, 128, 64)
     t = cfg.train
-    assert (t.batch_size, t.lr, t.min_lr, t.warmup_iters, t.beta2, cfg.model["dropout"]) == (12, 1e-3, 1e-4, 100, 0.99, 0.0)
+    assert (t.batch_size, t.lr, t.min_lr, t.warmup_iters, t.beta2, cfg.model.dropout) == (12, 1e-3, 1e-4, 100, 0.99, 0.0)
     assert t.lr_decay_iters == t.max_iters == 2000
 
 
 def test_small_preset_is_nanogpt_shakespeare_char():
     cfg = resolve_run_config("small")
-    assert (cfg.model["n_layer"], cfg.model["n_embd"], cfg.model["block_size"], cfg.model["dropout"]) == (6, 384, 256, 0.2)
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size, cfg.model.dropout) == (6, 384, 256, 0.2)
     assert cfg.train.batch_size == 64
 
 
@@ -51,8 +53,8 @@ def test_precedence_defaults_preset_toml_flags(tmp_path):
     f.write_text('preset = "small"\ndata = "x.txt"\n[model]\nn_layer = 3\n[train]\nlr = 5e-4\nmax_iters = 10\n')
     cfg = resolve_run_config(None, load_toml(f), {"n_layer": 2}, {"max_iters": 20}, {"data": None})
     assert cfg.preset == "small"
-    assert cfg.model["n_layer"] == 2  # flag beats toml
-    assert cfg.model["n_embd"] == 384  # preset beats default
+    assert cfg.model.n_layer == 2  # flag beats toml
+    assert cfg.model.n_embd == 384  # preset beats default
     assert cfg.train.lr == 5e-4  # toml beats preset
     assert cfg.train.max_iters == 20
     assert cfg.train.lr_decay_iters == 20
@@ -122,7 +124,7 @@ def test_new_fields_default_to_todays_model_and_adamw():
 def test_modern_presets_are_todays_recipe(preset):
     """Both presets build today's recipe; the CPU one keeps `tiny`'s char-level scale."""
     cfg = resolve_run_config(preset)
-    m = GPTConfig.from_dict({**cfg.model, "vocab_size": 65})
+    m = cfg.model_config(65)
     assert m.pos == "rope"
     assert m.qk_norm
     assert m.mlp == "relu2"
@@ -136,7 +138,7 @@ def test_modern_presets_are_todays_recipe(preset):
     assert cfg.train.lr_decay_iters == cfg.train.max_iters
     if preset == "modern":
         tiny = resolve_run_config("tiny")
-        assert m.block_size == tiny.model["block_size"]  # the same task as `tiny`: same context
+        assert m.block_size == tiny.model.block_size  # the same task as `tiny`: same context
         assert cfg.train.max_iters < tiny.train.max_iters
 
 
@@ -144,21 +146,20 @@ def test_recipe_keys_in_toml_and_flags(tmp_path):
     f = tmp_path / "run.toml"
     f.write_text('[model]\npos = "rope"\nqk_norm = true\nlogit_softcap = 30.0\n[train]\noptimizer = "muon"\nmuon_lr = 0.05\n')
     cfg = resolve_run_config(None, load_toml(f), {"rope_theta": 500.0}, {"muon_momentum": 0.9})
-    assert (cfg.model["pos"], cfg.model["qk_norm"], cfg.model["logit_softcap"], cfg.model["rope_theta"]) == ("rope", True, 30.0, 500.0)
+    assert (cfg.model.pos, cfg.model.qk_norm, cfg.model.logit_softcap, cfg.model.rope_theta) == ("rope", True, 30.0, 500.0)
     assert (cfg.train.optimizer, cfg.train.muon_lr, cfg.train.muon_momentum) == ("muon", 0.05, 0.9)
 
 
 def test_recipe_switches_survive_the_ui_launch(tmp_path):
-    """`gptbench train` with the UI relaunches itself headless with the same switches."""
+    """`gptbench train` with the UI relaunches itself headless with the same spec."""
     from gptbench.cli import build_parser
-    from gptbench.commands.ui import train_flags_from_args
+    from gptbench.spec.cli import request_argv, request_from_args
 
     argv = ["train", "--name", "r1", "--pos", "rope", "--qk-norm", "--no-zero-init", "--logit-softcap", "15",
             "--optimizer", "muon", "--muon-lr", "0.03"]
-    args = build_parser().parse_args(argv)
-    _, flags = train_flags_from_args(args)
-    again = build_parser().parse_args(["train", "--no-ui", *flags])
-    for key in ("pos", "qk_norm", "zero_init_proj", "logit_softcap", "optimizer", "muon_lr"):
-        assert getattr(again, key) == getattr(args, key), key
-    assert again.zero_init_proj is False
+    spec = request_from_args(build_parser().parse_args(argv))
+    again = request_from_args(build_parser().parse_args(["train", "--no-ui", *request_argv(spec)]))
+    assert again == spec
+    assert (again.model.pos, again.model.qk_norm, again.model.zero_init_proj, again.model.logit_softcap) == ("rope", True, False, 15.0)
+    assert (again.train.optimizer, again.train.muon_lr) == ("muon", 0.03)
     assert build_parser().parse_args(["train"]).qk_norm is None  # unset: the preset decides

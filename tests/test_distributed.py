@@ -404,11 +404,20 @@ def test_a_bad_hostfile_is_refused(runs_dir, corpus_file, capsys, tmp_path):
 
 
 # ---- the pieces: launcher bookkeeping and the rank's environment ---------------------------------------
-def test_launcher_options_are_stripped_from_the_ranks_command():
-    from gptbench.launch import strip_launcher_options
+def test_launcher_options_are_stripped_from_the_ranks_command(tmp_path):
+    """Ranks get the launcher's request whole, minus what only the launcher reads."""
+    from gptbench.cli import build_parser
+    from gptbench.spec.cli import request_argv, request_from_args
 
-    argv = ["--runs-dir", "r", "train", "--no-ui", "--nproc", "2", "--hostfile=h.json", "--name", "x", "--nproc=3", "--lr", "1"]
-    assert strip_launcher_options(argv) == ["--runs-dir", "r", "train", "--no-ui", "--name", "x", "--lr", "1"]
+    hosts = tmp_path / "h.json"
+    hosts.write_text("[]")
+    for argv in (["train", "--no-ui", "--nproc", "2", f"--hostfile={hosts}", "--name", "x", "--lr", "1"],
+                 ["train", "--no-ui", "--resume", "x", "--nproc=3", "--lr", "1"]):
+        request = request_from_args(build_parser().parse_args(argv))
+        rank_argv = request_argv(request, for_rank=True)
+        assert not [a for a in rank_argv if a.split("=")[0] in ("--nproc", "--hostfile")]
+        again = request_from_args(build_parser().parse_args(["train", "--no-ui", *rank_argv]))
+        assert (again.name, "--lr" in rank_argv) == (request.name, True)
 
 
 @pytest.mark.parametrize("codes, signalled, expected", [

@@ -248,15 +248,15 @@ def test_block_size_crops_position_embeddings(tmp_path, corpus_file, capsys):
 
 
 def test_finetune_preset_is_nanogpts_finetune_shakespeare():
-    from gptbench.config import resolve_run_config
+    from helpers import resolve_config
 
-    cfg = resolve_run_config(None, None, {}, {}, {"init_from": "gpt2"})
+    cfg = resolve_config(None, None, {}, {}, {"init_from": "gpt2"})
     t = cfg.train
     assert cfg.preset == "finetune"  # the default preset with --init-from
     assert (t.batch_size, t.grad_accum, t.max_iters, t.lr, t.decay_lr, t.eval_interval, t.eval_iters) == (1, 32, 20, 3e-5, False, 5, 40)
-    assert cfg.model == {}  # the shape comes from the source...
+    assert cfg.model_given == ()  # the shape comes from the source...
     assert cfg.tokenizer is None  # ...and so does the tokenizer
-    from gptbench.train import lr_at
+    from gptbench.training import lr_at
 
     assert {lr_at(s, t) for s in range(t.max_iters)} == {3e-5}  # constant
 

@@ -60,13 +60,13 @@ def test_only_adapters_train_and_resume_is_exact(backend, base_folder, corpus_fi
     from gptbench.backends.hf import load_hf_folder
     from gptbench.backends.lora import LoRAConfig
     from gptbench.backends.weights import load_tensors, read_header
-    from gptbench.config import resolve_run_config
+    from helpers import resolve_config
     from gptbench.runstore import RunStore
-    from gptbench.train import Trainer
+    from gptbench.training import Trainer
 
     runs = tmp_path / "runs"
     flags = {"rank": 4, "alpha": 8.0}
-    cfg = resolve_run_config(None, None, {}, {"max_iters": 4, "lr": 3e-2, "batch_size": 2, "grad_accum": 2, "eval_iters": 2,
+    cfg = resolve_config(None, None, {}, {"max_iters": 4, "lr": 3e-2, "batch_size": 2, "grad_accum": 2, "eval_iters": 2,
                                                 "eval_interval": 2, "log_interval": 1, "sample_tokens": 0},
                              {"init_from": str(base_folder), "data": str(corpus_file), "backend": backend, "device": "cpu", "name": "a"}, flags)
     trainer = Trainer.new_run(RunStore(runs), cfg)

@@ -15,9 +15,9 @@ import pytest
 
 from helpers import GPT2_RANKS, train_fixture_run
 from gptbench.cli import main
-from gptbench.config import TrainConfig
+from gptbench.spec import TrainConfig
 from gptbench.runstore import RunStore, RunWriter
-from gptbench.train import lr_at
+from gptbench.training import lr_at
 
 SMALL = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "8",
          "--eval-iters", "4", "--warmup-iters", "10", "--sample-tokens", "20", "--device", "cpu", "--backend", "torch"]
@@ -108,11 +108,11 @@ def test_resume_continues_exactly(runs_dir, corpus_file, monkeypatch):
 
 
 def test_resume_with_dropout_restores_rng(runs_dir, corpus_file):
-    from gptbench.config import resolve_run_config
-    from gptbench.train import Trainer
+    from gptbench.training import Trainer
+    from helpers import resolve_config
 
     def run(name, iters):
-        cfg = resolve_run_config("tiny", None, {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.2},
+        cfg = resolve_config("tiny", None, {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.2},
                                  {"max_iters": iters, "eval_interval": 20, "eval_iters": 2, "batch_size": 4,
                                   "log_interval": 1, "lr_decay_iters": 40, "sample_tokens": 0},
                                  {"data": str(corpus_file), "backend": "torch", "device": "cpu", "name": name})
@@ -122,7 +122,7 @@ def test_resume_with_dropout_restores_rng(runs_dir, corpus_file):
 
     a = run("d-straight", 40)
     run("d-half", 20)
-    Trainer.resume_run(RunStore(runs_dir), "d-half", {"train": {"max_iters": 40}}).fit()
+    Trainer.resume_run(RunStore(runs_dir), "d-half", {"train.max_iters": 40}).fit()
     assert _losses(a) == _losses(RunStore(runs_dir).existing("d-half"))
 
 
@@ -227,7 +227,7 @@ def test_split_bytes_counts_text_and_not_end_of_text():
     boundary) counted as 0 bytes, for byte-level BPE (multi-byte characters split across
     tokens), bytes and characters."""
     from gptbench.tokenizers.registry import build_tokenizer, TokenizerSpec
-    from gptbench.train import split_bytes
+    from gptbench.training import split_bytes
 
     docs = ["naïve café — 東京 ☕", "plain text\nwith lines", "émoji 🎉 end"]
     gpt2 = build_tokenizer(TokenizerSpec.parse(f"gpt2:{GPT2_RANKS}"))

@@ -60,7 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a launcher passes on to its ranks
     try:
         if args.command is None:
             from gptbench.commands.ui import run_ui

@@ -398,18 +398,18 @@ def _run_tokenizer(source: Source, spec: str | None) -> "Tokenizer":
 
 
 def _preset_of(config: GPTConfig) -> str:
-    from gptbench.config import PRESETS
+    from gptbench.spec import PRESETS
 
     shape = ("n_layer", "n_head", "n_embd", "block_size")
     for name, preset in PRESETS.items():
-        if all(preset["model"].get(k) == getattr(config, k) for k in shape):
+        if all(getattr(preset.model, k) == getattr(config, k) for k in shape):
             return name
     return "custom"
 
 
 def _to_run(source: Source, name: str, dtype: str, force: bool, to: str, verify_on: str, device: str, store: "RunStore", tokenizer: str | None) -> ConvertResult:
     from gptbench.backends.weights import load_weights
-    from gptbench.config import TrainConfig
+    from gptbench.spec import TrainConfig
     from gptbench.runstore import RUN_FORMAT_VERSION, RunState, RunWriter, validate_run_name
     from gptbench.runstore.format import software_versions
     from gptbench.tokenizers.registry import load_tokenizer

@@ -3,7 +3,8 @@ one, tell which rank it is.
 
 `gptbench train --nproc N ...` (or `--hostfile FILE` with MLX) does not train: it is the
 launcher. It checks what it can in one process (the flags, the devices, the launcher
-program), then runs the same command line minus `--nproc`/`--hostfile` on N ranks:
+program), then runs the same request (`gptbench.spec.cli.request_argv`, without
+`--nproc`/`--hostfile`) on N ranks:
 
 - torch: `torch.distributed.run` (torchrun's own code) in this process, `--standalone`
   (a free port, one machine). Why in-process rather than a `torchrun` child: its
@@ -47,8 +48,6 @@ from gptbench import paths
 from gptbench.backends.base import Parallel
 from gptbench.errors import UserError
 
-# Options of `gptbench train` that only the launcher reads (stripped from the ranks' command).
-LAUNCHER_OPTIONS = ("--nproc", "--hostfile")
 SHUTDOWN_TIMEOUT_S = 120  # torchrun's wait for ranks to save their checkpoint after Ctrl-C
 # After an MLX rank dies, how long the others get to notice before they are stopped: the
 # ring backend has no timeout, and a rank blocked in a collective whose peer vanished can
@@ -129,22 +128,6 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         return os.cpu_count() or 1
-
-
-def strip_launcher_options(argv: list[str]) -> list[str]:
-    """`argv` without `--nproc N` / `--hostfile F` (in either `--opt value` or `--opt=value` form)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in LAUNCHER_OPTIONS:
-            skip = True
-            continue
-        if arg.split("=", 1)[0] in LAUNCHER_OPTIONS and "=" in arg:
-            continue
-        out.append(arg)
-    return out
 
 
 def rank_environment(nproc: int, threads: int | None, on_cpu: bool) -> dict[str, str]:

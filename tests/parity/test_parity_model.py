@@ -31,7 +31,7 @@ from reference_model import perturbed_weights
 from gptbench.backends.base import MuonConfig, OptimConfig, create_backend
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.weights import load_weights, save_weights
-from gptbench.config import PRESETS
+from gptbench.spec import PRESETS
 
 VOCAB = 65
 VARIANTS = [
@@ -58,7 +58,7 @@ def vid(v: dict) -> str:
 
 
 def preset_config(preset: str, **variant) -> GPTConfig:
-    model = {k: v for k, v in PRESETS[preset]["model"].items()}
+    model = {k: v for k, v in PRESETS[preset].model.to_dict().items() if k != "vocab_size"}
     model.update(dropout=0.0, **variant)
     return GPTConfig(vocab_size=VOCAB, **model)
 
@@ -98,7 +98,7 @@ def test_small_preset_shape_same_logits(tmp_path):
     assert max_rel(mlx_be.forward_logits(idx), torch_be.forward_logits(idx)) < 1e-4
 
 
-TINY_OWN_VARIANT = dict(norm="layernorm", mlp="gelu", bias=PRESETS["tiny"]["model"]["bias"], tie_embeddings=True)
+TINY_OWN_VARIANT = dict(norm="layernorm", mlp="gelu", bias=PRESETS["tiny"].model.bias, tie_embeddings=True)
 TRAIN_CASES = [("tiny-2x64", v) for v in VARIANTS + MODERN_VARIANTS] + [("tiny", TINY_OWN_VARIANT)]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from helpers import train_fixture_run
 from gptbench.cli import main
 from gptbench.runstore import RunStore
-from gptbench.train import Trainer
+from gptbench.training import Trainer
 
 
 def _train_losses(run, after: int) -> dict[int, float]:
@@ -58,7 +58,7 @@ def _assert_continues(store, cont_same: str, cont_other: str, start: int, other_
 def test_torch_run_resumes_on_mlx(trained_run, tmp_path):
     start = trained_run.checkpoint("last").step
     store = _copies(trained_run, tmp_path, ["on-torch", "on-mlx"])
-    Trainer.resume_run(store, "on-torch", {"train": {"max_iters": start + 50}}).fit()
+    Trainer.resume_run(store, "on-torch", {"train.max_iters": start + 50}).fit()
     # the other one through the CLI, as a user would
     rc = main(["train", "--no-ui", "--resume", "on-mlx", "--backend", "mlx", "--max-iters", str(start + 50), "--runs-dir", str(tmp_path)])
     assert rc == 0
@@ -73,8 +73,8 @@ def test_mlx_run_resumes_on_torch(tmp_path, corpus_file):
     losses = _losses_before(first, 100)
     assert losses[-1] < losses[0] - 0.5  # MLX training actually learns
     store = _copies(first, tmp_path / "more", ["on-mlx", "on-torch"])
-    Trainer.resume_run(store, "on-mlx", {"train": {"max_iters": 150}}).fit()
-    Trainer.resume_run(store, "on-torch", {"backend": "torch", "train": {"max_iters": 150}}).fit()
+    Trainer.resume_run(store, "on-mlx", {"train.max_iters": 150}).fit()
+    Trainer.resume_run(store, "on-torch", {"runtime.backend": "torch", "train.max_iters": 150}).fit()
     _assert_continues(store, "on-mlx", "on-torch", 100, "torch")
 
 
@@ -86,6 +86,6 @@ def test_muon_run_resumes_on_the_other_backend(tmp_path, corpus_file):
     first = train_fixture_run(runs, corpus_file, name="muon-run", max_iters=60, model=recipe, optimizer="muon",
                               muon_momentum_warmup=100, eval_interval=30, log_interval=5, lr_decay_iters=120, sample_tokens=0)
     store = _copies(first, tmp_path / "more", ["on-torch", "on-mlx"])
-    Trainer.resume_run(store, "on-torch", {"train": {"max_iters": 100}}).fit()
-    Trainer.resume_run(store, "on-mlx", {"backend": "mlx", "train": {"max_iters": 100}}).fit()
+    Trainer.resume_run(store, "on-torch", {"train.max_iters": 100}).fit()
+    Trainer.resume_run(store, "on-mlx", {"runtime.backend": "mlx", "train.max_iters": 100}).fit()
     _assert_continues(store, "on-torch", "on-mlx", 60, "mlx")

@@ -14,17 +14,17 @@ from gptbench.tui.screens.train import TrainScreen
 
 def test_finetune_flags_round_trip_through_the_cli_parser(tmp_path):
     from gptbench.cli import build_parser
-    from gptbench.commands.ui import train_flags_from_args
+    from gptbench.spec.cli import request_argv, request_from_args
 
     (tmp_path / "hf").mkdir()
     argv = ["train", "--init-from", str(tmp_path / "hf"), "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", "attn",
             "--lora-dropout", "0.1", "--max-iters", "5"]
-    args = build_parser().parse_args(argv)
-    name, flags = train_flags_from_args(args)
-    assert name.startswith("finetune-")  # the default preset with a source
-    again = build_parser().parse_args(["train", "--no-ui", *flags])
-    for key in ("init_from", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "max_iters"):
-        assert getattr(again, key) == getattr(args, key), key
+    spec = request_from_args(build_parser().parse_args(argv))
+    assert spec.name.startswith("finetune-")  # the default preset with a source
+    again = request_from_args(build_parser().parse_args(["train", "--no-ui", *request_argv(spec)]))
+    assert again == spec
+    assert (again.init_from, again.train.max_iters) == (str(tmp_path / "hf"), 5)
+    assert (again.lora.rank, again.lora.alpha, again.lora.targets, again.lora.dropout) == (4, 8.0, ("attn",), 0.1)
 
 
 async def test_train_form_fine_tunes_from_a_source(tmp_path, monkeypatch):
@@ -83,14 +83,14 @@ async def test_train_form_fine_tunes_from_a_source(tmp_path, monkeypatch):
 @pytest.fixture
 def lora_runs(tmp_path, trained_run, corpus_file):
     """The session's trained char run, and a LoRA run fine-tuned from its last checkpoint."""
-    from gptbench.config import resolve_run_config
+    from helpers import resolve_config
     from gptbench.runstore import RunStore
-    from gptbench.train import Trainer
+    from gptbench.training import Trainer
 
     root = tmp_path / "runs"
     root.mkdir()
     copy_trained_run(trained_run, root)
-    cfg = resolve_run_config(None, None, {}, {"max_iters": 4, "lr": 3e-2, "batch_size": 4, "grad_accum": 1, "eval_iters": 1,
+    cfg = resolve_config(None, None, {}, {"max_iters": 4, "lr": 3e-2, "batch_size": 4, "grad_accum": 1, "eval_iters": 1,
                                               "eval_interval": 2, "sample_tokens": 0},
                              {"init_from": f"{trained_run.name}:last", "data": str(corpus_file), "backend": "torch", "device": "cpu",
                               "name": "ft-lora"}, {"rank": 4})

@@ -187,24 +187,24 @@ def test_formatting():
 
 
 def test_train_flags_round_trip_through_the_cli_parser(tmp_path):
-    """`gptbench train ...` (with the UI) launches `gptbench train --no-ui` with the same settings."""
+    """`gptbench train ...` (with the UI) launches `gptbench train --no-ui` with the same spec, whole."""
     from gptbench.cli import build_parser
-    from gptbench.commands.ui import train_flags_from_args
+    from gptbench.spec.cli import request_argv, request_from_args
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("hello")
     argv = ["train", "--name", "x1", "--data", str(corpus), "--tokenizer", "char", "--n-layer", "2", "--lr", "0.002",
             "--max-iters", "50", "--no-bias", "--untied", "--backend", "torch"]
-    args = build_parser().parse_args(argv)
-    name, flags = train_flags_from_args(args)
-    assert name == "x1"
-    again = build_parser().parse_args(["train", "--no-ui", *flags])
-    for key in ("name", "data", "tokenizer", "n_layer", "lr", "max_iters", "bias", "tie_embeddings", "backend"):
-        assert getattr(again, key) == getattr(args, key), key
+    spec = request_from_args(build_parser().parse_args(argv))
+    assert spec.name == "x1"
+    again = request_from_args(build_parser().parse_args(["train", "--no-ui", *request_argv(spec)]))
+    assert again == spec
+    assert (again.data, again.tokenizer, again.model.n_layer, again.train.lr, again.train.max_iters) == (str(corpus), "char", 2, 0.002, 50)
+    assert (again.model.bias, again.model.tie_embeddings, again.runtime.backend) == (False, False, "torch")
 
-    resume = build_parser().parse_args(["train", "--resume", "x1", "--max-iters", "80"])
-    name, flags = train_flags_from_args(resume)
-    assert name == "x1"
+    resume = request_from_args(build_parser().parse_args(["train", "--resume", "x1", "--max-iters", "80"]))
+    assert resume.name == "x1"
+    flags = request_argv(resume)
     assert flags[:2] == ["--resume", "x1"]
     assert "--name" not in flags
 
@@ -213,12 +213,14 @@ def test_launcher_reports_the_trainers_error_line(tmp_path):
     from gptbench.tui.launcher import Launcher
 
     launcher = Launcher(tmp_path / "runs")
-    launch = launcher.start("bad", ["--name", "bad", "--preset", "no-such-preset"])
+    from helpers import resolve_config
+
+    launch = launcher.start(resolve_config(run_flags={"name": "bad", "data": str(tmp_path / "no-such-corpus.txt")}))
     launch.proc.wait(timeout=60)
     ended = launcher.reap()
     assert ended == [launch]
     assert launch.returncode == 2
-    assert "unknown preset" in launch.error_line()
+    assert "no-such-corpus.txt" in launch.error_line()
     assert launch.out_path.parent.name == ".launch"
     assert not (tmp_path / "runs" / "bad").exists()
     assert launcher.reap() == []

@@ -8,7 +8,6 @@ gloo's finalisation, which would report a finished run as failed)."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -18,62 +17,9 @@ from typing import Any
 from gptbench import paths
 from gptbench.data.sources import data_help
 from gptbench.errors import UserError
+from gptbench.spec.cli import ResumeRequest, TrainRequest, add_spec_arguments, finite_float, request_argv, request_from_args
 
-# flag name -> (section, key, type, help)
-MODEL_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--n-layer", "n_layer", int, "transformer blocks"),
-    ("--n-head", "n_head", int, "attention heads"),
-    ("--n-embd", "n_embd", int, "embedding width (divisible by --n-head)"),
-    ("--block-size", "block_size", int, "context length in tokens"),
-    ("--dropout", "dropout", float, "dropout probability"),
-    ("--norm", "norm", str, "layernorm | rmsnorm"),
-    ("--mlp", "mlp", str, "gelu | relu2 | swiglu"),
-    ("--pos", "pos", str, "learned | rope: a learned position table (GPT-2) or rotary embeddings on queries and keys"),
-    ("--rope-theta", "rope_theta", float, "rotary base (default 10000)"),
-    ("--logit-softcap", "logit_softcap", float, "cap the logits with cap*tanh(logits/cap) (0 = off; nanochat uses 15)"),
-]
-# model switches: --flag / --no-flag
-MODEL_SWITCHES: list[tuple[str, str, str]] = [
-    ("--qk-norm", "qk_norm", "RMS-normalise each head's queries and keys before attention"),
-    ("--zero-init", "zero_init_proj", "initialise the residual output projections to zero"),
-]
-TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--batch-size", "batch_size", int, "sequences per micro-batch"),
-    ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step on each process (the step's total is this x --nproc)"),
-    ("--max-iters", "max_iters", int, "total optimizer steps"),
-    ("--lr", "lr", float, "peak learning rate (AdamW's: with --optimizer muon, of embeddings, head, norms, biases)"),
-    ("--min-lr", "min_lr", float, "learning rate at the end of the cosine decay"),
-    ("--warmup-iters", "warmup_iters", int, "linear warmup steps"),
-    ("--lr-decay-iters", "lr_decay_iters", int, "step where the cosine reaches --min-lr (default: --max-iters)"),
-    ("--weight-decay", "weight_decay", float, "AdamW weight decay (2-D tensors only)"),
-    ("--beta1", "beta1", float, "AdamW beta1"),
-    ("--beta2", "beta2", float, "AdamW beta2"),
-    ("--grad-clip", "grad_clip", float, "clip the global gradient norm (0 = off)"),
-    ("--optimizer", "optimizer", str, "adamw | muon: Muon for the hidden matrices, AdamW for the rest"),
-    ("--muon-lr", "muon_lr", float, "Muon's peak learning rate (follows the --lr schedule)"),
-    ("--muon-momentum", "muon_momentum", float, "Muon's Nesterov momentum"),
-    ("--muon-momentum-warmup", "muon_momentum_warmup", int, "steps over which Muon's momentum rises from 0.85 (0 = constant)"),
-    ("--muon-weight-decay", "muon_weight_decay", float, "Muon's decoupled weight decay"),
-    ("--eval-interval", "eval_interval", int, "steps between evaluations, checkpoints and samples"),
-    ("--eval-iters", "eval_iters", int, "batches per evaluation (fixed, seeded)"),
-    ("--log-interval", "log_interval", int, "steps between metric records"),
-    ("--sample-tokens", "sample_tokens", int, "length of the sample logged at each eval (0 = off)"),
-    ("--keep-last", "keep_last", int, "checkpoints kept besides the best"),
-    ("--seed", "seed", int, "random seed (init, batches, dropout)"),
-    ("--val-fraction", "val_fraction", float, "share of the corpus held out for validation"),
-]
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a float that is a number (NaN and infinities are refused here, so
-    they can never reach a schedule, a clip or a config file)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
+__all__ = ["finite_float", "register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,165 +29,102 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train a GPT. Precedence: defaults < --preset < --config FILE.toml < flags.",
     )
     p.add_argument("--no-ui", action="store_true", help="train headless with a progress bar (default opens the TUI dashboard)")
-    p.add_argument("--name", help="run name (letters, digits, . _ -); default PRESET-DATE-TIME")
     p.add_argument("--resume", metavar="NAME", help="continue a run from its last checkpoint")
     p.add_argument("--preset", help="tiny | small | modern | modern-small | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | finetune "
                                     "(default tiny; finetune with --init-from); modern = today's recipe (rope, qk-norm, relu2, muon, ...)")
-    p.add_argument("--init-from", metavar="SRC", help="start from pretrained weights: a Hugging Face GPT-2 folder or name "
-                   "(gpt2, gpt2-medium, gpt2-large, gpt2-xl; from the local HF cache), a gptbench .safetensors file, or RUN[:CHECKPOINT]; "
-                   "the model shape and tokenizer follow the source")
-    p.add_argument("--lora-rank", type=int, default=None, metavar="R", help="train LoRA adapters of rank R instead of every weight (needs --init-from)")
-    p.add_argument("--lora-alpha", type=finite_float, default=None, help="LoRA scale numerator: updates are scaled by alpha/R (default 2R)")
-    p.add_argument("--lora-targets", default=None, help="Linear layers that get adapters: attn, mlp, or attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, mlp.c_gate, comma-separated (default attn,mlp)")
-    p.add_argument("--lora-dropout", type=finite_float, default=None, help="dropout on the adapters' input (default 0)")
-    p.add_argument("--config", metavar="FILE", help="TOML file with preset/model/train/data keys")
-    p.add_argument("--data", help=data_help())
-    p.add_argument("--tokenizer", help="char | byte | gpt2[:RANKS_FILE] | bpe:PATH | bpe:VOCAB_SIZE (default char)")
-    p.add_argument("--backend", help="auto | torch | mlx (default auto)")
-    p.add_argument("--device", help="auto | cpu | cuda | mps (torch) | gpu (mlx) (default auto)")
-    p.add_argument("--dtype", help="auto | float32 | bfloat16 | float16 (auto = bf16 autocast on CUDA)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="compile the training step with the framework's JIT (default: on for mlx, off for torch)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch, fixed (default: adapted to the cores other processes leave free)")
+    p.add_argument("--config", metavar="FILE", help="TOML file with the settings below (top-level keys and [model], [train], [lora], [parallel] tables)")
     p.add_argument("--accept-changed-data", action="store_true", help="with --resume: continue although the corpus changed since the run started")
-    p.add_argument("--nproc", type=int, default=None,
-                   help="train on N processes of this machine: torch through torchrun (one per GPU, or CPU cores), mlx through mlx.launch")
-    p.add_argument("--strategy", choices=("ddp", "fsdp"), default=None,
-                   help="with several processes: ddp (a full model on each, default) or fsdp (torch: parameters, gradients and optimizer state sharded)")
-    p.add_argument("--activation-checkpointing", action="store_true", default=None,
-                   help="recompute each block's activations in the backward pass: less memory, about a third more compute (torch)")
-    p.add_argument("--hostfile", metavar="FILE", help="mlx: train on the Macs listed in this mlx.launch hostfile (one rank each)")
-    bias = p.add_mutually_exclusive_group()
-    bias.add_argument("--bias", dest="bias", action="store_true", default=None, help="biases in Linear and LayerNorm")
-    bias.add_argument("--no-bias", dest="bias", action="store_false", help="no biases")
-    p.add_argument("--untied", dest="tie_embeddings", action="store_false", default=None, help="separate LM head")
-    for flag, key, typ, help_ in MODEL_FLAGS + TRAIN_FLAGS:
-        p.add_argument(flag, dest=key, type=finite_float if typ is float else typ, default=None, help=help_)
-    for flag, key, help_ in MODEL_SWITCHES:
-        p.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=help_)
+    add_spec_arguments(p, data_help())
     p.set_defaults(func=run_train)
-
-
-def _lora_flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: getattr(args, f"lora_{k}") for k in ("rank", "alpha", "targets", "dropout") if getattr(args, f"lora_{k}") is not None}
-
-
-def _flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    model_keys = [k for _, k, _, _ in MODEL_FLAGS] + [k for _, k, _ in MODEL_SWITCHES] + ["bias", "tie_embeddings"]
-    train_keys = [k for _, k, _, _ in TRAIN_FLAGS]
-    model_flags = {k: getattr(args, k) for k in model_keys if getattr(args, k) is not None}
-    train_flags = {k: getattr(args, k) for k in train_keys if getattr(args, k) is not None}
-    return model_flags, train_flags
-
-
-def _new_run_config(args: argparse.Namespace) -> Any:
-    """The resolved config of a new run (defaults < preset < TOML < flags)."""
-    from gptbench.config import load_toml, resolve_run_config
-    from gptbench.runstore import validate_run_name
-
-    if args.accept_changed_data:
-        raise UserError("--accept-changed-data only applies with --resume")
-    if args.name is not None:
-        validate_run_name(args.name)
-    model_flags, train_flags = _flags(args)
-    toml = load_toml(args.config) if args.config else None
-    run_flags = {**_run_flags(args), "name": args.name, "init_from": args.init_from}
-    return resolve_run_config(args.preset, toml, model_flags, train_flags, run_flags, _lora_flags(args))
-
-
-def _run_flags(args: argparse.Namespace) -> dict:
-    """The run-level flags a new run and a resume both take (None where not given)."""
-    return {"data": args.data, "tokenizer": args.tokenizer, "backend": args.backend, "device": args.device,
-            "dtype": args.dtype, "compile": args.compile}
-
-
-def _check_resume_flags(args: argparse.Namespace) -> None:
-    from gptbench.runstore import validate_run_name
-
-    validate_run_name(args.resume)
-    if args.preset or args.config:
-        raise UserError("--preset and --config cannot be combined with --resume; the run keeps its config")
-    if args.name is not None:
-        raise UserError("give --name NAME for a new run or --resume NAME to continue one, not both")
-    if args.init_from or _lora_flags(args):
-        raise UserError("--init-from and --lora-* cannot be combined with --resume; the run keeps its source and LoRA settings")
 
 
 def run_train(args: argparse.Namespace) -> int:
     from gptbench.launch import worker_parallel
 
+    request = request_from_args(args)
     if not args.no_ui:
         from gptbench.commands.ui import run_ui
 
-        return run_ui(args, start_training=True)
-
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {args.threads}")
-    if args.nproc is not None and args.nproc < 1:
-        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
-    framework, parallel = worker_parallel(args.strategy or "ddp", bool(args.activation_checkpointing))
-    if framework is not None and (args.nproc is not None or args.hostfile is not None):
+        return run_ui(args, training=request)
+    parallel_spec = _parallel_of(request)
+    framework, parallel = worker_parallel(parallel_spec.strategy, parallel_spec.activation_checkpointing)
+    launcher_flags = parallel_spec.nproc > 1 or parallel_spec.hostfile is not None
+    if framework is not None and (getattr(args, "nproc", None) is not None or parallel_spec.hostfile is not None):
         raise UserError(f"this process is already one rank of {parallel.world_size} started by {'torchrun' if framework == 'torch' else 'mlx.launch'}; drop --nproc/--hostfile")
-    if framework is None and ((args.nproc or 1) > 1 or args.hostfile is not None):
-        return _launch(args)
-    if args.threads is not None:
-        os.environ[paths.TORCH_THREADS] = str(args.threads)
+    if framework is None and launcher_flags:
+        return _launch(args.runs_dir, request)
+    threads = _runtime_threads(request)
+    if threads is not None:
+        os.environ[paths.TORCH_THREADS] = str(threads)
     if not parallel.distributed:
-        if args.strategy == "fsdp":
+        if parallel_spec.strategy == "fsdp":
             raise UserError("--strategy fsdp shards the model over several processes; add --nproc N (or drop --strategy)")
-        return _train(args, parallel, None)
-    return _train_rank(args, framework, parallel)
+        return _train(args.runs_dir, request, parallel, None)
+    return _train_rank(args.runs_dir, request, framework, parallel)
 
 
-def _launch(args: argparse.Namespace) -> int:
-    """This process launches the ranks (`gptbench train --nproc N ...`)."""
-    import time
+def _parallel_of(request: TrainRequest) -> Any:
+    """The parallel settings asked for: a new run's, or those a resume gives."""
+    from gptbench.spec import ParallelSpec
+    from gptbench.spec.resolve import with_overrides
 
+    if isinstance(request, ResumeRequest):
+        given = {k: v for k, v in request.overrides.items() if k.startswith("parallel.")}
+        return with_overrides(_bare_spec(), given).parallel if given else ParallelSpec()
+    return request.parallel
+
+
+def _bare_spec() -> Any:
+    from gptbench.spec import RunSpec
+
+    return RunSpec()
+
+
+def _runtime_threads(request: TrainRequest) -> int | None:
+    if isinstance(request, ResumeRequest):
+        return request.overrides.get("runtime.threads")
+    return request.runtime.threads
+
+
+def _launch(runs_dir: Any, request: TrainRequest) -> int:
+    """This process launches the ranks (`gptbench train --nproc N ...`): each runs the
+    same request, whole, without the launcher's own settings."""
     from gptbench import launch
-    from gptbench.backends.base import MUON_FSDP, resolve_backend_name
+    from gptbench.backends.base import resolve_backend_name
     from gptbench.runstore import Run, RunStore
+    from gptbench.runstore.specfile import read_spec
 
-    store = RunStore(args.runs_dir)
-    argv = launch.strip_launcher_options(list(getattr(args, "argv", None) or sys.argv[1:]))
-    if args.resume is not None:
-        _check_resume_flags(args)
-        name = args.resume
-        saved: dict[str, Any] = {}
+    store = RunStore(runs_dir)
+    par = _parallel_of(request)
+    if isinstance(request, ResumeRequest):
+        name = request.name
         try:
-            saved = Run(store.root / name).config()
+            saved = read_spec(Run(store.root / name))
         except UserError:
-            pass  # rank 0 will say what is wrong with it
-        backend_name = resolve_backend_name(args.backend or saved.get("backend") or "auto")
-        device = args.device or (saved.get("device_request", "auto") if backend_name == saved.get("backend") else "auto")
-        optimizer = args.optimizer or saved.get("train", {}).get("optimizer", "adamw")
+            saved = _bare_spec()  # rank 0 will say what is wrong with the run
+        asked = request.overrides.get("runtime.backend")
+        backend_name = resolve_backend_name(asked or saved.runtime.backend)
+        device = request.overrides.get("runtime.device") or (saved.runtime.device if backend_name == saved.runtime.backend else "auto")
+        optimizer = request.overrides.get("train.optimizer") or saved.train.optimizer
     else:
-        cfg = _new_run_config(args)
-        optimizer = cfg.train.optimizer
-        if cfg.lora:
-            from gptbench.backends.lora import LORA_ONE_PROCESS
+        name, backend_name, device, optimizer = str(request.name), resolve_backend_name(request.runtime.backend), request.runtime.device, request.train.optimizer
+    if par.strategy == "fsdp" and optimizer == "muon":  # said here once, not by every rank
+        from gptbench.backends.base import MUON_FSDP
 
-            raise UserError(LORA_ONE_PROCESS)
-        backend_name = resolve_backend_name(cfg.backend)
-        device = cfg.device
-        name = cfg.name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if args.name is None:
-            argv += ["--name", name]  # every rank trains the run this launcher watches
-    strategy = args.strategy or "ddp"
-    if strategy == "fsdp" and optimizer == "muon":  # said here once, not by every rank
         raise UserError(MUON_FSDP)
+    argv = ["train", "--no-ui", "--runs-dir", str(store.root), *request_argv(request, for_rank=True)]
     if backend_name == "torch":
-        if args.hostfile is not None:
+        if par.hostfile is not None:
             raise UserError("--hostfile lists Macs for mlx.launch; for several machines with torch start torchrun on each (see README: Scaling out)")
-        nproc = args.nproc
-        gpus = launch.check_torch_request(nproc, device, strategy)
-        on_cpu = not gpus
+        nproc = par.nproc
+        on_cpu = not launch.check_torch_request(nproc, device, par.strategy)
     else:
-        nproc = launch.check_mlx_request(args.nproc or 0, args.hostfile, strategy, bool(args.activation_checkpointing))
+        nproc = launch.check_mlx_request(par.nproc if par.nproc > 1 else 0, par.hostfile, par.strategy, par.activation_checkpointing)
         on_cpu = device == "cpu"
-    return launch.launch(backend_name, nproc, args.hostfile, argv, store.root, name, args.threads, on_cpu)
+    return launch.launch(backend_name, nproc, par.hostfile, argv, store.root, name, _runtime_threads(request), on_cpu)
 
 
-def _train_rank(args: argparse.Namespace, framework: str, parallel: Any) -> int:
+def _train_rank(runs_dir: Any, request: TrainRequest, framework: str, parallel: Any) -> int:
     """One rank of a distributed run; never returns (see the module docstring)."""
     import traceback
 
@@ -250,11 +133,10 @@ def _train_rank(args: argparse.Namespace, framework: str, parallel: Any) -> int:
     comm = None
     code = 1
     try:
-        if args.backend not in (None, "auto", framework):
-            raise UserError(f"this process was started by {'torchrun' if framework == 'torch' else 'mlx.launch'}, which runs --backend {framework}; drop --backend {args.backend}")
-        args.backend = framework
-        comm = backend_class(framework).connect(parallel, args.device or "auto")
-        code = _train(args, parallel, comm)
+        request = _on_framework(request, framework)
+        device = request.overrides.get("runtime.device") if isinstance(request, ResumeRequest) else request.runtime.device
+        comm = backend_class(framework).connect(parallel, device or "auto")
+        code = _train(runs_dir, request, parallel, comm)
     except UserError as exc:
         if not getattr(exc, "quiet", False) and (parallel.rank == 0 or comm is not None):
             print(f"gptbench: error: {'' if parallel.rank == 0 else f'rank {parallel.rank}: '}{exc}", file=sys.stderr)
@@ -281,34 +163,37 @@ def _train_rank(args: argparse.Namespace, framework: str, parallel: Any) -> int:
     os._exit(code)
 
 
-def _train(args: argparse.Namespace, parallel: Any, comm: Any) -> int:
+def _on_framework(request: TrainRequest, framework: str) -> TrainRequest:
+    """The request on the framework whose launcher started this rank."""
+    launcher = "torchrun" if framework == "torch" else "mlx.launch"
+    asked = request.overrides.get("runtime.backend") if isinstance(request, ResumeRequest) else request.runtime.backend
+    if asked not in (None, "auto", framework):
+        raise UserError(f"this process was started by {launcher}, which runs --backend {framework}; drop --backend {asked}")
+    if isinstance(request, ResumeRequest):
+        return replace(request, overrides={**request.overrides, "runtime.backend": framework})
+    return replace(request, runtime=replace(request.runtime, backend=framework))
+
+
+def _train(runs_dir: Any, request: TrainRequest, parallel: Any, comm: Any) -> int:
     from gptbench.commands.progress import RichReporter
     from gptbench.runstore import RunStore
-    from gptbench.train import QuietReporter, Trainer
+    from gptbench.training import QuietReporter, Trainer
 
-    store = RunStore(args.runs_dir)
-    model_flags, train_flags = _flags(args)
+    store = RunStore(runs_dir)
     world = parallel.world_size
     reporter = RichReporter() if parallel.rank == 0 else QuietReporter()
-    if args.resume is not None:
-        _check_resume_flags(args)
-        if "grad_accum" in train_flags:  # per process on the command line, global in the run
-            train_flags["grad_accum"] *= world
-        trainer = Trainer.resume_run(
-            store,
-            args.resume,
-            {"model": model_flags, "train": train_flags, **_run_flags(args)},
-            reporter,
-            accept_changed_data=args.accept_changed_data,
-            comm=comm,
-        )
+    # --grad-accum (and a preset's or file's) counts one process's micro-batches; the run
+    # records the step's total over all processes
+    if isinstance(request, ResumeRequest):
+        overrides = dict(request.overrides)
+        if "train.grad_accum" in overrides:
+            overrides["train.grad_accum"] *= world
+        trainer = Trainer.resume_run(store, request.name, overrides, reporter,
+                                     accept_changed_data=request.accept_changed_data, comm=comm)
     else:
-        cfg = _new_run_config(args)
-        # --grad-accum (and a preset's or file's) counts one process's micro-batches;
-        # the run records the step's total over all processes
-        cfg = replace(cfg, train=replace(cfg.train, grad_accum=cfg.train.grad_accum * world),
-                      command=" ".join(["gptbench", *sys.argv[1:]]))
-        trainer = Trainer.new_run(store, cfg, reporter, comm=comm)
+        spec = replace(request, train=replace(request.train, grad_accum=request.train.grad_accum * world),
+                       command=" ".join(["gptbench", *sys.argv[1:]]))
+        trainer = Trainer.new_run(store, spec, reporter, comm=comm)
     if not parallel.distributed:
         from gptbench.backends.cpu import ThreadPolicy
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 from typing import Any, Callable
 
 from gptbench.errors import UserError
@@ -27,88 +25,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_ui)
 
 
-def _data_flag(value: str) -> str:
-    """A corpus path made absolute, so the trainer finds it whatever its working directory."""
-    p = Path(value).expanduser()
-    return str(p.resolve()) if p.exists() else value
-
-
-def train_flags_from_args(args: argparse.Namespace) -> tuple[str, list[str]]:
-    """The `gptbench train --no-ui` flags equivalent to a parsed `gptbench train` command,
-    and the run name it will train (chosen here when not given, so the app can watch it)."""
-    from gptbench.commands.train import MODEL_FLAGS, MODEL_SWITCHES, TRAIN_FLAGS
-
-    flags: list[str] = []
-    if getattr(args, "resume", None):
-        name = args.resume
-        flags += ["--resume", name]
-    else:
-        preset = getattr(args, "preset", None)
-        if not preset and getattr(args, "config", None):
-            from gptbench.config import load_toml
-
-            preset = load_toml(args.config).get("preset")
-        default_preset = "finetune" if getattr(args, "init_from", None) else "tiny"
-        name = getattr(args, "name", None) or f"{preset or default_preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        flags += ["--name", name]
-        if getattr(args, "preset", None):
-            flags += ["--preset", args.preset]
-        if getattr(args, "config", None):
-            flags += ["--config", str(Path(args.config).expanduser().resolve())]
-    if getattr(args, "data", None):
-        flags += ["--data", _data_flag(args.data)]
-    if getattr(args, "init_from", None):
-        flags += ["--init-from", _data_flag(args.init_from)]
-    for key in ("rank", "alpha", "targets", "dropout"):
-        if getattr(args, f"lora_{key}", None) is not None:
-            flags += [f"--lora-{key}", str(getattr(args, f"lora_{key}"))]
-    for opt in ("tokenizer", "backend", "device", "dtype"):
-        if getattr(args, opt, None):
-            flags += [f"--{opt}", str(getattr(args, opt))]
-    if getattr(args, "compile", None):
-        flags.append("--compile")
-    if getattr(args, "nproc", None):
-        flags += ["--nproc", str(args.nproc)]
-    if getattr(args, "strategy", None):
-        flags += ["--strategy", args.strategy]
-    if getattr(args, "activation_checkpointing", None):
-        flags.append("--activation-checkpointing")
-    if getattr(args, "hostfile", None):
-        flags += ["--hostfile", str(Path(args.hostfile).expanduser().resolve())]
-    bias = getattr(args, "bias", None)
-    if bias is not None:
-        flags.append("--bias" if bias else "--no-bias")
-    if getattr(args, "tie_embeddings", None) is False:
-        flags.append("--untied")
-    for flag, key, _ in MODEL_SWITCHES:
-        value = getattr(args, key, None)
-        if value is not None:
-            flags.append(flag if value else f"--no-{flag[2:]}")
-    for flag, key, _, _ in MODEL_FLAGS + TRAIN_FLAGS:
-        value = getattr(args, key, None)
-        if value is not None:
-            flags += [flag, str(value)]
-    return name, flags
-
-
-def training_startup(args: argparse.Namespace) -> Callable[[Any], None]:
+def training_startup(request: Any) -> Callable[[Any], None]:
     """What the app does once painted for `gptbench train` (with the UI): launch the same
-    training headless in its own process and open its dashboard."""
-    from gptbench.runstore import validate_run_name
+    training request headless in its own process and open its dashboard."""
+    from gptbench.spec.cli import ResumeRequest
 
-    name, flags = train_flags_from_args(args)
-    validate_run_name(name)
-    resume = bool(getattr(args, "resume", None))
+    resume = isinstance(request, ResumeRequest)
+    name = request.name
 
     def startup(app: Any) -> None:
-        app.launcher.start(name, flags)
+        app.launcher.start(request)
         app.notify(f"{'Resuming' if resume else 'Started'} training {name}", title="Training")
         app.open_dashboard(name)
 
     return startup
 
 
-def run_ui(args: argparse.Namespace, start_training: bool = False) -> int:
+def run_ui(args: argparse.Namespace, training: Any = None) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UserError(
             "the workbench needs an interactive terminal; for scripts use a subcommand "
@@ -118,7 +51,7 @@ def run_ui(args: argparse.Namespace, start_training: bool = False) -> int:
 
     backend = getattr(args, "backend", None) or "auto"
     device = getattr(args, "device", None) or "auto"
-    startup = training_startup(args) if start_training else None
+    startup = training_startup(training) if training is not None else None
     app = create_app(getattr(args, "runs_dir", None), backend, device=device, startup=startup)
     app.run()
     return int(app.return_code or 0)

@@ -12,7 +12,7 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -234,9 +234,10 @@ class GPTBenchApp(App[None]):
         self.push_screen(HelpScreen(self.screen, title, self.runs_dir_label))
 
     # ---- run actions ---------------------------------------------------------------------------
-    def start_training(self, name: str, flags: list[str], *, open_dashboard: bool = True) -> Launch:
-        """Launch `gptbench train --no-ui` for a new run and (by default) open its dashboard."""
-        launch = self.launcher.start(name, flags)
+    def start_training(self, spec: Any, *, open_dashboard: bool = True) -> Launch:
+        """Launch `gptbench train --no-ui` for a new run's spec and (by default) open its dashboard."""
+        name = spec.name
+        launch = self.launcher.start(spec)
         self.notify(f"Started training {name} (pid {launch.proc.pid})", title="Training")
         self.request_scan()
         if open_dashboard:
@@ -244,12 +245,9 @@ class GPTBenchApp(App[None]):
         return launch
 
     def resume_run(self, name: str, max_iters: int | None = None, *, open_dashboard: bool = True) -> Launch:
-        from gptbench.tui.launcher import parallel_flags
+        from gptbench.tui.launcher import resume_request
 
-        flags = ["--resume", name, *parallel_flags(self.runs_dir / name)]
-        if max_iters is not None:
-            flags += ["--max-iters", str(max_iters)]
-        launch = self.launcher.start(name, flags)
+        launch = self.launcher.start(resume_request(self.runs_dir / name, max_iters))
         self.notify(f"Resuming {name}" + (f" until step {max_iters:,}" if max_iters else ""), title="Training")
         self.scanner.invalidate(name)
         self.request_scan()

@@ -17,36 +17,40 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from gptbench.spec.cli import ResumeRequest, TrainRequest, request_argv
 
 LAUNCH_DIR = ".launch"
 
 
-def train_command(runs_dir: Path, flags: list[str]) -> list[str]:
-    """The headless trainer command. Its CPU threads are left to the trainer, which adapts
-    them to the cores other processes leave free (`gptbench.backends.cpu`): all of them while the
-    app only watches (about 2% of a core), one fewer while a chat reply is generated here."""
-    return [sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs_dir), *flags]
+def train_command(runs_dir: Path, request: TrainRequest) -> list[str]:
+    """The headless trainer command for a request, passed whole (`spec.cli.request_argv`).
+    Its CPU threads are left to the trainer, which adapts them to the cores other processes
+    leave free (`gptbench.backends.cpu`): all of them while the app only watches (about 2%
+    of a core), one fewer while a chat reply is generated here."""
+    return [sys.executable, "-m", "gptbench", "train", "--no-ui", "--runs-dir", str(runs_dir), *request_argv(request)]
 
 
-def parallel_flags(run_path: Path) -> list[str]:
-    """The flags that resume a run on as many processes as its last session had (with its
-    strategy and activation checkpointing), read from its config; none for one process."""
+def resume_request(run_path: Path, max_iters: int | None = None) -> ResumeRequest:
+    """Continue a run on as many processes as its last session had (with its strategy and
+    activation checkpointing, from its spec), to `max_iters` when given."""
     from gptbench.errors import UserError
     from gptbench.runstore import Run
+    from gptbench.runstore.specfile import read_spec
 
+    overrides: dict[str, Any] = {}
     try:
-        par = Run(run_path).config().get("parallel", {})
+        par = read_spec(Run(run_path)).parallel
     except UserError:
-        return []
-    flags: list[str] = []
-    world = par.get("world_size", 1)
-    if isinstance(world, int) and world > 1:
-        flags += ["--nproc", str(world)]
-        if par.get("strategy") == "fsdp":
-            flags += ["--strategy", "fsdp"]
-    if par.get("activation_checkpointing") is True:
-        flags.append("--activation-checkpointing")
-    return flags
+        par = None  # the trainer will say what is wrong with the run
+    if par is not None and par.nproc > 1:
+        overrides.update({"parallel.nproc": par.nproc, **({"parallel.strategy": "fsdp"} if par.strategy == "fsdp" else {})})
+    if par is not None and par.activation_checkpointing:
+        overrides["parallel.activation_checkpointing"] = True
+    if max_iters is not None:
+        overrides["train.max_iters"] = max_iters
+    return ResumeRequest(Path(run_path).name, overrides)
 
 
 @dataclass
@@ -87,12 +91,14 @@ class Launcher:
         self.launches: dict[str, Launch] = {}
         self._lock = threading.Lock()
 
-    def start(self, name: str, flags: list[str]) -> Launch:
-        """Start `gptbench train --no-ui --runs-dir RUNS FLAGS...` detached from this process."""
+    def start(self, request: TrainRequest) -> Launch:
+        """Start `gptbench train --no-ui` for `request` (a new run's spec, named, or a
+        resume) detached from this process."""
+        name = str(request.name)
         out_dir = self.runs_dir / LAUNCH_DIR
         out_dir.mkdir(parents=True, exist_ok=True)
         out_path = out_dir / f"{name}.out"
-        cmd = train_command(self.runs_dir, flags)
+        cmd = train_command(self.runs_dir, request)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(out_path, "ab") as out:
             out.write(f"$ {' '.join(cmd)}\n".encode())

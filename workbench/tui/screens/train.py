@@ -1,6 +1,7 @@
 """New-run form. Every field validates as you type (messages inline, under the field), the
-whole config is then checked by the same `resolve_run_config` the trainer uses, and Start
-launches `gptbench train --no-ui` as its own process and opens its dashboard.
+fields make a run specification through the same `resolve_spec` the command line uses
+(each field is a setting of `gptbench.spec.settings`), and Start launches
+`gptbench train --no-ui` with that spec as its own process and opens its dashboard.
 
 Fine-tuning: a source in "Init from" (a hub name, a Hugging Face folder, a weights file or
 RUN[:CHECKPOINT]) makes the model shape and the tokenizer come from it, so those fields are
@@ -10,8 +11,7 @@ from __future__ import annotations
 
 import glob
 import re
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,10 @@ from textual.suggester import SuggestFromList
 from textual.validation import Integer, Number, ValidationResult, Validator
 from textual.widgets import Button, Collapsible, Footer, Header, Input, Select, Static
 
-from gptbench.config import FINETUNE_PRESET, PRESETS, resolve_run_config
+from gptbench.spec import FINETUNE_PRESET, PRESETS, RunSpec, default_run_name, resolve_spec
+from gptbench.spec.cli import spec_to_argv
+from gptbench.spec.resolve import value_at
+from gptbench.spec.settings import BY_PATH
 from gptbench.errors import UserError
 from gptbench.runstore import validate_run_name
 from gptbench.tui.widgets.form import Field, input_error
@@ -91,26 +94,36 @@ class TokenizerValidator(Validator):
 
 @dataclass(frozen=True)
 class NumberField:
-    key: str  # TrainConfig / model key
+    path: str  # a setting of the run spec (gptbench.spec.settings), e.g. train.lr
     label: str
-    kind: type
-    section: str  # model | train
     minimum: float | None = None
     maximum: float | None = None
 
+    @property
+    def key(self) -> str:
+        return self.path.rpartition(".")[2]
+
+    @property
+    def section(self) -> str:
+        return self.path.partition(".")[0]
+
+    @property
+    def kind(self) -> type:
+        return BY_PATH[self.path].kind
+
 
 NUMBER_FIELDS = [
-    NumberField("max_iters", "Max iters", int, "train", 1),
-    NumberField("batch_size", "Batch size", int, "train", 1),
-    NumberField("lr", "Learning rate", float, "train", 0.0),
-    NumberField("eval_interval", "Eval every", int, "train", 1),
-    NumberField("sample_tokens", "Sample length", int, "train", 0),
-    NumberField("block_size", "Context", int, "model", 1),
-    NumberField("n_layer", "Layers", int, "model", 1),
-    NumberField("n_head", "Heads", int, "model", 1),
-    NumberField("n_embd", "Width", int, "model", 1),
-    NumberField("dropout", "Dropout", float, "model", 0.0, 1.0),
-    NumberField("seed", "Seed", int, "train", 0),
+    NumberField("train.max_iters", "Max iters", 1),
+    NumberField("train.batch_size", "Batch size", 1),
+    NumberField("train.lr", "Learning rate", 0.0),
+    NumberField("train.eval_interval", "Eval every", 1),
+    NumberField("train.sample_tokens", "Sample length", 0),
+    NumberField("model.block_size", "Context", 1),
+    NumberField("model.n_layer", "Layers", 1),
+    NumberField("model.n_head", "Heads", 1),
+    NumberField("model.n_embd", "Width", 1),
+    NumberField("model.dropout", "Dropout", 0.0, 1.0),
+    NumberField("train.seed", "Seed", 0),
 ]
 
 
@@ -119,10 +132,14 @@ SOURCE_SHAPE = ("n_layer", "n_head", "n_embd")  # fixed by an init-from source (
 
 @dataclass(frozen=True)
 class LoraField:
-    key: str  # lora_rank -> --lora-rank
+    key: str  # lora_rank: the setting lora.rank (--lora-rank)
     label: str
     placeholder: str
     validators: tuple[Validator, ...] = ()
+
+    @property
+    def path(self) -> str:
+        return "lora." + self.key.removeprefix("lora_")
 
 
 LORA_FIELDS = [
@@ -140,14 +157,15 @@ def _validators(f: NumberField) -> list[Validator]:
 
 
 def _preset_value(preset: str, f: NumberField) -> Any:
-    from gptbench.backends.spec import GPTConfig
-    from gptbench.config import TrainConfig
+    return value_at(PRESETS[preset], f.path)
 
-    p = PRESETS.get(preset, {})
-    if f.key in p.get(f.section, {}):
-        return p[f.section][f.key]
-    base = GPTConfig() if f.section == "model" else TrainConfig()
-    return getattr(base, f.key)
+
+def _absolute(value: str) -> str:
+    """A path (or glob) absolute, for a trainer whose working directory may differ."""
+    p = Path(value).expanduser()
+    if p.exists():
+        return str(p.resolve())
+    return str(Path.cwd() / p) if any(c in value for c in "*?[") else value
 
 
 class TrainScreen(Screen):
@@ -287,8 +305,8 @@ class TrainScreen(Screen):
             if w.id
         }
 
-    def validate_form(self) -> list[str] | None:
-        """Show every problem inline; return the command-line flags if the form is valid."""
+    def validate_form(self) -> RunSpec | None:
+        """Show every problem inline; return the run's spec if the form is valid."""
         problems = 0
         for field in self.query(Field).results():
             w = field.input_widget
@@ -297,84 +315,59 @@ class TrainScreen(Screen):
             problems += bool(message)
         form_error = self.query_one("#form-error", Static)
         start = self.query_one("#start", Button)
-        if problems:
-            form_error.update("")
-            start.disabled = True
-            self.query_one("#command-preview", Static).update("")
-            return None
-        v = self._values()
-        model = {f.key: f.kind(v[f.key]) for f in NUMBER_FIELDS if f.section == "model" and v.get(f.key)
-                 and not (v.get("init_from") and f.key in SOURCE_SHAPE)}
-        train = {f.key: f.kind(v[f.key]) for f in NUMBER_FIELDS if f.section == "train" and v.get(f.key)}
-        lora = {k: (int(v[f"lora_{k}"]) if k == "rank" else v[f"lora_{k}"] if k == "targets" else float(v[f"lora_{k}"]))
-                for k in ("rank", "alpha", "targets", "dropout") if v.get(f"lora_{k}")}
-        run = {"init_from": v.get("init_from") or None, "tokenizer": None if v.get("init_from") else v["tokenizer"] or None}
-        try:
-            resolve_run_config(v["preset"], None, model, train, run, lora)
-            if int(v.get("nproc") or 1) > 1 and v.get("strategy") == "fsdp" and v["backend"] == "mlx":
-                raise UserError("--strategy fsdp is torch only; the mlx backend trains data-parallel (ddp)")
-            if int(v.get("nproc") or 1) > 1 and lora:
-                from gptbench.backends.lora import LORA_ONE_PROCESS
-
-                raise UserError(LORA_ONE_PROCESS)
-        except UserError as exc:
-            form_error.update(Text(f"✖ {exc}", style="bold red"))
+        spec = None
+        if not problems:
+            try:
+                v = self._values()
+                spec = resolve_spec(v["preset"], None, self._overrides(v))
+            except UserError as exc:
+                form_error.update(Text(f"✖ {exc}", style="bold red"))
+        if spec is None:
+            if problems:
+                form_error.update("")
             start.disabled = True
             self.query_one("#command-preview", Static).update("")
             return None
         form_error.update("")
         start.disabled = False
-        flags = self._flags(v)
-        shown = " ".join(flags if v.get("name") else ["--name", "(auto)", *flags])
+        shown = " ".join(spec_to_argv(spec) if spec.name else ["--name", "(auto)", *spec_to_argv(spec)])
         self.query_one("#command-preview", Static).update(Text(f"$ gptbench train --no-ui {shown}", style="dim"))
-        return flags
+        return spec
 
-    def _flags(self, v: dict[str, Any]) -> list[str]:
-        flags: list[str] = []
-        if v.get("name"):
-            flags += ["--name", v["name"]]
+    def _overrides(self, v: dict[str, Any]) -> dict[str, Any]:
+        """The settings the form gives, by setting path (blank fields: the preset's)."""
+        source = v.get("init_from") or None
+        out: dict[str, Any] = {"name": v.get("name") or None, "init_from": _absolute(source) if source else None,
+                               "tokenizer": None if source else v["tokenizer"] or "char",
+                               "runtime.backend": v["backend"], "runtime.device": v["device"]}
         if v.get("data"):
             data = v["data"]
-            p = Path(data).expanduser()
-            if data not in NAMED_CORPORA and not data.startswith("hf:") and (p.exists() or any(c in data for c in "*?[")):
-                data = str(p.resolve()) if p.exists() else str(Path.cwd() / p)  # the trainer's cwd may differ
-            flags += ["--data", data]
-        source = v.get("init_from")
-        if source:
-            p = Path(source).expanduser()
-            flags += ["--init-from", str(p.resolve()) if p.exists() else source]  # the trainer's cwd may differ
-            for lf in LORA_FIELDS:
-                if v.get(lf.key):
-                    flags += [f"--{lf.key.replace('_', '-')}", v[lf.key]]
-        flags += ["--preset", v["preset"]]
-        if not source:
-            flags += ["--tokenizer", v["tokenizer"] or "char"]
-        flags += ["--backend", v["backend"], "--device", v["device"]]
-        if int(v.get("nproc") or 1) > 1:  # several processes: torchrun, or mlx.launch for mlx
-            flags += ["--nproc", str(int(v["nproc"]))]
-            if v.get("strategy") == "fsdp":
-                flags += ["--strategy", "fsdp"]
+            glob_or_file = data not in NAMED_CORPORA and not data.startswith("hf:")
+            out["data"] = _absolute(data) if glob_or_file else data  # the trainer's cwd may differ
+        nproc = int(v.get("nproc") or 1)
+        if nproc > 1:  # several processes: torchrun, or mlx.launch for mlx
+            out.update({"parallel.nproc": nproc, "parallel.strategy": v.get("strategy") or "ddp"})
         for f in NUMBER_FIELDS:
             if v.get(f.key) and not (source and f.key in SOURCE_SHAPE):
-                flags += [f"--{f.key.replace('_', '-')}", v[f.key]]
-        return flags
+                out[f.path] = f.kind(v[f.key])
+        for lf in LORA_FIELDS:  # without a source: refused by the spec, with its message
+            if v.get(lf.key):
+                out[lf.path] = BY_PATH[lf.path].kind(v[lf.key])
+        return out
 
     # ---- actions ------------------------------------------------------------------------------
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
-        flags = self.validate_form()
-        if flags is None:
+        spec = self.validate_form()
+        if spec is None:
             self.notify("Fix the highlighted fields first", severity="error")
             return
-        v = self._values()
-        name = v.get("name") or f"{v['preset']}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(self.gapp.clock()))}"
+        name = spec.name or default_run_name(spec.preset, self.gapp.clock())
         if (self.gapp.runs_dir / name).exists():
             self.query_one("#field-name", Field).set_error(f"a run named {name!r} already exists")
             self.notify(f"A run named {name} already exists; choose another name", severity="error")
             return
-        if not v.get("name"):
-            flags = ["--name", name, *flags]
-        self.gapp.start_training(name, flags)
+        self.gapp.start_training(replace(spec, name=name))
         self.query_one("#name", Input).value = ""
 
     @on(Button.Pressed, "#reset")
