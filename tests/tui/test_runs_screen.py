@@ -441,12 +441,13 @@ async def test_gptbench_train_with_the_ui_launches_headless_training_and_opens_i
     trainer's own error."""
     from gptbench.cli import build_parser
     from gptbench.commands.ui import training_startup
+    from gptbench.spec.cli import request_from_args
     from gptbench.tui.screens.dashboard import DashboardScreen
 
     root = tmp_path / "runs"
     args = build_parser().parse_args(["train", "--runs-dir", str(root), "--name", "cli-run", "--data", str(tmp_path / "gone.txt"),
                                       "--max-iters", "7"])
-    app = create_app(args.runs_dir, "torch", clock=frozen_clock, poll_interval=0.2, startup=training_startup(args))
+    app = create_app(args.runs_dir, "torch", clock=frozen_clock, poll_interval=0.2, startup=training_startup(request_from_args(args)))
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), what="dashboard")
         launch = app.launcher.get("cli-run")

@@ -209,7 +209,9 @@ async def test_a_launch_that_fails_shows_the_trainers_error(tmp_path):
     app = make_app(root)
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(pilot)
-        app.start_training("doomed", ["--name", "doomed", "--data", str(tmp_path / "nope.txt"), "--tokenizer", "char"])
+        from helpers import resolve_config
+
+        app.start_training(resolve_config(run_flags={"name": "doomed", "data": str(tmp_path / "nope.txt"), "tokenizer": "char"}))
         await settle(pilot)
         launch = app.launcher.get("doomed")
         await wait_for(pilot, lambda: launch.returncode is not None, timeout=60, what="trainer to exit")
