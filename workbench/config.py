@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from gptbench.backends.base import MuonConfig, OptimConfig
+from gptbench.backends.optim import MuonConfig, OptimConfig
 from gptbench.backends.spec import GPTConfig
 from gptbench.errors import ConfigError, UserError, reject_unknown_keys
 

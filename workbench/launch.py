@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gptbench import paths
-from gptbench.backends.base import Parallel
+from gptbench.backends.parallel import Parallel
 from gptbench.errors import UserError
 
 # Options of `gptbench train` that only the launcher reads (stripped from the ranks' command).

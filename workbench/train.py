@@ -39,7 +39,10 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from gptbench.backends.base import Backend, Collectives, Parallel, backend_class, check_memory, create_backend, resolve_backend_name
+from gptbench.backends.base import Backend
+from gptbench.backends.memory import check_memory
+from gptbench.backends.parallel import Collectives, Parallel
+from gptbench.backends.registry import backend_class, create_backend, resolve_backend_name
 from gptbench.backends.sampling import SamplingParams
 from gptbench.backends.spec import GPTConfig, format_params
 from gptbench.backends.lora import LORA_ONE_PROCESS, LoRAConfig
@@ -621,7 +624,7 @@ class Trainer:
     def _optimizer_notes(self) -> list[str]:
         if self.t.optimizer != "muon":
             return []
-        from gptbench.backends.base import muon_blocks
+        from gptbench.backends.optim import muon_blocks
 
         n = len(muon_blocks(self.model_cfg))
         return [f"Muon (peak lr {self.t.muon_lr:g}) trains the {n} hidden matrices; AdamW (peak lr {self.t.lr:g}) "

@@ -198,7 +198,8 @@ def _launch(args: argparse.Namespace) -> int:
     import time
 
     from gptbench import launch
-    from gptbench.backends.base import MUON_FSDP, resolve_backend_name
+    from gptbench.backends.optim import MUON_FSDP
+    from gptbench.backends.registry import resolve_backend_name
     from gptbench.runstore import Run, RunStore
 
     store = RunStore(args.runs_dir)
@@ -245,7 +246,7 @@ def _train_rank(args: argparse.Namespace, framework: str, parallel: Any) -> int:
     """One rank of a distributed run; never returns (see the module docstring)."""
     import traceback
 
-    from gptbench.backends.base import backend_class
+    from gptbench.backends.registry import backend_class
 
     comm = None
     code = 1
