@@ -34,7 +34,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from gptbench import paths
 from gptbench.backends.base import Backend, Batch, StepResult
 from gptbench.backends.lora import LORA_ONE_PROCESS, LORA_WITH_MUON, LoRAConfig, init_adapters, is_adapter
-from gptbench.backends.mlx import decode, parallel as ranks
+from gptbench.backends.mlx import decode, parallel as ranks  # `parallel` is the Parallel argument
 from gptbench.backends.mlx.optim import AdamW, Muon, adamw
 from gptbench.backends.mlx.sampling import KeyStream, make_generator, sample_tokens
 from gptbench.backends.optim import OptimConfig, muon_blocks, optimizer_state_shapes

@@ -27,7 +27,7 @@ from gptbench.backends.optim import MUON_FSDP, OptimConfig, muon_blocks, optimiz
 from gptbench.backends.parallel import Collectives, Parallel, rank_seed
 from gptbench.backends.sampling import SamplingParams
 from gptbench.backends.spec import GPTConfig
-from gptbench.backends.torch import decode, parallel as ranks
+from gptbench.backends.torch import decode, parallel as ranks  # `parallel` is the Parallel argument
 from gptbench.backends.torch.model import GPT, ModelCache, apply_lora, cross_entropy
 from gptbench.backends.torch.optim import Muon, adamw
 from gptbench.backends.torch.sampling import make_generator, sample_tokens
