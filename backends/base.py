@@ -8,10 +8,11 @@ There are two contracts because they have two different clients:
 - `GenerationBackend` serves the generation engine (`backends/generate.py`): a KV cache,
   the logits of the last position, and sampling with its own RNG.
 
-`Backend` is both, and is what `torch_backend` and `mlx_backend` implement. Everything that
-crosses the boundary is numpy or plain Python, except the opaque cache, logits and sampling
-generator, which the engine only hands back to the backend that made them; so a backend
-keeps its tensors on any device.
+`Backend` is both, and is what `torch.backend.TorchBackend` and `mlx.backend.MLXBackend`
+implement (each framework's folder is laid out by job: model, optim, parallel, decode,
+sampling, backend). Everything that crosses the boundary is numpy or plain Python, except
+the opaque cache, logits and sampling generator, which the engine only hands back to the
+backend that made them; so a backend keeps its tensors on any device.
 
 Data parallelism (several processes, one model each) is part of the contract: a process
 joins its launcher's group with `backend_class(name).connect(Parallel(...), device)`, which
@@ -20,124 +21,28 @@ broadcast of rank 0's plan), and passes the same `Parallel` to `create_backend`.
 backend then keeps gradients in sync inside `train_step`; a few calls become collective
 (every rank calls them, in the same order), as their docstrings say.
 
-Frameworks are imported lazily: importing this module (or `gptbench.cli`) never imports
-torch or mlx. `create_backend(config, "auto")` picks MLX on Apple Silicon, else torch.
+What the contract uses lives beside it: optimizer configuration in `backends/optim.py`,
+`Parallel` and `Collectives` in `backends/parallel.py`, memory probing in
+`backends/memory.py`, and the lazy registry (`create_backend`, `backend_class`) in
+`backends/registry.py`. Importing this module never imports torch or mlx.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import json
-import os
-import platform
-import resource
-import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 
+from gptbench.backends.memory import peak_rss, system_available_memory
+from gptbench.backends.optim import OptimConfig
+from gptbench.backends.parallel import Collectives, Parallel
 from gptbench.backends.sampling import SamplingParams
 from gptbench.backends.spec import GPTConfig
 from gptbench.errors import UserError
 
 if TYPE_CHECKING:
     from gptbench.backends.lora import LoRAConfig
-
-
-# Muon's fixed constants (Keller Jordan's muon.py; torch.optim.Muon and mlx.optimizers.Muon
-# use the same): the quintic Newton-Schulz coefficients, iterations and norm guard, and the
-# momentum a warmup starts from (modded-nanogpt, nanochat).
-NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
-NS_STEPS = 5
-NS_EPS = 1e-7
-MUON_MOMENTUM_START = 0.85
-
-
-MUON_FSDP = "--optimizer muon orthogonalises whole matrices, which FSDP shards; use --strategy ddp with muon, or adamw with fsdp"
-
-
-@dataclass(frozen=True)
-class MuonConfig:
-    """Muon (MomentUm Orthogonalized by Newton-Schulz) for the hidden matrices.
-
-    Every backend implements this update, in float32 whatever the training dtype, for each
-    matrix W of `muon_blocks` with its clipped gradient g, at optimizer step t (0 for the
-    first update) and AdamW learning rate `lr` of that step:
-
-        mu  = momentum at t (linear from min(0.85, momentum) over `momentum_warmup` steps)
-        eta = lr * lr_ratio                          # the schedule scales both optimizers
-        buf = mu * buf + (1 - mu) * g                 # checkpointed as `momentum.<name>`
-        u   = (1 - mu) * g + mu * buf                 # Nesterov
-        O   = NS(u), each of the `blocks` row blocks separately (c_attn: q, k and v)
-        W   = W * (1 - eta * weight_decay) - eta * sqrt(max(1, rows / cols)) * O
-
-    where `rows` are one block's, and NS(X) transposes a tall X, divides it by
-    (||X||_F + 1e-7), repeats NS_STEPS times `A = X X^T; X = a X + (b A + c A A) X` and
-    transposes back: an approximately orthogonal matrix (singular values in ~[0.7, 1.2])
-    with the singular vectors of u. Weight decay is decoupled on both backends (MLX's own
-    Muon adds it to the gradient; torch's runs NS in bfloat16: neither is used).
-    """
-
-    lr_ratio: float  # Muon's peak learning rate / AdamW's (`--muon-lr` / `--lr`)
-    momentum: float
-    momentum_warmup: int  # steps from MUON_MOMENTUM_START up to `momentum`; 0 = constant
-    weight_decay: float  # decoupled, like AdamW's
-
-    def momentum_at(self, step: int) -> float:
-        """The momentum of the update at optimizer step `step` (0-based)."""
-        start = min(MUON_MOMENTUM_START, self.momentum)
-        if self.momentum_warmup <= 0:
-            return self.momentum
-        return start + (self.momentum - start) * min(step / self.momentum_warmup, 1.0)
-
-
-def muon_blocks(config: GPTConfig) -> dict[str, int]:
-    """The parameters Muon trains, by canonical name, with the number of row blocks each is
-    orthogonalised in: every 2-D matrix inside the blocks (`c_attn` as its three q, k, v
-    blocks, so one does not steal the others' directions; c_proj, c_fc, c_gate whole).
-    Embeddings, the LM head, norms and biases are not hidden matrices: AdamW trains them."""
-    return {
-        name: 3 if name.endswith("attn.c_attn.weight") else 1
-        for name, shape in config.canonical_shapes().items()
-        if name.startswith("h.") and len(shape) == 2
-    }
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimizer hyperparameters. It has no defaults of its own: the run configuration
-    (`gptbench.config.TrainConfig.optim_config()`) is the one source of them. The learning
-    rate is not here: the schedule passes it to every `train_step`.
-
-    `muon` None: AdamW trains every parameter. Otherwise Muon (see `MuonConfig`) trains
-    the hidden matrices of `muon_blocks` and AdamW everything else."""
-
-    weight_decay: float
-    beta1: float
-    beta2: float
-    grad_clip: float  # 0 = off
-    eps: float = 1e-8  # not a training flag: AdamW's denominator guard
-    muon: MuonConfig | None = None
-
-
-def optimizer_state_shapes(config: GPTConfig, optim: OptimConfig | None, lora: "LoRAConfig | None" = None) -> dict[str, tuple[int, ...]]:
-    """What every backend's `optimizer_state_shapes` returns: AdamW's two moments for each
-    parameter it trains, Muon's momentum buffer for each of `muon_blocks`. Under LoRA only
-    the adapters train (with AdamW)."""
-    muon = muon_blocks(config) if optim is not None and optim.muon is not None and lora is None else {}
-    trained = lora.adapter_shapes(config) if lora is not None else config.canonical_shapes()
-    shapes: dict[str, tuple[int, ...]] = {}
-    for name, shape in trained.items():
-        if name in muon:
-            shapes[f"momentum.{name}"] = shape
-        else:
-            shapes[f"exp_avg.{name}"] = shape
-            shapes[f"exp_avg_sq.{name}"] = shape
-    return shapes
 
 
 class StepResult:
@@ -169,97 +74,6 @@ class StepResult:
 
 
 Batch = tuple[np.ndarray, np.ndarray]  # (x, y), int64 [B, T]
-
-STRATEGIES = ("ddp", "fsdp")  # how several processes hold the model (torch; MLX is ddp only)
-
-
-@dataclass(frozen=True)
-class Parallel:
-    """This process's place in a data-parallel run, as its launcher (torchrun, mlx.launch)
-    described it. The default is one process.
-
-    `strategy`: "ddp" keeps a full model on every rank and averages gradients (DDP on
-    torch, `average_gradients` on MLX); "fsdp" shards parameters, gradients and optimizer
-    state across ranks (torch FSDP2 `fully_shard`, one group per block, then the root).
-    With one process it is ignored. `activation_checkpointing` recomputes each block's
-    activations in the backward pass instead of keeping them (less memory, ~1/3 more
-    compute); it applies with one process too."""
-
-    world_size: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    local_world_size: int = 1  # ranks on this machine (they share its RAM)
-    strategy: str = "ddp"
-    activation_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise UserError(f"unknown strategy {self.strategy!r}; choose {' or '.join(STRATEGIES)}")
-        if not 0 <= self.rank < self.world_size:
-            raise UserError(f"rank {self.rank} is outside a world of {self.world_size} processes (check RANK/WORLD_SIZE)")
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def strategy_name(self) -> str:
-        """What the status shows: the strategy, or "single" for one process."""
-        return self.strategy if self.distributed else "single"
-
-
-class Collectives:
-    """The few cross-process operations the trainer needs, on plain floats and JSON, so the
-    training loop stays framework-free. Every method is collective: all ranks call it, in
-    the same order, or the run hangs until the launcher or the group's timeout ends it.
-
-    This base class is the group of one process (every operation is the identity); the
-    torch (gloo/NCCL) and MLX (ring) backends return subclasses from `connect`."""
-
-    name = "local"  # the communication backend: local, gloo, nccl, ring
-
-    def __init__(self, parallel: Parallel | None = None) -> None:
-        self.parallel = parallel or Parallel()
-
-    @property
-    def rank(self) -> int:
-        return self.parallel.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.parallel.world_size
-
-    def sum(self, values: Sequence[float]) -> list[float]:
-        """Element-wise sum over ranks, in float64 where the framework has it."""
-        return [float(v) for v in values]
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when it is true on any (a stop request, a failure)."""
-        return bool(flag)
-
-    def broadcast(self, obj: Any) -> Any:
-        """Rank 0's JSON-able `obj`, on every rank (what the others pass is ignored)."""
-        return json.loads(json.dumps(obj))
-
-    def barrier(self) -> None:
-        """Return once every rank has called it."""
-
-    def close(self) -> None:
-        """Leave the group. After this no collective may be called."""
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """The dropout seed of rank `rank` > 0: every rank starts from the same weights (same
-    `seed`), but draws its own dropout masks. Rank 0 keeps `seed`'s stream, the one a
-    single process uses."""
-    digest = hashlib.sha256(f"gptbench-rank/{seed}/{rank}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def peak_rss() -> int:
-    """This process's peak resident memory in bytes (what a CPU rank costs)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
 
 class TrainingBackend(ABC):
@@ -482,92 +296,3 @@ class GenerationBackend(ABC):
 
 class Backend(TrainingBackend, GenerationBackend):
     """A model that both trains and generates: what each framework implements."""
-
-
-def system_available_memory() -> int | None:
-    """MemAvailable on Linux, physical memory on macOS; None where neither is known."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def check_memory(needed: int, available: int | None, what: str, fix: str) -> None:
-    """Refuse, before building anything, work that cannot fit in memory (UserError)."""
-    if available is not None and needed > available:
-        raise UserError(f"{what} needs about {needed / 2**30:,.1f} GiB but only {available / 2**30:,.1f} GiB is available; {fix}")
-
-
-# ---- registry ---------------------------------------------------------------------------
-BACKENDS: dict[str, str] = {
-    "torch": "gptbench.backends.torch_backend:TorchBackend",
-    "mlx": "gptbench.backends.mlx_backend:MLXBackend",
-}
-
-
-def is_apple_silicon() -> bool:
-    return sys.platform == "darwin" and platform.machine() == "arm64"
-
-
-def available_backends() -> list[str]:
-    """Backends whose framework is installed (checked without importing it)."""
-    found = []
-    if importlib.util.find_spec("torch") is not None:
-        found.append("torch")
-    if importlib.util.find_spec("mlx") is not None:
-        found.append("mlx")
-    return found
-
-
-def resolve_backend_name(name: str) -> str:
-    """`auto` -> mlx on Apple Silicon when installed, else torch (else mlx)."""
-    have = available_backends()
-    if name == "auto":
-        if is_apple_silicon() and "mlx" in have:
-            return "mlx"
-        if "torch" in have:
-            return "torch"
-        if "mlx" in have:
-            return "mlx"
-        raise UserError("no backend installed; pip install 'gptbench[torch]' or 'gptbench[mlx]'")
-    if name not in BACKENDS:
-        raise UserError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
-    if name not in have:
-        extra = "mlx" if name == "mlx" else "torch"
-        raise UserError(f"backend {name!r} is not installed; pip install 'gptbench[{extra}]'")
-    return name
-
-
-def backend_class(name: str) -> type[Backend]:
-    module, _, attr = BACKENDS[resolve_backend_name(name)].partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def create_backend(
-    config: GPTConfig,
-    backend: str = "auto",
-    *,
-    device: str = "auto",
-    seed: int = 0,
-    dtype: str = "float32",
-    compile: bool | None = None,
-    parallel: Parallel | None = None,
-) -> Backend:
-    """Build a freshly initialised model (GPT-2 init, seeded) on the chosen backend.
-
-    `compile` compiles the training step and evaluation with the framework's JIT
-    (`torch.compile`, `mx.compile`); None = the backend's `default_compile`. `parallel`
-    (after `connect`) makes this process one rank of a data-parallel run: collective, every
-    rank builds its backend at the same point, with the same `seed`."""
-    cls = backend_class(backend)
-    compile = cls.default_compile if compile is None else bool(compile)
-    if parallel is None or parallel == Parallel():
-        return cls(config, device=device, seed=seed, dtype=dtype, compile=compile)
-    return cls(config, device=device, seed=seed, dtype=dtype, compile=compile, parallel=parallel)

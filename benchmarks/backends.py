@@ -8,7 +8,7 @@ backend it measures training tokens/s (full AdamW steps after warm-up, compile i
 the warm-up) and decode tokens/s (batch 1, greedy, KV cache, after the prefill), with the
 device each backend picked. Extra rows: torch with one thread (OMP_NUM_THREADS=1); where a
 system OpenBLAS exists, MLX with `GPTBENCH_MLX_BLAS=auto` (the Linux `mlx[cpu]` wheel links
-netlib's reference BLAS; see mlx_model._preload_cblas); and MLX with its training step run
+netlib's reference BLAS; see backends/mlx/model.py _preload_cblas); and MLX with its training step run
 eagerly instead of through `mx.compile` (with the fast BLAS when there is one, so matmuls
 do not hide the difference).
 
@@ -65,7 +65,7 @@ def cases(mode: str, configs: list[str], backends: list[str], blas: str | None) 
 def run_case(case: dict) -> dict:
     import numpy as np
 
-    from gptbench.backends.base import create_backend
+    from gptbench.backends.registry import create_backend
     from gptbench.backends.generate import generate_tokens
     from gptbench.backends.sampling import SamplingParams
     from gptbench.backends.spec import GPTConfig
@@ -108,7 +108,7 @@ def run_case(case: dict) -> dict:
             times.append(time.perf_counter())
         out["decode_tokens_per_sec"] = (len(times) - 1) / (times[-1] - times[0])
     if case["backend"] == "mlx":
-        from gptbench.backends import mlx_model
+        from gptbench.backends.mlx import model as mlx_model
 
         out["mlx_blas"] = mlx_model.BLAS or "bundled reference BLAS"
     return out
@@ -159,7 +159,7 @@ def main() -> int:
         print(json.dumps(run_case(json.loads(args.case))))
         return 0
 
-    from gptbench.backends.base import available_backends
+    from gptbench.backends.registry import available_backends
 
     mode = "quick" if args.quick else "full"
     backends = args.backends.split(",") if args.backends else available_backends()

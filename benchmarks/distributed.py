@@ -47,7 +47,9 @@ SHAPES = {
 
 def worker(args: argparse.Namespace) -> None:
     """One rank (or the single process): time steps, report through rank 0."""
-    from gptbench.backends.base import Parallel, create_backend, backend_class, peak_rss
+    from gptbench.backends.memory import peak_rss
+    from gptbench.backends.parallel import Parallel
+    from gptbench.backends.registry import create_backend, backend_class
     from gptbench.backends.spec import GPTConfig
     from gptbench.spec import TrainConfig
     from gptbench.launch import worker_parallel

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gptbench.backends.base import create_backend
+from gptbench.backends.registry import create_backend
 from gptbench.backends.generate import generate_tokens
 from gptbench.backends.sampling import SamplingParams
 from gptbench.backends.spec import GPTConfig

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from gptbench.backends.base import create_backend
+from gptbench.backends.registry import create_backend
 from gptbench.backends.spec import GPTConfig
 from gptbench.spec import resolve_spec
 from gptbench.data import get_batch, prepare_data

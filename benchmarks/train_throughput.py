@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptbench.backends.base import create_backend
+from gptbench.backends.registry import create_backend
 from gptbench.spec import resolve_spec
 from gptbench.data import get_batch
 

@@ -52,7 +52,7 @@ def start_args(runs: Path, name: str, corpus: Path, max_iters: int) -> list[str]
 def check_run(run_path: Path) -> list[str]:
     """Every file of the run parses and every checkpoint loads and validates; returns the
     problems found (empty = the run directory is intact)."""
-    from gptbench.backends.base import create_backend
+    from gptbench.backends.registry import create_backend
     from gptbench.backends.spec import GPTConfig
     from gptbench.backends.weights import load_weights
     from gptbench.runstore import Run, load_training_state, read_summary

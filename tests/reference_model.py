@@ -116,7 +116,7 @@ def reference_gradients(cfg, weights: dict[str, np.ndarray], batches) -> tuple[l
 
     import torch.nn.functional as F
 
-    from gptbench.backends.torch_model import GPT
+    from gptbench.backends.torch.model import GPT
 
     model = GPT(cfg).double()
     params = dict(model.named_parameters())
@@ -144,7 +144,7 @@ def perturbed_weights(cfg, seed: int = 0, scale: float = 0.5) -> dict[str, np.nd
     return out
 
 
-# ---- Muon, written from its definition (base.MuonConfig's docstring) ------------------------
+# ---- Muon, written from its definition (backends/optim.py MuonConfig's docstring) ------------------------
 NS_ABC = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic coefficients
 
 

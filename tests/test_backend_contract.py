@@ -15,7 +15,8 @@ import itertools
 import numpy as np
 import pytest
 
-from gptbench.backends.base import MuonConfig, OptimConfig, create_backend, muon_blocks
+from gptbench.backends.optim import MuonConfig, OptimConfig, muon_blocks
+from gptbench.backends.registry import create_backend
 from gptbench.backends.spec import rope_tables
 from helpers import optim_config, random_tokens, tiny_model_config
 from reference_model import (
@@ -373,7 +374,7 @@ def test_lora_decodes_on_the_decode_layout_with_live_adapters(name, monkeypatch)
     change."""
     from gptbench.backends.lora import LoRAConfig, merge
 
-    monkeypatch.setattr(f"gptbench.backends.{name}_backend.DECODE_LAYOUT_MIN_BYTES", 0)
+    monkeypatch.setattr(f"gptbench.backends.{name}.decode.DECODE_LAYOUT_MIN_BYTES", 0)
     cfg = tiny_model_config()
     lora = LoRAConfig(4, 8.0, ("attn", "mlp"))
     be, base, adapters = _lora_backend(name, cfg, lora)
@@ -470,7 +471,7 @@ def test_lora_dropout_is_seeded_off_in_eval_and_resumes_exactly(name):
 def test_kv_cache_grows_in_chunks_and_keeps_history(name):
     import importlib
 
-    model = importlib.import_module(f"gptbench.backends.{name}_model")
+    model = importlib.import_module(f"gptbench.backends.{name}.model")
     array = (lambda a: __import__("torch").from_numpy(a)) if name == "torch" else (lambda a: __import__("mlx.core").core.array(a))
     cache = model.KVCache()
     rng = np.random.default_rng(0)
@@ -552,10 +553,10 @@ def test_rope_tables_are_the_float64_angles_rounded_once():
 def _framework(name):
     import importlib
 
-    model = importlib.import_module(f"gptbench.backends.{name}_model")
-    backend = importlib.import_module(f"gptbench.backends.{name}_backend")
+    model = importlib.import_module(f"gptbench.backends.{name}.model")
+    optim = importlib.import_module(f"gptbench.backends.{name}.optim")
     array = (lambda a: __import__("torch").from_numpy(a)) if name == "torch" else (lambda a: __import__("mlx.core").core.array(a))
-    return model, backend, array
+    return model, optim, array
 
 
 def test_apply_rope_matches_the_float64_rotation(name):
@@ -594,11 +595,11 @@ def test_rope_attention_depends_on_relative_position_only(name):
 def test_newton_schulz_matches_float64_reference(name):
     """The backend's batched orthogonalisation (square, tall, wide and split blocks in one
     call, as a GPT step hands it) against one float64 iteration per block."""
-    _, backend, array = _framework(name)
+    _, optim, array = _framework(name)
     rng = np.random.default_rng(2)
     shapes = [(3, 32, 32), (1, 32, 32), (1, 128, 32), (1, 32, 128), (1, 48, 32)]
     mats = [rng.standard_normal(s).astype(np.float32) * 0.01 for s in shapes]
-    got = [to_numpy(o) for o in backend.orthogonalize([array(m) for m in mats])]
+    got = [to_numpy(o) for o in optim.orthogonalize([array(m) for m in mats])]
     for m, o in zip(mats, got):
         want = np.stack([reference_newton_schulz(block) for block in m])
         assert o.shape == m.shape

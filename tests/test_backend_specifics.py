@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptbench.backends.base import create_backend
+from gptbench.backends.registry import create_backend
 from gptbench.errors import UserError
 from helpers import optim_config, random_tokens, tiny_model_config
 from reference_model import perturbed_weights
@@ -47,7 +47,7 @@ def test_torch_decode_kernels_keep_weights_logits_and_training_intact(onednn, mo
 
     if not onednn:
         monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    monkeypatch.setattr("gptbench.backends.torch_backend.DECODE_LAYOUT_MIN_BYTES", 0)  # a tiny model uses it too
+    monkeypatch.setattr("gptbench.backends.torch.decode.DECODE_LAYOUT_MIN_BYTES", 0)  # a tiny model uses it too
     cfg = tiny_model_config()
     a, b = (create_backend(cfg, "torch", device="cpu", seed=3) for _ in range(2))
     w = perturbed_weights(cfg, seed=5)
@@ -122,7 +122,7 @@ def test_mlx_decode_layout_keeps_weights_logits_and_training_intact(monkeypatch)
     from gptbench.backends.generate import generate_tokens
     from gptbench.backends.sampling import SamplingParams
 
-    monkeypatch.setattr("gptbench.backends.mlx_backend.DECODE_LAYOUT_MIN_BYTES", 0)  # a tiny model uses it too
+    monkeypatch.setattr("gptbench.backends.mlx.decode.DECODE_LAYOUT_MIN_BYTES", 0)  # a tiny model uses it too
     cfg = tiny_model_config()
     a, b = (create_backend(cfg, "mlx", device="cpu", seed=3) for _ in range(2))
     w = perturbed_weights(cfg, seed=5)
@@ -203,7 +203,7 @@ def test_compile_means_the_same_on_both_and_defaults_per_backend():
 
 
 def test_auto_backend_picks_mlx_only_on_apple_silicon():
-    from gptbench.backends.base import is_apple_silicon, resolve_backend_name
+    from gptbench.backends.registry import is_apple_silicon, resolve_backend_name
 
     assert resolve_backend_name("mlx") == "mlx"
     assert resolve_backend_name("auto") == ("mlx" if is_apple_silicon() else "torch")
@@ -212,7 +212,7 @@ def test_auto_backend_picks_mlx_only_on_apple_silicon():
 def test_mlx_backend_does_not_import_torch():
     code = (
         "import sys, numpy as np\n"
-        "from gptbench.backends.base import create_backend\n"
+        "from gptbench.backends.registry import create_backend\n"
         "from gptbench.backends.spec import GPTConfig\n"
         "be = create_backend(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=1, n_embd=8), 'mlx', device='cpu')\n"
         "be.forward_logits(np.zeros((1, 4), dtype=np.int64))\n"
@@ -229,8 +229,8 @@ def test_cblas_preload_keeps_results(setting):
     code = (
         "import ctypes.util, sys, numpy as np\n"
         "sys.path.insert(0, sys.argv[1])\n"
-        "from gptbench.backends import mlx_model\n"
-        "from gptbench.backends.base import create_backend\n"
+        "from gptbench.backends.mlx import model as mlx_model\n"
+        "from gptbench.backends.registry import create_backend\n"
         "from helpers import tiny_model_config, random_tokens\n"
         "from reference_model import perturbed_weights, reference_logits\n"
         "want = ctypes.util.find_library('openblas') if sys.argv[2] == 'auto' else None\n"
@@ -259,7 +259,7 @@ def test_mlx_compiled_muon_sees_its_schedules():
     """MLX bakes Python numbers into a compiled step, so Muon's learning rate and warming-up
     momentum must reach it as arrays: compiled and eager steps agree step by step while
     both change (a frozen momentum differs by ~1e-3 after a few steps)."""
-    from gptbench.backends.base import MuonConfig
+    from gptbench.backends.optim import MuonConfig
 
     cfg = tiny_model_config(pos="rope", qk_norm=True, mlp="relu2")
     w = perturbed_weights(cfg, seed=3)

@@ -12,7 +12,7 @@ import pytest
 
 from helpers import GPT2_RANKS, random_tokens, tiny_model_config
 from reference_model import perturbed_weights
-from gptbench.backends.base import create_backend
+from gptbench.backends.registry import create_backend
 from gptbench.backends.weights import load_weights, read_header, save_tensors, save_weights
 from gptbench.cli import main
 from gptbench.backends.weights import bf16_bits

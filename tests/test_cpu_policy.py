@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gptbench.backends import cpu
-from gptbench.backends.base import create_backend
+from gptbench.backends.registry import create_backend
 from helpers import tiny_model_config
 
 

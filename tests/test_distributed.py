@@ -496,7 +496,8 @@ def test_runs_listing_shows_the_world_size(dist_runs):
 # ---- the contract's one-process side: what every backend promises without a group ------------------
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_one_process_collectives_are_the_identity(backend):
-    from gptbench.backends.base import Collectives, Parallel, backend_class
+    from gptbench.backends.parallel import Collectives, Parallel
+    from gptbench.backends.registry import backend_class
 
     comm = backend_class(backend).connect(Parallel(), "cpu")
     assert type(comm) is Collectives
@@ -511,7 +512,8 @@ def test_one_process_collectives_are_the_identity(backend):
 def test_a_backend_refuses_a_group_it_was_not_started_in(backend, monkeypatch):
     """connect() with a world of 2 but no launcher environment: torch cannot rendezvous
     (no MASTER_ADDR), MLX's ring has no hostfile; both fail instead of training alone."""
-    from gptbench.backends.base import Parallel, backend_class
+    from gptbench.backends.parallel import Parallel
+    from gptbench.backends.registry import backend_class
 
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "MLX_RANK", "MLX_HOSTFILE"):
         monkeypatch.delenv(key, raising=False)
@@ -521,7 +523,7 @@ def test_a_backend_refuses_a_group_it_was_not_started_in(backend, monkeypatch):
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_peak_memory_and_memory_shared_by_processes(backend):
-    from gptbench.backends.base import backend_class, create_backend
+    from gptbench.backends.registry import backend_class, create_backend
     from helpers import tiny_model_config
 
     b = create_backend(tiny_model_config(), backend, device="cpu")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gptbench.backends.base import create_backend
+from gptbench.backends.registry import create_backend
 from gptbench.backends.generate import generate, generate_batch, generate_tokens, stream_generate
 from gptbench.backends.sampling import SamplingParams
-from gptbench.backends.torch_model import CACHE_STEP
+from gptbench.backends.torch.model import CACHE_STEP
 from gptbench.errors import UserError
 
 from helpers import tiny_model_config

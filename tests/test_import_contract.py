@@ -60,7 +60,7 @@ ALL = modules()
 
 
 def test_the_walk_sees_the_whole_package():
-    assert "gptbench.backends.torch_model" in ALL
+    assert "gptbench.backends.torch.model" in ALL
     assert "gptbench.tui.screens.chat" in ALL
     assert "gptbench.runstore.writer" in ALL
     assert any(under(n, ("gptbench.tui",)) for n in imports_of(ALL["gptbench.commands.ui"], "gptbench.commands.ui"))

@@ -112,7 +112,7 @@ def test_merged_exports_equal_the_unmerged_model(lora_run, tmp_path, capsys):
     import torch
     from transformers import GPT2LMHeadModel
 
-    from gptbench.backends.base import create_backend
+    from gptbench.backends.registry import create_backend
     from gptbench.backends.weights import load_weights
     from gptbench.loading import load_model
     from gptbench.runstore import RunStore
@@ -139,7 +139,7 @@ def test_merged_exports_equal_the_unmerged_model(lora_run, tmp_path, capsys):
 
 
 def test_sample_and_chat_work_on_the_unmerged_run(lora_run, tmp_path, capsys, monkeypatch):
-    from gptbench.backends.base import create_backend
+    from gptbench.backends.registry import create_backend
     from gptbench.backends.generate import generate
     from gptbench.backends.sampling import SamplingParams
     from gptbench.finetune import load_checkpoint

@@ -17,7 +17,8 @@ from gptbench.backends.sampling import (
     ref_top_k,
     ref_top_p,
 )
-from gptbench.backends.torch_backend import TorchBackend, filtered_logits
+from gptbench.backends.torch.backend import TorchBackend
+from gptbench.backends.torch.sampling import filtered_logits
 from gptbench.errors import UserError
 from sampling_vectors import CASES, MIN_MARGIN, check_backend_filters, decision_margin
 
@@ -148,7 +149,7 @@ def test_torch_filters_match_the_shared_table():
 def test_mlx_filters_match_the_shared_table():
     import mlx.core as mx
 
-    from gptbench.backends.mlx_backend import filtered_logits as mlx_filtered_logits
+    from gptbench.backends.mlx.sampling import filtered_logits as mlx_filtered_logits
 
     n = check_backend_filters(
         lambda logits, params, history: mlx_filtered_logits(mx.array(logits), params, history),

@@ -165,7 +165,7 @@ def _verify(source: Source, config: GPTConfig, tensors: Mapping[str, np.ndarray]
 
     One model instance computes both (source weights, then the output's), so verifying a
     large model costs one extra copy of it, not two."""
-    from gptbench.backends.base import create_backend
+    from gptbench.backends.registry import create_backend
 
     if config != source.config:
         raise UserError(f"conversion changed the model config ({config} != {source.config}); this is a bug, nothing was written")
@@ -217,7 +217,7 @@ def convert(
     device: str = "auto",
 ) -> ConvertResult:
     """Write `source` to `dst` as `to` in `dtype`, verified, atomically."""
-    from gptbench.backends.base import resolve_backend_name
+    from gptbench.backends.registry import resolve_backend_name
 
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -351,7 +351,7 @@ def _verify_mlx_lm(source: Source, folder: Path, dtype: str) -> list[str]:
         import mlx_lm
     except ImportError:
         return ["not loaded with mlx_lm here (not installed); the layout is mlx-lm's gpt2"]
-    from gptbench.backends.base import create_backend
+    from gptbench.backends.registry import create_backend
 
     model, _ = mlx_lm.load(str(folder))
     idx = fixed_batch(source.config)

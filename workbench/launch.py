@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from gptbench import paths
-from gptbench.backends.base import Parallel
+from gptbench.backends.parallel import Parallel
 from gptbench.errors import UserError
 
 SHUTDOWN_TIMEOUT_S = 120  # torchrun's wait for ranks to save their checkpoint after Ctrl-C

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gptbench.backends.base import Backend, backend_class, check_memory, create_backend
+from gptbench.backends.base import Backend
+from gptbench.backends.memory import check_memory
+from gptbench.backends.registry import backend_class, create_backend
 from gptbench.backends.spec import format_params
 from gptbench.backends.weights import read_config
 from gptbench.errors import UserError

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from reference_model import perturbed_weights
-from gptbench.backends.base import create_backend
+from gptbench.backends.registry import create_backend
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.generate import generate, generate_tokens
 from gptbench.backends.sampling import SamplingParams

@@ -15,7 +15,8 @@ import pytest
 
 from helpers import random_tokens
 from reference_model import perturbed_weights
-from gptbench.backends.base import OptimConfig, create_backend
+from gptbench.backends.optim import OptimConfig
+from gptbench.backends.registry import create_backend
 from gptbench.backends.lora import LoRAConfig, init_adapters
 from gptbench.backends.spec import GPTConfig
 

@@ -28,7 +28,8 @@ import pytest
 
 from helpers import random_tokens
 from reference_model import perturbed_weights
-from gptbench.backends.base import MuonConfig, OptimConfig, create_backend
+from gptbench.backends.optim import MuonConfig, OptimConfig
+from gptbench.backends.registry import create_backend
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.weights import load_weights, save_weights
 from gptbench.spec import PRESETS

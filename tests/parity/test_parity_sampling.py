@@ -10,8 +10,10 @@ import torch
 
 from helpers import tiny_model_config
 from sampling_vectors import CASES, check_backend_filters
-from gptbench.backends import mlx_backend, torch_backend
-from gptbench.backends.mlx_backend import MLXBackend, filtered_logits
+from gptbench.backends.mlx import sampling as mlx_sampling
+from gptbench.backends.mlx.backend import MLXBackend
+from gptbench.backends.mlx.sampling import filtered_logits
+from gptbench.backends.torch import sampling as torch_sampling
 from gptbench.backends.sampling import SamplingParams, ref_min_p, ref_probs, ref_repetition_penalty, ref_top_k, ref_top_p
 
 
@@ -35,8 +37,8 @@ def test_each_filter_agrees_with_torch_and_reference(name, args, ref):
     logits = (np.random.default_rng(3).standard_normal((4, 97)) * 3).astype(np.float32)
     logits[0, :6] = logits[0, 6]  # exact ties, including at the boundaries
     want = np.isfinite(ref(logits, *args))
-    got_mlx = np.isfinite(np.array(getattr(mlx_backend, name)(mx.array(logits), *args)))
-    got_torch = np.isfinite(getattr(torch_backend, name)(torch.from_numpy(logits), *args).numpy())
+    got_mlx = np.isfinite(np.array(getattr(mlx_sampling, name)(mx.array(logits), *args)))
+    got_torch = np.isfinite(getattr(torch_sampling, name)(torch.from_numpy(logits), *args).numpy())
     np.testing.assert_array_equal(got_mlx, want)
     np.testing.assert_array_equal(got_torch, want)
 
@@ -45,8 +47,8 @@ def test_repetition_penalty_agrees_with_torch_and_reference():
     logits = (np.random.default_rng(4).standard_normal((3, 50)) * 2).astype(np.float32)
     history = np.random.default_rng(5).integers(-1, 50, size=(3, 20))
     want = ref_repetition_penalty(logits, history, 1.7)
-    np.testing.assert_allclose(np.array(mlx_backend.repetition_penalty(mx.array(logits), history, 1.7)), want, rtol=1e-6)
-    np.testing.assert_allclose(torch_backend.repetition_penalty(torch.from_numpy(logits), history, 1.7).numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(np.array(mlx_sampling.repetition_penalty(mx.array(logits), history, 1.7)), want, rtol=1e-6)
+    np.testing.assert_allclose(torch_sampling.repetition_penalty(torch.from_numpy(logits), history, 1.7).numpy(), want, rtol=1e-6)
 
 
 @pytest.fixture(scope="module")

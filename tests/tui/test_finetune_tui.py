@@ -118,7 +118,7 @@ async def test_run_browser_shows_lineage(lora_runs):
 
 
 async def test_chat_talks_to_an_unmerged_lora_run(lora_runs):
-    from gptbench.backends.base import create_backend
+    from gptbench.backends.registry import create_backend
     from gptbench.backends.generate import generate
     from gptbench.backends.sampling import SamplingParams
     from gptbench.finetune import load_checkpoint

@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from gptbench.backends.base import resolve_backend_name
+    from gptbench.backends.registry import resolve_backend_name
     from gptbench.convert import DTYPES, SOURCE_KINDS, TARGETS, convert, describe_source, load_source
     from gptbench.runstore import RunStore
 

@@ -90,7 +90,7 @@ def _launch(runs_dir: Any, request: TrainRequest) -> int:
     """This process launches the ranks (`gptbench train --nproc N ...`): each runs the
     same request, whole, without the launcher's own settings."""
     from gptbench import launch
-    from gptbench.backends.base import resolve_backend_name
+    from gptbench.backends.registry import resolve_backend_name
     from gptbench.runstore import Run, RunStore
     from gptbench.runstore.specfile import read_spec
 
@@ -109,7 +109,7 @@ def _launch(runs_dir: Any, request: TrainRequest) -> int:
     else:
         name, backend_name, device, optimizer = str(request.name), resolve_backend_name(request.runtime.backend), request.runtime.device, request.train.optimizer
     if par.strategy == "fsdp" and optimizer == "muon":  # said here once, not by every rank
-        from gptbench.backends.base import MUON_FSDP
+        from gptbench.backends.optim import MUON_FSDP
 
         raise UserError(MUON_FSDP)
     argv = ["train", "--no-ui", "--runs-dir", str(store.root), *request_argv(request, for_rank=True)]
@@ -128,7 +128,7 @@ def _train_rank(runs_dir: Any, request: TrainRequest, framework: str, parallel: 
     """One rank of a distributed run; never returns (see the module docstring)."""
     import traceback
 
-    from gptbench.backends.base import backend_class
+    from gptbench.backends.registry import backend_class
 
     comm = None
     code = 1

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from gptbench.backends.base import MUON_FSDP
+from gptbench.backends.optim import MUON_FSDP
 from gptbench.backends.lora import LORA_ONE_PROCESS, LORA_WITH_MUON, LoRAConfig
 from gptbench.backends.spec import GPTConfig
 from gptbench.errors import ConfigError, reject_unknown_keys

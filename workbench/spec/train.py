@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from gptbench.backends.base import MuonConfig, OptimConfig
+from gptbench.backends.optim import MuonConfig, OptimConfig
 from gptbench.errors import ConfigError, reject_unknown_keys
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from gptbench.backends.base import Collectives
+from gptbench.backends.parallel import Collectives
 from gptbench.errors import UserError
 from gptbench.spec.run import RunSpec
 from gptbench.spec.train import TrainConfig

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from gptbench.backends.base import Backend, Collectives
+from gptbench.backends.base import Backend
+from gptbench.backends.parallel import Collectives
 from gptbench.backends.sampling import SamplingParams
 from gptbench.errors import UserError
 from gptbench.training.textmetrics import split_bytes

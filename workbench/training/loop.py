@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from gptbench.backends.base import Collectives, muon_blocks
+from gptbench.backends.optim import muon_blocks
+from gptbench.backends.parallel import Collectives
 from gptbench.backends.spec import GPTConfig
 from gptbench.errors import UserError
 from gptbench.runstore import HEARTBEAT_INTERVAL_S, RunState, TrainRecord

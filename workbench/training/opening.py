@@ -13,7 +13,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gptbench.backends.base import Backend, Collectives, Parallel, backend_class, check_memory, create_backend, resolve_backend_name
+from gptbench.backends.base import Backend
+from gptbench.backends.memory import check_memory
+from gptbench.backends.parallel import Collectives, Parallel
+from gptbench.backends.registry import backend_class, create_backend, resolve_backend_name
 from gptbench.backends.lora import LORA_ONE_PROCESS, LoRAConfig
 from gptbench.backends.spec import GPTConfig, format_params
 from gptbench.errors import UserError

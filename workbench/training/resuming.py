@@ -13,7 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from gptbench.backends.base import Collectives, resolve_backend_name
+from gptbench.backends.parallel import Collectives
+from gptbench.backends.registry import resolve_backend_name
 from gptbench.backends.lora import LORA_ONE_PROCESS
 from gptbench.backends.weights import WeightsError
 from gptbench.errors import ConfigError, UserError

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from gptbench.backends.base import Collectives
+from gptbench.backends.parallel import Collectives
 from gptbench.backends.spec import format_params
 from gptbench.errors import UserError
 from gptbench.runstore import EvalRecord, Run, RunState, RunStore, SampleRecord, TrainRecord, load_training_state

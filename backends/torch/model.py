@@ -1,5 +1,5 @@
-"""The GPT spec in PyTorch. Read it beside `mlx_model.py`: the same classes, in the same
-order, with the same names, line for line where the frameworks allow.
+"""The GPT spec in PyTorch, with its KV cache. Read it beside `backends/mlx/model.py`: the
+same classes, in the same order, with the same names, line for line where the frameworks allow.
 
 Module attribute names are the canonical tensor names (`wte`, `wpe`, `h.N.attn.c_attn`, ...)
 and torch `Linear` stores `[out, in]`, so `state_dict()` keys are already canonical and no

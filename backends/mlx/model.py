@@ -1,5 +1,5 @@
-"""The GPT spec in MLX. Read it beside `torch_model.py`: the same classes, in the same
-order, with the same names, line for line where the frameworks allow.
+"""The GPT spec in MLX, with its KV cache. Read it beside `backends/torch/model.py`: the
+same classes, in the same order, with the same names, line for line where the frameworks allow.
 
 Module attribute names are the canonical tensor names (`wte`, `wpe`, `h.N.attn.c_attn`, ...)
 and MLX `Linear` stores `[out, in]` like torch, so `tree_flatten(model.parameters())` keys

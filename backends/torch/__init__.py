@@ -1,0 +1,1 @@
+"""The PyTorch backend, laid out by job; mirrors `gptbench.backends.mlx` file for file."""
