@@ -33,21 +33,27 @@ PROMPT = "> "
 SLASH_KNOBS: dict[str, Knob] = {name: k for k in SAMPLING_KNOBS for name in k.commands}
 
 
+def _help_line(usage: str, text: str) -> str:
+    return f"  {usage:<17}{text}"
+
+
 def _knob_help(k: Knob) -> str:
-    usage = f"  /{k.commands[0]} {k.arg}"
-    extra = f"; /{k.commands[0]} alone clears them" if k.repeatable else ""
-    return f"{usage:<19}{'add a ' + k.help if k.repeatable else k.help}{extra}"
+    """`/temp X  temperature: 0 = greedy` (the knob named where the command abbreviates it)."""
+    text = k.help if k.commands[0] == k.name else f"{k.name.replace('_', ' ')}: {k.help}"
+    if k.repeatable:
+        text += f"; adds one, /{k.commands[0]} alone clears them"
+    return _help_line(f"/{k.commands[0]} {k.arg}", text)
 
 
 HELP = "\n".join([
     "commands:",
     *(_knob_help(k) for k in SAMPLING_KNOBS if k.commands),
-    "  /cache on|off      KV cache (off recomputes the whole context every token)",
-    "  /params            show the sampling parameters",
-    "  /history           show the transcript",
-    "  /reset             clear the transcript",
-    "  /help              this help",
-    "  /quit              exit (or Ctrl-D); Ctrl-C stops a reply",
+    _help_line("/cache on|off", "KV cache (off recomputes the whole context every token)"),
+    _help_line("/params", "show the sampling parameters"),
+    _help_line("/history", "show the transcript"),
+    _help_line("/reset", "clear the transcript"),
+    _help_line("/help", "this help"),
+    _help_line("/quit", "exit (or Ctrl-D); Ctrl-C stops a reply"),
 ])
 
 
