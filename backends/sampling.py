@@ -1,4 +1,10 @@
-"""Sampling parameters and the float64 numpy reference for every sampling filter.
+"""Sampling: its parameters, each knob described once, and the float64 reference of every filter.
+
+`SamplingParams` is the one description of the sampling knobs: each field carries its flag,
+chat slash-commands, TUI label, help and valid range (`gptbench.backends.knobs`), and its
+default is the only default. `gptbench sample` / `chat` flags, the chat's `/temp 0.7`
+commands and the TUI's sampling form are generated from `SAMPLING_KNOBS`, and every one of
+them validates through `SamplingParams` itself, so none can drift or disagree.
 
 Each filter is a small pure function from logits to logits, removed tokens set to -inf.
 Backends implement the same functions on their own tensors; the shared test-vector table
@@ -17,55 +23,92 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from gptbench.errors import UserError
+from gptbench.backends.knobs import Knob, Rule, int_or_none, knob, knobs_of, unescape
 
 
 MAX_NEW_TOKENS = 100_000_000  # past this, the token buffer alone would need ~1 GB a row
+
+# 256 new tokens by default, everywhere (the TUI and `chat` used to say 200): a paragraph or
+# two of text that comes back within seconds on a CPU, and the default that `gptbench
+# sample` scripts have always had, so none of them changes.
+DEFAULT_MAX_NEW_TOKENS = 256
+
+_FLOAT = dict(parse=float, kind="a number", arg="X")
+_INT = dict(parse=int, kind="an integer", arg="N")
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick the next token. Validated on construction (UserError, one line)."""
 
-    temperature: float = 0.8
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    min_p: float = 0.0  # 0 = off
-    repetition_penalty: float = 1.0  # 1 = off
-    repetition_window: int = 64  # how many recent tokens (prompt included) the penalty looks at
-    max_new_tokens: int = 256
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    seed: int | None = None
+    temperature: float = knob(
+        0.8, flag="--temperature", help="0 = greedy", **_FLOAT, label="Temperature",
+        rules=(Rule(lambda v: 0 <= v < math.inf, "must be >= 0 (0 = greedy)"),),
+        commands=("temp", "temperature", "t"),
+    )
+    top_k: int = knob(
+        0, flag="--top-k", help="keep the k most likely tokens (0 = off)", **_INT, label="Top-k",
+        rules=(Rule(lambda v: v >= 0, "must be >= 0 (0 = off)"),), normalize=int,
+        commands=("top_k", "top-k", "topk", "k"),
+    )
+    top_p: float = knob(
+        1.0, flag="--top-p", help="nucleus sampling mass in (0, 1] (1 = off)", **_FLOAT, label="Top-p",
+        rules=(Rule(lambda v: 0.0 < v <= 1.0, "must be in (0, 1] (1 = off)"),),
+        commands=("top_p", "top-p", "topp", "p"),
+    )
+    min_p: float = knob(
+        0.0, flag="--min-p", help="drop tokens below min_p x the top probability, in [0, 1) (0 = off)", **_FLOAT,
+        label="Min-p", rules=(Rule(lambda v: 0.0 <= v < 1.0, "must be in [0, 1) (0 = off)"),),
+        commands=("min_p", "min-p", "minp"),
+    )
+    repetition_penalty: float = knob(
+        1.0, flag="--repetition-penalty", help="> 1 discourages repeats (1 = off)", **_FLOAT, label="Rep. penalty",
+        rules=(Rule(lambda v: 0 < v < math.inf, "must be > 0 (1 = off)"),),
+        commands=("rep", "repetition_penalty", "repetition-penalty", "penalty"),
+    )
+    # how many recent tokens (prompt included) the penalty looks at; not in the TUI form
+    repetition_window: int = knob(
+        64, flag="--repetition-window", help="recent tokens the penalty looks at", **_INT,
+        rules=(Rule(lambda v: v >= 0, "must be >= 0 (0 = penalty off)"),),
+        commands=("window", "repetition_window", "repetition-window"),
+    )
+    max_new_tokens: int = knob(
+        DEFAULT_MAX_NEW_TOKENS, flag="--max-new-tokens", help="tokens to generate", **_INT, label="Max tokens",
+        rules=(Rule(lambda v: v >= 0, "must be >= 0"), Rule(lambda v: v <= MAX_NEW_TOKENS, f"must be at most {MAX_NEW_TOKENS:,}")),
+        commands=("max", "max_new_tokens", "max-new-tokens", "n"),
+    )
+    # text stops and token-id stops are for scripts and the terminal chat; not in the TUI form
+    stop: tuple[str, ...] = knob(
+        (), flag="--stop", help="stop string, not printed (\\n means newline)", parse=unescape, kind="text", arg="TEXT",
+        normalize=lambda v: tuple(s for s in v if s), commands=("stop",),
+    )
+    stop_token_ids: tuple[int, ...] = knob(
+        (), flag="--stop-token-id", help="stop at this token id (end-of-text always stops)", parse=int,
+        kind="an integer", arg="ID", noun="stop token ids",
+        rules=(Rule(lambda v: all(int(t) >= 0 for t in v), "must be >= 0"),), normalize=lambda v: tuple(int(t) for t in v),
+    )
+    seed: int | None = knob(
+        None, flag="--seed", help="sampling seed (same seed + params = same text)", parse=int_or_none,
+        kind="an integer or none", arg="N|none", label="Seed", commands=("seed",),
+    )
 
     def __post_init__(self) -> None:
-        # Written as `not (valid)` so that NaN, which fails every comparison, is rejected too.
-        if not (0 <= self.temperature < math.inf):
-            raise UserError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise UserError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not 0.0 <= self.min_p < 1.0:
-            raise UserError(f"min_p must be in [0, 1) (0 = off), got {self.min_p}")
-        if not self.top_k >= 0:
-            raise UserError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not (0 < self.repetition_penalty < math.inf):
-            raise UserError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
-        if not self.repetition_window >= 0:
-            raise UserError(f"repetition_window must be >= 0 (0 = penalty off), got {self.repetition_window}")
-        if not self.max_new_tokens >= 0:
-            raise UserError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.max_new_tokens > MAX_NEW_TOKENS:
-            raise UserError(f"max_new_tokens must be at most {MAX_NEW_TOKENS:,}, got {self.max_new_tokens:,}")
-        object.__setattr__(self, "top_k", int(self.top_k))
-        object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
-        ids = tuple(int(t) for t in self.stop_token_ids)
-        if any(t < 0 for t in ids):
-            raise UserError(f"stop token ids must be >= 0, got {list(ids)}")
-        object.__setattr__(self, "stop_token_ids", ids)
+        for k in SAMPLING_KNOBS:
+            object.__setattr__(self, k.name, k.check(getattr(self, k.name)))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+SAMPLING_KNOBS: tuple[Knob, ...] = knobs_of(SamplingParams)
+
+
+def training_sample_params(max_new_tokens: int, seed: int | None) -> SamplingParams:
+    """The sample a trainer prints at each evaluation: the default temperature with top-k 200
+    (nanoGPT's sampling setting), which keeps an undertrained model's rare-token noise out
+    of the preview so what it shows is what the model has learned."""
+    return SamplingParams(temperature=0.8, top_k=200, max_new_tokens=max_new_tokens, seed=seed)
 
 
 # ---- float64 numpy references ---------------------------------------------------------

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from gptbench.backends.base import GenerationBackend
 from gptbench.backends.spec import GPTConfig
-from gptbench.backends.generate import StreamDecoder, _StopMatcher, generate, generate_batch, generate_tokens, stream_generate
+from gptbench.backends.generate import StreamDecoder, generate, generate_batch, generate_tokens, stream_generate
+from gptbench.backends.row_text import StopMatcher as _StopMatcher
 from gptbench.backends.sampling import SamplingParams
 from gptbench.tokenizers.base import Tokenizer
 

@@ -19,8 +19,9 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Callable
 
-from gptbench.backends.sampling import SamplingParams
-from gptbench.commands.sampling_args import add_model_args, add_sampling_args, params_from_args, unescape
+from gptbench.backends.knobs import Knob
+from gptbench.backends.sampling import SAMPLING_KNOBS, SamplingParams
+from gptbench.commands.sampling_args import add_model_args, add_sampling_args, params_from_args
 from gptbench.errors import UserError
 
 if TYPE_CHECKING:
@@ -28,31 +29,32 @@ if TYPE_CHECKING:
 
 PROMPT = "> "
 
-# /command -> (SamplingParams field, parser); several spellings per field.
-_FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {}
-for _names, _field, _parse in [
-    (("temp", "temperature", "t"), "temperature", float),
-    (("top_k", "top-k", "topk", "k"), "top_k", int),
-    (("top_p", "top-p", "topp", "p"), "top_p", float),
-    (("min_p", "min-p", "minp"), "min_p", float),
-    (("rep", "repetition_penalty", "repetition-penalty", "penalty"), "repetition_penalty", float),
-    (("window", "repetition_window", "repetition-window"), "repetition_window", int),
-    (("max", "max_new_tokens", "max-new-tokens", "n"), "max_new_tokens", int),
-    (("seed",), "seed", lambda v: None if v.lower() in ("none", "off", "random") else int(v)),
-]:
-    for _n in _names:
-        _FIELDS[_n] = (_field, _parse)
+# /command -> the knob it sets; each knob has several spellings (/temp, /temperature, /t).
+SLASH_KNOBS: dict[str, Knob] = {name: k for k in SAMPLING_KNOBS for name in k.commands}
 
-HELP = """commands:
-  /temp X          temperature (0 = greedy)          /top_k N     keep the N most likely tokens (0 = off)
-  /top_p X         nucleus mass in (0, 1] (1 = off)  /min_p X     relative probability floor in [0, 1)
-  /rep X           repetition penalty (1 = off)      /window N    tokens the penalty looks at
-  /max N           tokens per reply                  /seed N|none sampling seed
-  /stop TEXT       add a stop string (\\n = newline); /stop alone clears them
-  /cache on|off    KV cache (off recomputes the whole context every token)
-  /params          show the sampling parameters      /history     show the transcript
-  /reset           clear the transcript              /help        this help
-  /quit            exit (or Ctrl-D); Ctrl-C stops a reply"""
+
+def _help_line(usage: str, text: str) -> str:
+    return f"  {usage:<17}{text}"
+
+
+def _knob_help(k: Knob) -> str:
+    """`/temp X  temperature: 0 = greedy` (the knob named where the command abbreviates it)."""
+    text = k.help if k.commands[0] == k.name else f"{k.name.replace('_', ' ')}: {k.help}"
+    if k.repeatable:
+        text += f"; adds one, /{k.commands[0]} alone clears them"
+    return _help_line(f"/{k.commands[0]} {k.arg}", text)
+
+
+HELP = "\n".join([
+    "commands:",
+    *(_knob_help(k) for k in SAMPLING_KNOBS if k.commands),
+    _help_line("/cache on|off", "KV cache (off recomputes the whole context every token)"),
+    _help_line("/params", "show the sampling parameters"),
+    _help_line("/history", "show the transcript"),
+    _help_line("/reset", "clear the transcript"),
+    _help_line("/help", "this help"),
+    _help_line("/quit", "exit (or Ctrl-D); Ctrl-C stops a reply"),
+])
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Interactive generation: each line continues one running transcript. Type /help for commands.",
     )
     add_model_args(p)
-    add_sampling_args(p, max_new_tokens=200)
+    add_sampling_args(p)
     p.set_defaults(func=run_chat)
 
 
@@ -98,26 +100,29 @@ class ChatSession:
             return self.describe()
         if name == "history":
             return self.loaded.tokenizer.decode(self.transcript) if self.transcript else "[transcript is empty]"
-        if name == "stop":
-            stops = (*self.params.stop, unescape(value)) if value else ()
-            self.params = dataclasses.replace(self.params, stop=stops)
-            return f"stop={list(self.params.stop)!r}"
         if name == "cache":
             if value.lower() not in ("on", "off"):
                 raise UserError(f"/cache takes on or off, got {value!r}")
             self.use_cache = value.lower() == "on"
             return f"cache={value.lower()}"
-        if name not in _FIELDS:
+        if name not in SLASH_KNOBS:
             raise UserError(f"unknown command /{name}; type /help for the list")
-        field, parse = _FIELDS[name]
-        if not value:
-            return f"{field}={getattr(self.params, field)}"
+        return self.set_knob(name, SLASH_KNOBS[name], value)
+
+    def set_knob(self, command: str, k: Knob, value: str) -> str:
+        """`/name value` sets a knob (a repeatable one gains a value; alone, it is cleared);
+        `/name` alone shows it. SamplingParams validates, so a bad value changes nothing."""
+        if not value and not k.repeatable:
+            return f"{k.name}={getattr(self.params, k.name)}"
         try:
-            parsed = parse(value)
+            parsed = k.parse(value) if value else None
         except ValueError:
-            raise UserError(f"/{name} needs a number, got {value!r}") from None
-        self.params = dataclasses.replace(self.params, **{field: parsed})  # validates
-        return f"{field}={getattr(self.params, field)}"
+            raise UserError(f"/{command} needs {k.kind}, got {value!r}") from None
+        if k.repeatable:
+            parsed = (*getattr(self.params, k.name), parsed) if value else ()
+        self.params = dataclasses.replace(self.params, **{k.name: parsed})  # validates
+        shown = getattr(self.params, k.name)
+        return f"{k.name}={list(shown)!r}" if k.repeatable else f"{k.name}={shown}"
 
     def reply(self, line: str, write: Callable[[str], None], cancel: threading.Event):
         """Append `line` to the transcript, stream the continuation through `write`, append it."""

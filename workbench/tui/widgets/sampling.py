@@ -1,6 +1,8 @@
 """The chat's sampling form: every control of the next reply, validated as you type.
 
-The form owns its fields and answers `settings()` with the `ReplySettings` a reply is
+Its fields are the sampling knobs that carry a TUI label (`SAMPLING_KNOBS`): label,
+default and validation come from `SamplingParams`, so the form, the CLI and the chat offer
+the same defaults and say the same thing about a bad value. The form owns its fields and answers `settings()` with the `ReplySettings` a reply is
 generated (and later described) with. Enter in a valid field posts `SamplingForm.Applied`,
 so the screen can send focus back to the prompt; the switches say "on"/"off" in words.
 """
@@ -8,39 +10,45 @@ so the screen can send focus back to the prompt; the switches say "on"/"off" in 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.validation import Integer, Number, Validator
+from textual.validation import ValidationResult, Validator
 from textual.widgets import Input, Label, Switch
 
-from gptbench.backends.sampling import SamplingParams
+from gptbench.backends.knobs import Knob
+from gptbench.backends.sampling import SAMPLING_KNOBS, SamplingParams
 from gptbench.errors import UserError
 from gptbench.tui.widgets.form import Field, input_error
 
-
-@dataclass(frozen=True)
-class SamplingField:
-    key: str  # a SamplingParams field, and the id of its Input
-    label: str
-    default: str
-    validator: Validator
-    convert: Callable[[str], Any]
+# The form's fields: the sampling knobs that have a TUI label, in `SamplingParams` order.
+SAMPLING_FIELDS: tuple[Knob, ...] = tuple(k for k in SAMPLING_KNOBS if k.label)
 
 
-SAMPLING_FIELDS: list[SamplingField] = [
-    SamplingField("temperature", "Temperature", "0.8", Number(minimum=0, failure_description="temperature must be ≥ 0 (0 = greedy)"), float),
-    SamplingField("top_k", "Top-k", "0", Integer(minimum=0, failure_description="top-k must be an integer ≥ 0 (0 = off)"), int),
-    SamplingField("top_p", "Top-p", "1.0", Number(minimum=0, maximum=1, failure_description="top-p must be in (0, 1] (1 = off)"), float),
-    SamplingField("min_p", "Min-p", "0.0", Number(minimum=0, maximum=0.999, failure_description="min-p must be in [0, 1) (0 = off)"), float),
-    SamplingField("repetition_penalty", "Rep. penalty", "1.0", Number(minimum=0.01, failure_description="repetition penalty must be > 0 (1 = off)"), float),
-    SamplingField("max_new_tokens", "Max tokens", "200", Integer(minimum=1, maximum=100_000, failure_description="max tokens must be an integer ≥ 1"), int),
-    SamplingField("seed", "Seed", "", Integer(failure_description="seed must be an integer (blank = random)"), int),
-]
+def field_default(k: Knob) -> str:
+    """The text a field starts with: the knob's default (blank for an unset one)."""
+    return "" if k.default is None else str(k.default)
+
+
+class KnobValidator(Validator):
+    """Checks a field as `SamplingParams` will, with its words: the knob's rules, the
+    subject named by the field's label ("top-p must be in (0, 1] (1 = off), got 2")."""
+
+    def __init__(self, knob: Knob) -> None:
+        self.knob, self.subject = knob, (knob.label or knob.name).lower()
+        super().__init__(failure_description=f"{self.subject} must be {knob.kind}")
+
+    def validate(self, value: str) -> ValidationResult:
+        try:
+            parsed = self.knob.parse(value)
+        except ValueError:
+            return self.failure(f"{self.subject} must be {self.knob.kind}, got {value!r}")
+        problem = self.knob.problem(parsed, self.subject)
+        return self.failure(problem) if problem else self.success()
 
 
 @dataclass(frozen=True)
@@ -96,9 +104,10 @@ class SamplingForm(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Label("Sampling", classes="side-label")
-        for f in SAMPLING_FIELDS:
-            yield Field(f.label, Input(f.default, id=f.key, compact=True, validators=[f.validator], valid_empty=f.key == "seed",
-                                       placeholder="random" if f.key == "seed" else ""), f.key)
+        for k in SAMPLING_FIELDS:
+            field = Input(field_default(k), id=k.name, compact=True, validators=[KnobValidator(k)], valid_empty=k.optional,
+                          placeholder="random" if k.optional else "")
+            yield Field(k.label or k.name, field, k.name)
         yield LabeledSwitch("KV cache", True, switch_id="kv-cache")
         # on: the model continues the whole conversation so far, not just the new prompt
         yield LabeledSwitch("Context", False, switch_id="transcript", on_text="whole chat", off_text="prompt only")
@@ -127,14 +136,14 @@ class SamplingForm(Vertical):
         shows its own message)."""
         values: dict[str, Any] = {}
         bad = []
-        for f in SAMPLING_FIELDS:
-            w = self.query_one(f"#{f.key}", Input)
+        for k in SAMPLING_FIELDS:
+            w = self.query_one(f"#{k.name}", Input)
             problem = input_error(w)
-            self.query_one(f"#field-{f.key}", Field).set_error(problem)
+            self.query_one(f"#field-{k.name}", Field).set_error(problem)
             if problem:
-                bad.append(f.label)
+                bad.append(k.label)
             elif w.value.strip():
-                values[f.key] = f.convert(w.value.strip())
+                values[k.name] = k.parse(w.value.strip())
         if bad:
             return None, f"fix the sampling settings first: {', '.join(bad)}"
         try:
