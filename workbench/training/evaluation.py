@@ -15,13 +15,9 @@ import numpy as np
 
 from gptbench.backends.base import Backend
 from gptbench.backends.parallel import Collectives
-from gptbench.backends.sampling import SamplingParams
+from gptbench.backends.sampling import training_sample_params
 from gptbench.errors import UserError
 from gptbench.training.textmetrics import split_bytes
-
-# the sample logged at every evaluation (nanoGPT's sample.py settings)
-SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 0.8, 200
-
 
 class Evaluator:
     """Mean losses over each split's fixed batches, in the run's units."""
@@ -76,5 +72,4 @@ class Evaluator:
                 prompt = tok.encode("\n")
             except UserError:
                 prompt = [0]
-        params = SamplingParams(temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K, max_new_tokens=max_new_tokens, seed=self.seed)
-        return generate(self.backend, tok, prompt, params).text
+        return generate(self.backend, tok, prompt, training_sample_params(max_new_tokens, self.seed)).text
