@@ -52,7 +52,7 @@ def worker(args: argparse.Namespace) -> None:
     from gptbench.backends.registry import create_backend, backend_class
     from gptbench.backends.spec import GPTConfig
     from gptbench.spec import TrainConfig
-    from gptbench.launch import worker_parallel
+    from gptbench.training.ranks import worker_parallel
 
     _, par = worker_parallel(args.strategy, args.ac)
     comm = backend_class("torch").connect(par, args.device)

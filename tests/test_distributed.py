@@ -241,7 +241,7 @@ def test_resume_on_a_world_size_that_cannot_split_the_step_is_refused(dist_runs)
 def _rank_pid(launcher_pid: int, rank: int, backend: str, deadline: float) -> int:
     """The pid of `rank` under our launcher: torchrun's workers are its children, mlx.launch's
     ranks its grandchildren; each knows its rank from its environment."""
-    from gptbench.launch import child_pids
+    from gptbench.training.launch import child_pids
 
     key = "RANK" if backend == "torch" else "MLX_RANK"
     while time.time() < deadline:
@@ -431,13 +431,13 @@ def test_launcher_options_are_stripped_from_the_ranks_command(tmp_path):
     ({0: 1, 1: -15}, False, "failed"),
 ])
 def test_the_launcher_reads_the_ranks_exit_codes(codes, signalled, expected):
-    from gptbench.launch import outcome
+    from gptbench.training.fates import outcome
 
     assert outcome(codes, signalled) == expected
 
 
 def test_the_root_cause_is_the_killed_rank_not_the_ones_it_broke():
-    from gptbench.launch import root_cause
+    from gptbench.training.fates import root_cause
 
     assert root_cause({0: 1, 1: -9}) == (1, -9)  # rank 0 failed because rank 1 was killed
     assert root_cause({0: -15, 1: 1}) == (1, 1)  # rank 1 failed; the launcher then terminated rank 0
@@ -445,7 +445,7 @@ def test_the_root_cause_is_the_killed_rank_not_the_ones_it_broke():
 
 
 def test_a_rank_knows_its_place_from_torchrun_and_mlx_launch(monkeypatch, tmp_path):
-    from gptbench.launch import worker_parallel
+    from gptbench.training.ranks import worker_parallel
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MLX_RANK", "MLX_HOSTFILE"):
         monkeypatch.delenv(key, raising=False)

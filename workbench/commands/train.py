@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from gptbench.launch import worker_parallel
+    from gptbench.training.ranks import worker_parallel
 
     request = request_from_args(args)
     if not args.no_ui:
@@ -65,19 +65,12 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _parallel_of(request: TrainRequest) -> Any:
     """The parallel settings asked for: a new run's, or those a resume gives."""
-    from gptbench.spec import ParallelSpec
+    from gptbench.spec import RunSpec
     from gptbench.spec.resolve import with_overrides
 
     if isinstance(request, ResumeRequest):
-        given = {k: v for k, v in request.overrides.items() if k.startswith("parallel.")}
-        return with_overrides(_bare_spec(), given).parallel if given else ParallelSpec()
+        return with_overrides(RunSpec(), {k: v for k, v in request.overrides.items() if k.startswith("parallel.")}).parallel
     return request.parallel
-
-
-def _bare_spec() -> Any:
-    from gptbench.spec import RunSpec
-
-    return RunSpec()
 
 
 def _runtime_threads(request: TrainRequest) -> int | None:
@@ -89,10 +82,11 @@ def _runtime_threads(request: TrainRequest) -> int | None:
 def _launch(runs_dir: Any, request: TrainRequest) -> int:
     """This process launches the ranks (`gptbench train --nproc N ...`): each runs the
     same request, whole, without the launcher's own settings."""
-    from gptbench import launch
+    from gptbench.training import launch
     from gptbench.backends.registry import resolve_backend_name
     from gptbench.runstore import Run, RunStore
     from gptbench.runstore.specfile import read_spec
+    from gptbench.spec import RunSpec
 
     store = RunStore(runs_dir)
     par = _parallel_of(request)
@@ -101,7 +95,7 @@ def _launch(runs_dir: Any, request: TrainRequest) -> int:
         try:
             saved = read_spec(Run(store.root / name))
         except UserError:
-            saved = _bare_spec()  # rank 0 will say what is wrong with the run
+            saved = RunSpec()  # rank 0 will say what is wrong with the run
         asked = request.overrides.get("runtime.backend")
         backend_name = resolve_backend_name(asked or saved.runtime.backend)
         device = request.overrides.get("runtime.device") or (saved.runtime.device if backend_name == saved.runtime.backend else "auto")
@@ -145,7 +139,7 @@ def _train_rank(runs_dir: Any, request: TrainRequest, framework: str, parallel: 
         print(f"gptbench: rank {parallel.rank} interrupted", file=sys.stderr)
         code = 130
     except BaseException as exc:  # noqa: BLE001 - reported here; the launcher names the failed rank
-        from gptbench.launch import lost_peer, short_reason
+        from gptbench.training.ranks import lost_peer, short_reason
 
         if lost_peer(exc):  # not this rank's fault: no traceback
             print(f"gptbench: rank {parallel.rank} stopped: another rank is gone ({short_reason(exc)})", file=sys.stderr)

@@ -263,7 +263,7 @@ class Trainer:
         else:
             reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
             if self.comm.world_size > 1:  # a collective's error: its first sentence says enough
-                from gptbench.launch import short_reason
+                from gptbench.training.ranks import short_reason
 
                 reason = f"rank {self.comm.rank}: {reason if isinstance(exc, UserError) else short_reason(exc)}"
             state, msg = RunState.FAILED, f"{reason} ({where})"

@@ -44,9 +44,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gptbench import paths
-from gptbench.backends.parallel import Parallel
 from gptbench.errors import UserError
+from gptbench.training.fates import finish
+from gptbench.training.ranks import rank_environment, usable_cpus
 
 SHUTDOWN_TIMEOUT_S = 120  # torchrun's wait for ranks to save their checkpoint after Ctrl-C
 # After an MLX rank dies, how long the others get to notice before they are stopped: the
@@ -54,94 +54,6 @@ SHUTDOWN_TIMEOUT_S = 120  # torchrun's wait for ranks to save their checkpoint a
 # wait in native code forever (seen about 1 run in 4 here), deaf to SIGINT and SIGTERM.
 MLX_PEER_GRACE_S = 5.0
 MLX_NODE_RE = re.compile(r"Node with rank (\d+) (?:exited with code (-?\d+)|was killed)")
-STOPPED = 130  # a rank's exit status after a graceful stop (as the one-process CLI)
-
-
-# ---- inside a rank --------------------------------------------------------------------------
-def worker_parallel(strategy: str = "ddp", activation_checkpointing: bool = False) -> tuple[str | None, Parallel]:
-    """(framework that launched this process, its Parallel): ("torch", ...) under torchrun,
-    ("mlx", ...) under mlx.launch, (None, one process) otherwise."""
-    env = os.environ
-    try:
-        if "RANK" in env and "WORLD_SIZE" in env:
-            parallel = Parallel(
-                world_size=int(env["WORLD_SIZE"]), rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", "0")),
-                local_world_size=int(env.get("LOCAL_WORLD_SIZE", "1")), strategy=strategy,
-                activation_checkpointing=activation_checkpointing,
-            )
-            return "torch", parallel
-        if "MLX_RANK" in env and "MLX_HOSTFILE" in env:
-            rank = int(env["MLX_RANK"])
-            hosts = _mlx_hosts(env["MLX_HOSTFILE"])
-            if len(hosts) <= 1:
-                return "mlx", Parallel(strategy=strategy, activation_checkpointing=activation_checkpointing)
-            ip = hosts[rank].rpartition(":")[0] if rank < len(hosts) else ""
-            same = [i for i, h in enumerate(hosts) if h.rpartition(":")[0] == ip]
-            parallel = Parallel(
-                world_size=len(hosts), rank=rank, local_rank=same.index(rank) if rank in same else 0,
-                local_world_size=len(same), strategy=strategy, activation_checkpointing=activation_checkpointing,
-            )
-            return "mlx", parallel
-    except ValueError as exc:
-        raise UserError(f"cannot read this process's rank from its launcher's environment ({exc})") from None
-    return None, Parallel(strategy=strategy, activation_checkpointing=activation_checkpointing)
-
-
-def _mlx_hosts(path: str) -> list[str]:
-    """The ring hostfile mlx.launch wrote: one list of "ip:port" per rank (empty for one)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise UserError(f"cannot read MLX_HOSTFILE {path}: {exc.strerror}") from None
-    if not text:
-        return []
-    try:
-        ranks = json.loads(text)
-        return [str(r[0]) if isinstance(r, list) else str(r) for r in ranks]
-    except (json.JSONDecodeError, TypeError, IndexError):
-        raise UserError(f"MLX_HOSTFILE {path} is not mlx.launch's ring hostfile") from None
-
-
-# ---- the launcher ---------------------------------------------------------------------------
-PEER_LOST_RE = re.compile(r"Connection (reset|closed) by peer|connection to a peer was lost|Timed out waiting|Broken pipe|NCCL", re.I)
-SOURCE_PREFIX_RE = re.compile(r"\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*")
-
-
-def short_reason(exc: BaseException) -> str:
-    """One line for an exception, without the C++ source location collectives prefix
-    their messages with and the advice that follows the first sentence."""
-    text = SOURCE_PREFIX_RE.sub("", str(exc)).strip()
-    first = text.splitlines()[0] if text else ""
-    cut = first.find(". ")
-    if cut > 0:
-        first = first[: cut + 1]
-    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
-
-
-def lost_peer(exc: BaseException) -> bool:
-    """Whether an error is a collective failing because another rank is gone or stuck."""
-    return isinstance(exc, RuntimeError) and bool(PEER_LOST_RE.search(str(exc)))
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
-def rank_environment(nproc: int, threads: int | None, on_cpu: bool) -> dict[str, str]:
-    """The ranks' environment: CPU ranks share the cores (torch would give each all of them,
-    and spinning OpenMP threads on shared cores slow everyone down)."""
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    if on_cpu:
-        per_rank = threads or max(1, usable_cpus() // nproc)
-        env[paths.TORCH_THREADS] = str(per_rank)
-        env.setdefault("OMP_NUM_THREADS", str(per_rank))
-    else:
-        env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
 
 def check_torch_request(nproc: int, device: str, strategy: str) -> bool:
@@ -224,101 +136,6 @@ def free_port_range(count: int) -> int:
         except OSError:
             continue
     raise UserError("found no free range of ports for the MLX ring; close other jobs and try again")
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "ended"
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"
-
-
-def root_cause(codes: dict[int, int]) -> tuple[int, int]:
-    """The rank that failed first, from every failed rank's exit code: one killed by a
-    signal other than the launchers' own SIGTERM/SIGINT caused it, else one that exited
-    with an error, else the lowest rank."""
-    def order(item: tuple[int, int]) -> tuple[int, int]:
-        rank, code = item
-        if code < 0 and -code not in (signal.SIGTERM, signal.SIGINT):
-            return (0, rank)
-        if code > 0 and code not in (STOPPED,):
-            return (1, rank)
-        return (2, rank)
-    return min(codes.items(), key=order)
-
-
-def outcome(codes: dict[int, int], signalled: bool) -> str:
-    """finished | stopped | user-error | failed, from the failed ranks' exit codes."""
-    if not codes:
-        return "stopped" if signalled else "finished"
-    values = set(codes.values())
-    # a rank that stopped gracefully makes torchrun terminate the others, which may be
-    # past their handlers already: their SIGTERM is the launcher's, not a failure
-    if (signalled or STOPPED in values) and values <= {STOPPED, 0, -signal.SIGINT, -signal.SIGTERM}:
-        return "stopped"
-    rank, code = root_cause(codes)
-    if code == 2 and values <= {2, 1, 0, -signal.SIGTERM}:
-        return "user-error"
-    return "failed"
-
-
-def settle_run(runs_root: Path, name: str, rank: int, code: int) -> str | None:
-    """After every rank exited: make the run's final status say which rank failed and how,
-    unless rank 0 already recorded a final state that is the whole story. Returns the
-    message written, or None."""
-    from gptbench.runstore import CorruptRunError, Run, RunState, RunWriter
-
-    run = Run(Path(runs_root) / name)
-    if not run.exists():
-        return None
-    try:
-        st = run.status()
-    except CorruptRunError:
-        return None
-    state = st.get("state")
-    if state in (RunState.FINISHED.value, RunState.STOPPED.value):
-        return None
-    if state == RunState.FAILED.value and rank == 0:
-        return None  # rank 0 failed and said why itself
-    if st.get("host") not in (None, socket.gethostname()):
-        return None  # rank 0 ran elsewhere: its status is not ours to settle
-    try:
-        writer = RunWriter.open(Path(runs_root), name)
-    except UserError:
-        return None  # still held: a rank outlived its launcher
-    with writer:
-        last = run.checkpoints()
-        where = f"the last checkpoint is step {last[-1].step}" if last else "no checkpoint was saved"
-        what = f"rank {rank} {describe_exit(code)}"
-        if state == RunState.FAILED.value and st.get("error"):
-            message = f"{what}; {st['error']}"
-        else:
-            message = f"{what} at step {st.get('step', 0)} ({where}); continue with --resume {name}"
-        fields = {k: v for k, v in st.items() if k not in ("state", "pid", "host", "heartbeat", "error")}
-        writer.set_status(RunState.FAILED, **fields, error=message)
-        writer.log(message)
-    return message
-
-
-def finish(runs_root: Path, name: str, codes: dict[int, int], signalled: bool) -> int:
-    """The launcher's exit status (as one process's: 0, 130 stopped, 2 user error, 1
-    failed), after settling the run's status; one line on stderr for a failure."""
-    result = outcome(codes, signalled)
-    if result == "finished":
-        return 0
-    if result == "stopped":
-        return STOPPED
-    if result == "user-error":
-        return 2  # the rank that refused said why, in one line
-    rank, code = root_cause(codes)
-    settle_run(runs_root, name, rank, code)
-    print(f"gptbench: error: rank {rank} {describe_exit(code)}; continue from the last checkpoint with "
-          f"gptbench train --no-ui --resume {name}", file=sys.stderr)
-    return 1
 
 
 def run_torch(nproc: int, worker_argv: list[str], env: dict[str, str]) -> tuple[dict[int, int], bool]:
