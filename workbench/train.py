@@ -46,7 +46,7 @@ from gptbench.backends.lora import LORA_ONE_PROCESS, LoRAConfig
 from gptbench.backends.weights import WeightsError
 from gptbench.config import MODEL_KEYS, RunConfig, TrainConfig
 from gptbench.errors import ConfigError, UserError
-from gptbench.finetune import ModelWeights, load_checkpoint
+from gptbench.sources import ModelWeights, load_checkpoint
 from gptbench.runstore import (
     HEARTBEAT_INTERVAL_S,
     RUN_FORMAT_VERSION,
@@ -238,7 +238,8 @@ def _prepare_finetune(store: RunStore, cfg: RunConfig, comm: Collectives, report
     explicit model keys checked against it), take its tokenizer and prepare the corpus.
     Returns (source, the config with the source's full model and tokenizer, data)."""
     from gptbench.data import prepare_data
-    from gptbench.finetune import choose_tokenizer, derive_config, resolve_init_source
+    from gptbench.finetune import choose_tokenizer, derive_config
+    from gptbench.sources import resolve_init_source
 
     lora = LoRAConfig.from_dict(cfg.lora) if cfg.lora else None
     if lora is not None and comm.world_size > 1:
@@ -362,7 +363,7 @@ class Trainer:
             backend = create_backend(model_cfg, cfg.backend, device=cfg.device, seed=cfg.train.seed, dtype=cfg.dtype,
                                      compile=cfg.compile, parallel=comm.parallel)
             if cfg.init_from:  # rank 0's source weights, on every rank (collective)
-                from gptbench.finetune import fit_tensors
+                from gptbench.sources import fit_tensors
 
                 backend.set_weights(fit_tensors(source.model.merged(), source.config, model_cfg, source.label) if source is not None else {})
                 if cfg.lora:
@@ -402,7 +403,7 @@ class Trainer:
         processes that divides it. Collective: rank 0 reads and checks everything, every
         rank builds its backend, and rank 0's checkpoint is installed on all."""
         from gptbench.data import prepare_data
-        from gptbench.loading import load_run_tokenizer
+        from gptbench.sources import load_run_tokenizer
 
         reporter = reporter or QuietReporter()
         comm = comm or Collectives()
@@ -488,7 +489,7 @@ class Trainer:
                 if model_cfg.replace(dropout=saved_model.dropout) != saved_model or stored.lora != lora:
                     raise CorruptRunError(f"{ckpt.path} holds a different model than {where} describes")
             elif init_from:  # killed before its first checkpoint: start again from its source
-                from gptbench.finetune import fit_tensors, load_reference
+                from gptbench.sources import fit_tensors, load_reference
 
                 origin = load_reference(init_from, f"run {name!r}")
                 model_cfg = saved_model
