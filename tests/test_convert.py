@@ -382,9 +382,9 @@ def test_refuses_to_overwrite_without_force(tmp_path, capsys):
 
 
 def test_failed_verification_leaves_nothing(tmp_path, capsys, monkeypatch):
-    import gptbench.convert as convert
+    import gptbench.roundtrip as roundtrip
 
-    monkeypatch.setitem(convert.TOLERANCE, "bfloat16", 0.0)
+    monkeypatch.setitem(roundtrip.TOLERANCE, "bfloat16", 0.0)
     _, src = gpt2_weights_file(tmp_path, vocab_size=256)
     for dst, extra in ((tmp_path / "o.safetensors", []), (tmp_path / "hf", ["--to", "hf"]), ("r", ["--tokenizer", "byte"])):
         rc, _, err = cli(capsys, str(src), str(dst), "--dtype", "bfloat16", "--runs-dir", str(tmp_path / "runs"), *extra)

@@ -160,3 +160,15 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     """The tokenizer saved in `directory` by `Tokenizer.save` (no network, no original files)."""
     directory = Path(directory)
     return tokenizer_from_json(_read_json(directory / "tokenizer.json"), directory)
+
+
+def load_tokenizer_spec(spec: str) -> "Tokenizer":
+    """A tokenizer from a spec (gpt2, byte, bpe:PATH...) or a run / tokenizer.json path."""
+    p = Path(spec)
+    if p.is_dir() and (p / "tokenizer.json").is_file():
+        return load_tokenizer(p)
+    if p.name == "tokenizer.json" and p.is_file():
+        return load_tokenizer(p.parent)
+    if spec.split(":")[0] == "char":
+        raise UserError("a char tokenizer is built from its corpus; pass the run's folder or its tokenizer.json as --tokenizer")
+    return build_tokenizer(spec)

@@ -1,10 +1,8 @@
 """`gptbench convert`: move weights between runs, gptbench files and Hugging Face GPT-2.
 
-Sources (detected, or forced with `kind`):
-  run      a run name in the runs directory (or its folder): its best/last/step-N checkpoint;
-           a LoRA run's adapters are merged into its base
-  weights  a gptbench `.safetensors` file (config in the header)
-  hf       a Hugging Face GPT-2 folder (config.json with model_type gpt2 + model.safetensors)
+Sources are resolved by `gptbench.sources.resolve_convert_source` (a run and its
+best/last/step-N checkpoint, a damaged newest one reported or, with --strict, refused; a
+gptbench `.safetensors` file; a Hugging Face GPT-2 folder); a LoRA run is merged.
 
 Targets:
   torch | mlx  the canonical gptbench file (both backends read the same file; the target
@@ -23,7 +21,9 @@ staged run from `RunWriter.stage`), verified by reloading it and comparing its l
 the source's on a fixed batch (a LoRA source: the unmerged model's), and only then renamed
 into place; exported tokenizer files must reproduce gptbench's ids on a probe text. An
 existing destination is replaced only with `force`. Nothing is left behind on failure.
-Files are written by `backends/weights.py`, the one owner of the safetensors format.
+Files are written by `backends/weights.py`, the one owner of the safetensors format; the
+Hugging Face folder by `gptbench.hfexport`, the logits compared by `gptbench.roundtrip`.
+Every weights file written records the source and the step it was exported from.
 """
 
 from __future__ import annotations
@@ -32,39 +32,24 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from gptbench.backends.spec import GPTConfig, format_params
 from gptbench.backends.weights import FLOAT_DTYPES
 from gptbench.errors import UserError
-from gptbench.fsutil import atomic_dir, atomic_path, atomic_write_json
+from gptbench.fsutil import atomic_path
+from gptbench.hfexport import export_metadata, write_hf_folder
+from gptbench.roundtrip import verify_logits
+from gptbench.sources import CONVERT_KINDS, ModelSource, load_run_tokenizer
+from gptbench.tokenizers.registry import load_tokenizer_spec
 
 if TYPE_CHECKING:
-    from gptbench.finetune import ModelWeights
-    from gptbench.runstore import Run, RunStore
+    from gptbench.runstore import RunStore
     from gptbench.tokenizers.base import Tokenizer
 
 DTYPES = FLOAT_DTYPES
 TARGETS = ("torch", "mlx", "hf", "mlx-lm")
-SOURCE_KINDS = ("auto", "run", "weights", "hf")
-# Largest allowed |logit difference| after a round trip, relative to max(1, max |logit|):
-# float32 must reproduce the source; the half types only have to be close.
-TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
-
-
-@dataclass
-class Source:
-    kind: str  # run | weights | hf
-    label: str  # what the user sees: "baby@step-2000", a path
-    config: GPTConfig
-    tensors: dict[str, np.ndarray]  # canonical, float32 (a LoRA model merged)
-    step: int = 0
-    run: "Run | None" = None
-    stored: "ModelWeights | None" = None  # as stored: base + adapters for a LoRA model
-    tokenizer: "Tokenizer | None" = None  # the source's own (a Hugging Face folder's files)
-    tokenizer_error: str | None = None  # why a folder's tokenizer files could not be read
+SOURCE_KINDS = CONVERT_KINDS
 
 
 @dataclass
@@ -80,120 +65,15 @@ class ConvertResult:
     batch_shape: tuple[int, int]
     tokenizer: str | None = None  # the tokenizer written with it (spec), if any
     notes: list[str] = field(default_factory=list)  # what else the user should know
+    step: int | None = None  # the step it was exported from (recorded in its metadata)
 
     def to_dict(self) -> dict:
         return {
             "dst": str(self.dst), "to": self.target, "layout": self.layout, "dtype": self.dtype,
             "max_logit_diff": self.max_diff, "verified_on": self.backend, "tensors": self.n_tensors,
             "bytes": self.size_bytes, "batch": list(self.batch_shape), "tokenizer": self.tokenizer, "notes": self.notes,
+            "step": self.step,
         }
-
-
-# ---- sources --------------------------------------------------------------------------
-def load_source(spec: str, store: "RunStore", *, kind: str = "auto", checkpoint: str = "best") -> Source:
-    """Resolve SRC: an existing path first (HF folder, run folder, weights file), then a run name."""
-    from gptbench.backends.hf import is_hf_folder
-
-    if kind not in SOURCE_KINDS:
-        raise UserError(f"unknown source kind {kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
-    p = Path(spec).expanduser()
-    if kind == "hf" or (kind == "auto" and p.is_dir() and is_hf_folder(p)):
-        return _hf_source(p)
-    if kind in ("auto", "run") and p.is_dir() and (p / "config.json").is_file():
-        from gptbench.runstore import Run
-
-        return _run_source(Run(p), checkpoint)
-    if kind in ("auto", "weights") and p.is_file():
-        return _weights_source(p)
-    if p.is_dir():
-        raise UserError(f"{p} is a folder but neither a Hugging Face model (config.json with model_type) nor a gptbench run")
-    if kind == "weights" or p.suffix == ".safetensors":
-        raise UserError(f"weights file not found: {p}")
-    if kind in ("auto", "run") and not p.exists() and os.sep not in spec:
-        return _run_source(store.existing(spec), checkpoint)
-    raise UserError(f"{spec!r} is not a run in {store.root}, a weights file or a Hugging Face folder")
-
-
-def _hf_source(path: Path) -> Source:
-    from gptbench.backends.hf import load_hf_folder
-    from gptbench.tokenizers.hf_files import HFTokenizerError, load_hf_tokenizer
-
-    if not path.is_dir():
-        raise UserError(f"{path} is not a folder; a Hugging Face GPT-2 model is a folder with config.json + model.safetensors")
-    config, tensors, _ = load_hf_folder(path)
-    source = Source("hf", str(path), config, tensors)
-    try:
-        source.tokenizer = load_hf_tokenizer(path)
-    except HFTokenizerError as exc:  # only an error if no --tokenizer replaces it
-        source.tokenizer_error = str(exc)
-    return source
-
-
-def _run_source(run: "Run", checkpoint: str) -> Source:
-    from gptbench.finetune import load_checkpoint
-
-    ck = run.checkpoint(checkpoint)
-    stored = load_checkpoint(ck.path)
-    return Source("run", f"{run.name}@step-{ck.step}", stored.config, stored.merged(), step=ck.step, run=run, stored=stored)
-
-
-def _weights_source(path: Path) -> Source:
-    from gptbench.backends.hf import looks_like_hf_gpt2_tensors
-    from gptbench.backends.weights import read_header
-    from gptbench.finetune import load_checkpoint
-
-    header, meta, _ = read_header(path)
-    if meta.get("format") != "gptbench" and looks_like_hf_gpt2_tensors(list(header)):
-        raise UserError(
-            f"{path} holds Hugging Face GPT-2 tensors but no config; convert the folder that has "
-            "its config.json + model.safetensors instead"
-        )
-
-    stored = load_checkpoint(path)
-    step = meta.get("step", "0")
-    return Source("weights", str(path), stored.config, stored.merged(), step=int(step) if step.isdigit() else 0, stored=stored)
-
-
-# ---- verification ---------------------------------------------------------------------
-def fixed_batch(config: GPTConfig, batch: int = 2, length: int = 32) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    return rng.integers(0, config.vocab_size, size=(batch, min(length, config.block_size)), dtype=np.int64)
-
-
-def _verify(source: Source, config: GPTConfig, tensors: Mapping[str, np.ndarray], dtype: str, backend: str, device: str) -> tuple[float, str, tuple[int, int]]:
-    """Max |logit difference| between the source and the reloaded output on one backend.
-
-    One model instance computes both (source weights, then the output's), so verifying a
-    large model costs one extra copy of it, not two."""
-    from gptbench.backends.registry import create_backend
-
-    if config != source.config:
-        raise UserError(f"conversion changed the model config ({config} != {source.config}); this is a bug, nothing was written")
-    idx = fixed_batch(config)
-    be = create_backend(config, backend, device=device)
-    if source.stored is not None and source.stored.lora is not None:
-        source.stored.install(be)  # the reference is the unmerged model, so the merge is checked too
-        ref = be.forward_logits(idx)
-        be = create_backend(config, backend, device=device)
-    else:
-        be.set_weights(dict(source.tensors))
-        ref = be.forward_logits(idx)
-    be.set_weights({k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()})
-    out = be.forward_logits(idx)
-    where = be.describe()
-    del be
-    return _check_diff(ref, out, dtype, where, idx)
-
-
-def _check_diff(ref: np.ndarray, out: np.ndarray, dtype: str, where: str, idx: np.ndarray, what: str = "reloaded") -> tuple[float, str, tuple[int, int]]:
-    diff = float(np.max(np.abs(out.astype(np.float64) - ref)))
-    scale = max(1.0, float(np.max(np.abs(ref))))
-    if not np.isfinite(diff) or diff > TOLERANCE[dtype] * scale:
-        raise UserError(
-            f"verification failed: {what} {dtype} output differs from the source by {diff:.3g} in the logits "
-            f"(allowed {TOLERANCE[dtype] * scale:.3g}); nothing was written"
-        )
-    return diff, where, (int(idx.shape[0]), int(idx.shape[1]))
 
 
 # ---- the conversion -------------------------------------------------------------------
@@ -205,7 +85,7 @@ def destination_kind(dst: str, to: str) -> str:
 
 
 def convert(
-    source: Source,
+    source: ModelSource,
     dst: str,
     *,
     to: str,
@@ -253,10 +133,6 @@ def _check_target(dst: Path, force: bool, what: str) -> None:
             raise UserError(f"{dst} exists and is not a folder; remove it or choose another destination")
 
 
-def _weights_meta(source: Source, dtype: str) -> dict[str, str]:
-    return {"converted_from": source.label, "step": str(source.step)}
-
-
 def _writable(dst: Path) -> None:
     """One line for an output folder that cannot be written, before any work is done."""
     parent = dst.parent
@@ -273,103 +149,29 @@ def _read_only_mount(path: Path) -> bool:
         return False
 
 
-def _to_weights(source: Source, dst: Path, dtype: str, force: bool, to: str, verify_on: str, device: str) -> ConvertResult:
+def _to_weights(source: ModelSource, dst: Path, dtype: str, force: bool, to: str, verify_on: str, device: str) -> ConvertResult:
     from gptbench.backends.weights import load_weights, save_weights
 
     _check_target(dst, force, "file")
     _writable(dst)
     with atomic_path(dst) as staged:  # renamed onto dst only after verification passes
-        size = save_weights(staged, source.config, source.tensors, dtype=dtype, **_weights_meta(source, dtype))
+        size = save_weights(staged, source.config, source.tensors, dtype=dtype, **export_metadata(source))
         config, tensors = load_weights(staged)
-        diff, where, shape = _verify(source, config, tensors, dtype, verify_on, device)
-    return ConvertResult(dst, to, "weights file", dtype, diff, where, len(tensors), size, shape)
+        diff, where, shape = verify_logits(source, config, tensors, dtype, verify_on, device)
+    return ConvertResult(dst, to, "weights file", dtype, diff, where, len(tensors), size, shape, step=source.step)
 
 
-def _to_hf(source: Source, dst: Path, dtype: str, force: bool, verify_on: str, device: str, tok: "Tokenizer | None", to: str) -> ConvertResult:
-    from gptbench.backends.hf import config_to_hf, generation_config, load_hf_folder, to_hf
-    from gptbench.backends.weights import save_tensors
-    from gptbench.tokenizers.hf_files import write_hf_tokenizer
-
+def _to_hf(source: ModelSource, dst: Path, dtype: str, force: bool, verify_on: str, device: str, tok: "Tokenizer | None", to: str) -> ConvertResult:
     _check_target(dst, force, "folder")
     _writable(dst)
-    eos = tok.eot_id if tok is not None else None
-    notes = []
-    with atomic_dir(dst, replace=force) as stage:
-        hf_tensors = to_hf(source.config, source.tensors)
-        size = save_tensors(stage / "model.safetensors", hf_tensors, {"format": "pt"}, dtype=dtype)
-        atomic_write_json(stage / "config.json", config_to_hf(source.config, dtype, eos))
-        atomic_write_json(stage / "generation_config.json", generation_config(eos))
-        if tok is not None:
-            write_hf_tokenizer(tok, stage, source.config.block_size)
-            notes += _verify_tokenizer(tok, stage)
-        else:
-            notes.append("no tokenizer files written (the source has none): transformers.pipeline and mlx_lm.load need them; pass --tokenizer")
-        config, tensors, _ = load_hf_folder(stage)
-        # The HF config has no dropout; compare like with like.
-        config = config.replace(dropout=source.config.dropout)
-        diff, where, shape = _verify(source, config, tensors, dtype, verify_on, device)
-        if to == "mlx-lm":
-            notes += _verify_mlx_lm(source, stage, dtype)
-        elif not source.config.tie_embeddings:
-            notes.append("untied LM head: transformers loads this folder, mlx_lm.load does not (its gpt2 ties the head)")
-    return ConvertResult(dst, to, "Hugging Face folder", dtype, diff, where, len(hf_tensors), size, shape,
-                         tok.spec if tok is not None else None, notes)
+    out = write_hf_folder(source, dst, dtype, force, verify_on, device, tok, to)
+    return ConvertResult(dst, to, "Hugging Face folder", dtype, out.max_diff, out.verified_on, out.n_tensors, out.size_bytes,
+                         out.batch_shape, tok.spec if tok is not None else None, out.notes, source.step)
 
 
-# A probe for exported tokenizers: ASCII, punctuation, contractions, accents, CJK, emoji,
-# runs of spaces, tabs and newlines.
-PROBE_TEXT = ("ROMEO: But soft, what light through yonder window breaks?\nIt's 2024; DON'T stop -- naïve café, "
-              "東京 🤖\n\n    indented\ttab  trailing  \r\nend")
-
-
-def _verify_tokenizer(tok: "Tokenizer", folder: Path) -> list[str]:
-    """The written files must give gptbench's ids on a probe: read back by gptbench, and by
-    Hugging Face `tokenizers` (what transformers and mlx-lm use) when it is installed."""
-    from gptbench.tokenizers.hf_files import TOKENIZER_JSON, load_hf_tokenizer
-
-    probe = getattr(tok, "chars", None) or PROBE_TEXT  # a char vocabulary: every character
-    want = tok.encode(probe)
-    back = load_hf_tokenizer(folder)
-    if back is None or back.encode(probe) != want:
-        raise UserError(f"verification failed: the exported tokenizer files do not reproduce {tok.spec}'s ids; this is a bug, nothing was written")
-    try:
-        from tokenizers import Tokenizer as HFTokenizer
-    except ImportError:
-        return ["tokenizer files checked by gptbench only (`tokenizers` is not installed)"]
-    hf = HFTokenizer.from_file(str(folder / TOKENIZER_JSON))
-    hf.encode_special_tokens = True  # like gptbench: special-token text is plain text
-    ids = hf.encode(probe, add_special_tokens=False).ids
-    if ids != want or hf.decode(ids, skip_special_tokens=False) != tok.decode(want):
-        raise UserError(f"verification failed: Hugging Face tokenizers reads the exported {tok.spec} tokenizer differently; this is a bug, nothing was written")
-    return []
-
-
-def _verify_mlx_lm(source: Source, folder: Path, dtype: str) -> list[str]:
-    """Load the folder with mlx_lm (when installed) and compare its logits with the source's."""
-    try:
-        import mlx.core as mx
-        import mlx_lm
-    except ImportError:
-        return ["not loaded with mlx_lm here (not installed); the layout is mlx-lm's gpt2"]
-    from gptbench.backends.registry import create_backend
-
-    model, _ = mlx_lm.load(str(folder))
-    idx = fixed_batch(source.config)
-    out = np.array(model(mx.array(idx.astype(np.int32))).astype(mx.float32))
-    be = create_backend(source.config, "mlx", device="cpu")
-    if source.stored is not None and source.stored.lora is not None:
-        source.stored.install(be)
-    else:
-        be.set_weights(dict(source.tensors))
-    _check_diff(be.forward_logits(idx), out, dtype, "mlx on cpu", idx, what="mlx_lm.load's")
-    return []
-
-
-def _source_tokenizer(source: Source, spec: str | None) -> "Tokenizer | None":
+def _source_tokenizer(source: ModelSource, spec: str | None) -> "Tokenizer | None":
     """`--tokenizer`, else the source's own (a run's, a Hugging Face folder's files, GPT-2's
     for a 50257-token folder without files); None when the source has none."""
-    from gptbench.loading import load_run_tokenizer, load_tokenizer_spec
-
     if spec:
         tok = load_tokenizer_spec(spec)
     elif source.run is not None:
@@ -378,8 +180,8 @@ def _source_tokenizer(source: Source, spec: str | None) -> "Tokenizer | None":
         tok = source.tokenizer
     elif source.tokenizer_error:
         raise UserError(f"{source.tokenizer_error}; pass --tokenizer to use another")
-    elif source.kind == "hf" and source.config.vocab_size == 50257:
-        tok = load_tokenizer_spec("gpt2")
+    elif source.default_tokenizer:  # a 50257-token GPT-2 folder without tokenizer files
+        tok = load_tokenizer_spec(source.default_tokenizer)
     else:
         return None
     if tok.vocab_size > source.config.vocab_size:
@@ -390,7 +192,7 @@ def _source_tokenizer(source: Source, spec: str | None) -> "Tokenizer | None":
     return tok
 
 
-def _run_tokenizer(source: Source, spec: str | None) -> "Tokenizer":
+def _run_tokenizer(source: ModelSource, spec: str | None) -> "Tokenizer":
     tok = _source_tokenizer(source, spec)
     if tok is None:
         raise UserError("a run needs a tokenizer: pass --tokenizer (gpt2, gpt2:PATH, byte, bpe:PATH, or a run folder)")
@@ -407,11 +209,11 @@ def _preset_of(config: GPTConfig) -> str:
     return "custom"
 
 
-def _to_run(source: Source, name: str, dtype: str, force: bool, to: str, verify_on: str, device: str, store: "RunStore", tokenizer: str | None) -> ConvertResult:
+def _to_run(source: ModelSource, name: str, dtype: str, force: bool, to: str, verify_on: str, device: str, store: "RunStore", tokenizer: str | None) -> ConvertResult:
     from gptbench.backends.weights import load_weights
-    from gptbench.spec import TrainConfig
-    from gptbench.runstore import RUN_FORMAT_VERSION, RunState, RunWriter, validate_run_name
-    from gptbench.runstore.format import software_versions
+    from gptbench.runstore import RunState, RunWriter, validate_run_name
+    from gptbench.runstore.specfile import RunFacts, config_document
+    from gptbench.spec import RunSpec, RuntimeSpec, TrainConfig
     from gptbench.tokenizers.registry import load_tokenizer
 
     if os.sep in name or (os.altsep and os.altsep in name):
@@ -423,33 +225,19 @@ def _to_run(source: Source, name: str, dtype: str, force: bool, to: str, verify_
     _writable(store.root / name)
     writer = RunWriter.stage(store.root, name)
     try:
-        step, cfg, now = source.step, source.config, time.time()
+        step, cfg, now = source.step or 0, source.config, time.time()
         writer.save_tokenizer(tok)
         ckpt = writer.save_checkpoint(step, cfg, source.tensors, None, None, val_loss=None, keep_last=1, dtype=dtype,
                                       converted_from=source.label)
         config, tensors = load_weights(ckpt.path)
         load_tokenizer(writer.path)  # the run's tokenizer reloads on its own
-        diff, where, shape = _verify(source, config, tensors, dtype, verify_on, device)
-        writer.write_config({
-            "format_version": RUN_FORMAT_VERSION,
-            "name": name,
-            "created": now,
-            "preset": _preset_of(cfg),
-            "model": cfg.to_dict(),
-            "train": TrainConfig(max_iters=max(1, step)).to_dict(),
-            "data": {"spec": None, "name": f"converted from {source.label}"},
-            "tokenizer": {"spec": tok.spec, "kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint()},
-            "backend": verify_on,
-            "device": where.rpartition(" on ")[2],
-            "device_request": device,
-            "dtype": dtype,
-            "compile": None,
-            "params": cfg.num_params(),
-            "param_breakdown": cfg.param_breakdown(),
-            "versions": software_versions(),
-            "command": "convert",
-            "converted_from": {"source": source.label, "kind": source.kind, "dtype": dtype},
-        })
+        diff, where, shape = verify_logits(source, config, tensors, dtype, verify_on, device)
+        spec = RunSpec(preset=_preset_of(cfg), model=cfg, train=TrainConfig(max_iters=max(1, step)), data=None, tokenizer=tok.spec,
+                       runtime=RuntimeSpec(backend=verify_on, device=device, dtype=dtype), name=name, command="convert")
+        facts = RunFacts(created=now, backend=verify_on, device=where.rpartition(" on ")[2], compile=None, tokenizer_kind=tok.kind,
+                         vocab_size=tok.vocab_size, fingerprint=tok.fingerprint(), data={"name": f"converted from {source.label}"},
+                         extra={"converted_from": {"source": source.label, "kind": source.kind, "dtype": dtype}})
+        writer.write_config(config_document(spec, facts))
         writer.set_status(RunState.FINISHED, pid=None, heartbeat=now, started=now, step=step, max_iters=max(1, step),
                           best_val_loss=None, tokens_per_sec=None, elapsed=0.0)
         writer.log(f"converted from {source.label} ({source.kind}) as {dtype}")
@@ -458,10 +246,10 @@ def _to_run(source: Source, name: str, dtype: str, force: bool, to: str, verify_
     except BaseException:
         writer.discard()
         raise
-    return ConvertResult(path, to, "run", dtype, diff, where, len(tensors), size, shape)
+    return ConvertResult(path, to, "run", dtype, diff, where, len(tensors), size, shape, step=source.step)
 
 
-def describe_source(source: Source) -> str:
+def describe_source(source: ModelSource) -> str:
     c = source.config
     variant = f"{c.norm}, {c.mlp}, {'bias' if c.bias else 'no bias'}, {'tied' if c.tie_embeddings else 'untied'} head"
     variant += f", {c.pos} positions" + (", qk-norm" if c.qk_norm else "") + (f", soft-cap {c.logit_softcap:g}" if c.logit_softcap else "")

@@ -613,6 +613,19 @@ async def test_every_run_state_is_shown_with_its_reason(tmp_path):
         claiming.close()
 
 
+async def test_details_name_a_damaged_checkpoint(fixture_runs):
+    (fixture_runs / "baby-char" / "checkpoints" / "step-3000.safetensors").write_bytes(b"\x10\x00\x00")  # cut short
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await settle(pilot)
+        await select(pilot, "baby-char")
+        details = squash(region_text(app, "#details-summary"))
+        assert "damaged step-3000.safetensors is not a safetensors file (only 3 bytes)" in details, details
+        assert "checkpoints 1 (best: step-2000)" in details
+        await select(pilot, "gpt2-wide")
+        assert "damaged" not in region_text(app, "#details-summary")
+
+
 async def test_a_converted_run_shows_converted_instead_of_a_step_count(tmp_path):
     root = tmp_path / "runs"
     write_run(root, "from-hf", step=0, max_iters=1, converted_from="hf:gpt2")

@@ -210,8 +210,10 @@ def run_chat(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     loaded = load_model(
         RunStore(args.runs_dir), run=args.run, checkpoint=args.checkpoint, weights=args.weights,
-        tokenizer=args.tokenizer, backend=args.backend, device=args.device,
+        tokenizer=args.tokenizer, backend=args.backend, device=args.device, strict=args.strict,
     )
+    if loaded.notice:  # a damaged newest checkpoint was passed over: say so, once
+        print(f"gptbench: warning: {loaded.notice}", file=sys.stderr, flush=True)
     session = ChatSession(loaded, params, use_cache=args.kv_cache)
     out = sys.stdout
     print(f"chatting with {loaded.source} ({loaded.backend.describe()}, context {loaded.backend.config.block_size} tokens); /help for commands, Ctrl-D to exit", flush=True)

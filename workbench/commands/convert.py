@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from gptbench.errors import UserError
 
@@ -15,6 +16,9 @@ SRC is a run name (its --checkpoint, default best; a LoRA run is merged), a gptb
                    and mlx_lm.load too when the LM head is tied
   --to mlx-lm      the same folder, refused for an untied head (mlx-lm's gpt2 is tied-only)
 The result is reloaded and its logits compared with the source's before it is written.
+When a run's newest (or best) checkpoint is damaged, the newest intact one is exported and
+one line on stderr says so; --strict refuses instead. The exported step is printed and
+recorded in the output's metadata.
 
 examples:
   gptbench convert baby baby.safetensors                 run -> weights file
@@ -38,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--to", default="auto", help="torch | mlx | hf | mlx-lm (default auto = the default backend)")
     p.add_argument("--from", dest="source_kind", default="auto", help="auto | run | weights | hf (default: detect)")
     p.add_argument("--checkpoint", default="best", help="with a run source: best | last | step-N (default best)")
+    p.add_argument("--strict", action="store_true", help="with a run source: refuse when its newest (best) checkpoint is damaged "
+                   "instead of exporting an older one")
     p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (default float32)")
     p.add_argument("--tokenizer", help="for a run or Hugging Face destination: gpt2, gpt2:PATH, byte, bpe:PATH or a run folder "
                    "(default: the source's own: a run's, a Hugging Face folder's files, gpt2 for a 50257-token GPT-2)")
@@ -50,8 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     from gptbench.backends.registry import resolve_backend_name
-    from gptbench.convert import DTYPES, SOURCE_KINDS, TARGETS, convert, describe_source, load_source
+    from gptbench.convert import DTYPES, SOURCE_KINDS, TARGETS, convert, describe_source
     from gptbench.runstore import RunStore
+    from gptbench.sources import resolve_convert_source
 
     # Validate every flag before reading anything.
     if args.dtype not in DTYPES:
@@ -64,7 +71,9 @@ def run_convert(args: argparse.Namespace) -> int:
     if args.source_kind not in SOURCE_KINDS:
         raise UserError(f"unknown --from {args.source_kind!r}; choose one of {', '.join(SOURCE_KINDS)}")
     store = RunStore(args.runs_dir)
-    source = load_source(args.src, store, kind=args.source_kind, checkpoint=args.checkpoint)
+    source = resolve_convert_source(args.src, store, kind=args.source_kind, checkpoint=args.checkpoint, strict=args.strict)
+    if source.notice:  # a damaged newest checkpoint was passed over: say so, once
+        print(f"gptbench: warning: {source.notice}", file=sys.stderr, flush=True)
     if not args.json:
         print(f"source: {describe_source(source)}")
     result = convert(
@@ -76,6 +85,8 @@ def run_convert(args: argparse.Namespace) -> int:
         return 0
     mb = result.size_bytes / 1e6
     print(f"wrote {result.dst} ({result.layout}, {result.dtype}, {result.n_tensors} tensors, {mb:.1f} MB)")
+    if result.step is not None:
+        print(f"exported step {result.step} (recorded in its metadata)")
     print(
         f"verified on {result.backend}: max |logit difference| vs source = {result.max_diff:.3g} "
         f"on a {result.batch_shape[0]}x{result.batch_shape[1]} batch"

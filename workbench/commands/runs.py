@@ -9,7 +9,8 @@ import time
 from typing import Callable
 
 from gptbench.backends.spec import format_params
-from gptbench.runstore import RunSummary
+from gptbench.runstore import Run, RunStore, RunSummary
+from gptbench.sources import DamagedCheckpoint
 
 # (header, cell, right-aligned), most important first: a narrow terminal drops columns
 # from the end of this list until the rest fit, rather than cutting every cell.
@@ -28,6 +29,7 @@ COLUMNS: list[tuple[str, Callable[[RunSummary], str], bool]] = [
     ("from", lambda s: s.init_from or "-", False),  # lineage: what a fine-tuned run started from
 ]
 CELL_PADDING = 3  # rich's box: one space each side plus a rule
+DAMAGED_MARK = " !"  # after the status of a run with a damaged checkpoint (explained under the table)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,13 +48,24 @@ def fit_columns(summaries: list[RunSummary], width: int) -> list[int]:
     return keep
 
 
-def run_runs(args: argparse.Namespace) -> int:
-    from gptbench.runstore import RunStore
+def damaged_checkpoints(store: RunStore, summaries: list[RunSummary]) -> dict[str, list[dict[str, object]]]:
+    """Each run's damaged checkpoint files (step, file relative to the run, why), so a run
+    whose newest weights cannot be read never looks finished and whole."""
+    out = {}
+    for s in summaries:
+        run = Run(store.root / s.name)
+        out[s.name] = [{"step": d.step, "file": str(d.path.relative_to(run.path)),
+                        "reason": d.reason.replace(str(d.path), str(d.path.relative_to(run.path)))}
+                       for d in DamagedCheckpoint.found_in(run)]
+    return out
 
+
+def run_runs(args: argparse.Namespace) -> int:
     store = RunStore(args.runs_dir)
     summaries = store.summaries()
+    damaged = damaged_checkpoints(store, summaries)
     if args.json:
-        print(json.dumps([s.to_dict() for s in summaries], indent=2))
+        print(json.dumps([{**s.to_dict(), "damaged_checkpoints": damaged[s.name]} for s in summaries], indent=2))
         return 0
     if not summaries:
         print(f"no runs in {store.root}; start one with: gptbench train --no-ui")
@@ -67,9 +80,13 @@ def run_runs(args: argparse.Namespace) -> int:
         header, _, right = COLUMNS[i]
         table.add_column(header, justify="right" if right else "left", no_wrap=True, overflow="ellipsis")
     for s in summaries:
-        table.add_row(*(COLUMNS[i][1](s) for i in keep))
+        cells = [COLUMNS[i][1](s) for i in keep]
+        cells[1] += DAMAGED_MARK if damaged[s.name] else ""  # (status is always shown)
+        table.add_row(*cells)
     console.print(table)
     notes = [f"{s.name}: {s.error}" for s in summaries if s.error and s.state in ("failed", "corrupt", "crashed", "stale")]
+    notes += [f"{name}{DAMAGED_MARK}: damaged checkpoint: {d['reason']}; last and best skip it"
+              for name, files in damaged.items() for d in files]
     for note in notes:
         console.print(note, markup=False, highlight=False)
     hidden = [COLUMNS[i][0] for i in range(len(COLUMNS)) if i not in keep]

@@ -57,8 +57,10 @@ def run_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
     loaded = load_model(
         RunStore(args.runs_dir), run=args.run, checkpoint=args.checkpoint, weights=args.weights,
-        tokenizer=args.tokenizer, backend=args.backend, device=args.device, batch_size=args.num_samples,
+        tokenizer=args.tokenizer, backend=args.backend, device=args.device, strict=args.strict, batch_size=args.num_samples,
     )
+    if loaded.notice:  # a damaged newest checkpoint was passed over: say so, once
+        print(f"gptbench: warning: {loaded.notice}", file=sys.stderr, flush=True)
     prompt = read_prompt(args, loaded.tokenizer)
     ids = encode_prompt(loaded.tokenizer, prompt)  # bad characters fail here, before any output
     shown = prompt if isinstance(prompt, str) else ""

@@ -34,6 +34,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--run", help="run name")
     g.add_argument("--checkpoint", default="best", help="best | last | step-N (default best)")
+    g.add_argument("--strict", action="store_true", help="refuse when the run's newest (best) checkpoint is damaged instead of using an older one")
     g.add_argument("--weights", help="a gptbench .safetensors file instead of a run")
     g.add_argument("--tokenizer", help="with --weights: gpt2, byte, bpe:PATH, or a run folder / tokenizer.json")
     g.add_argument("--backend", default="auto", help="auto | torch | mlx")

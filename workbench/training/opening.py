@@ -73,7 +73,8 @@ def _prepare_finetune(store: RunStore, spec: RunSpec, comm: Collectives, reporte
     explicit model keys checked against it), take its tokenizer and prepare the corpus.
     Returns (source, the spec with the source's full model and tokenizer, data)."""
     from gptbench.data import prepare_data
-    from gptbench.finetune import choose_tokenizer, derive_config, resolve_init_source
+    from gptbench.finetune import choose_tokenizer, derive_config
+    from gptbench.sources import resolve_init_source
 
     if spec.lora is not None and comm.world_size > 1:
         raise UserError(LORA_ONE_PROCESS)
@@ -130,7 +131,7 @@ def open_new(store: RunStore, spec: RunSpec, reporter: Reporter, comm: Collectiv
 
 def _install_source(opened: Opened, source: Any) -> None:
     """A new fine-tune's starting weights (rank 0's source; collective), then its adapters."""
-    from gptbench.finetune import fit_tensors
+    from gptbench.sources import fit_tensors
 
     spec, backend = opened.spec, opened.backend
     backend.set_weights(fit_tensors(source.model.merged(), source.config, spec.model, source.label) if source is not None else {})

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 from gptbench.runstore import CheckpointInfo, CorruptRunError, JsonlTail, Run, RunSummary, read_summary
 from gptbench.runstore.format import LIVE_STATES
+from gptbench.sources import DamagedCheckpoint
 
 # Keys that always differ between runs and say nothing about how they differ.
 DIFF_IGNORED = frozenset({"name", "created", "format_version", "command"})
@@ -210,6 +211,7 @@ class WatchSnapshot:
     series: MetricSeries
     log_lines: list[str]
     log_total: int
+    damaged: list[DamagedCheckpoint] = field(default_factory=list)  # checkpoint files that cannot be read
 
 
 class RunWatcher:
@@ -229,6 +231,7 @@ class RunWatcher:
         self.config: dict[str, Any] | None = None
         self.config_error = ""
         self.checkpoints: list[CheckpointInfo] = []
+        self.damaged: list[DamagedCheckpoint] = []
         self._ckpt_sig: tuple[int, int] | None = None
         self._polled = False
         self.lock = threading.Lock()
@@ -255,13 +258,14 @@ class RunWatcher:
             sig = _sig(self.run.checkpoints_dir)  # a checkpoint appears or goes: the folder changes
             if sig != self._ckpt_sig:
                 self._ckpt_sig, self.checkpoints, changed = sig, self.run.checkpoints(), True
+                self.damaged = DamagedCheckpoint.found_in(self.run)
             new_lines = self.log.poll()
             if not (changed or new_lines):
                 return None
             series = self.series.copy()
             return WatchSnapshot(
                 self.run.name, self.state, self.summary, dict(self.status), self.config, self.config_error,
-                list(self.checkpoints), series, list(self.log.lines), self.log.total,
+                list(self.checkpoints), series, list(self.log.lines), self.log.total, list(self.damaged),
             )
 
 

@@ -28,7 +28,7 @@ from gptbench.tui.widgets.sampling import SamplingForm
 from gptbench.tui.widgets.transcript import Transcript, TurnView
 
 if TYPE_CHECKING:
-    from gptbench.tui.app import GPTBenchApp
+    from gptbench.tui.host import WorkbenchHost
 
 
 class ChatScreen(Screen):
@@ -55,7 +55,7 @@ to the next reply; **Enter** in a field applies it and returns to the prompt. Fo
         self.run_name = run  # the run to open first (the sidebar can switch to any other)
 
     @property
-    def gapp(self) -> "GPTBenchApp":
+    def gapp(self) -> "WorkbenchHost":
         return self.app  # type: ignore[return-value]
 
     @property

@@ -26,7 +26,7 @@ from gptbench.tui.widgets.logpane import LogPane
 from gptbench.tui.widgets.runtable import state_text
 
 if TYPE_CHECKING:
-    from gptbench.tui.app import GPTBenchApp
+    from gptbench.tui.host import WorkbenchHost
 
 POLL_INTERVAL_S = 1.0
 CHART_INTERVAL_S = 2.0  # charts redraw at most this often (status and log follow every poll)
@@ -114,7 +114,7 @@ smoothing of the training curves.
         self._sample_shown: tuple[int, str] | None = None
 
     @property
-    def gapp(self) -> "GPTBenchApp":
+    def gapp(self) -> "WorkbenchHost":
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:

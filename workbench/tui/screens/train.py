@@ -34,7 +34,7 @@ from gptbench.runstore import validate_run_name
 from gptbench.tui.widgets.form import Field, input_error
 
 if TYPE_CHECKING:
-    from gptbench.tui.app import GPTBenchApp
+    from gptbench.tui.host import WorkbenchHost
 
 NAMED_CORPORA = ("default", "tinyshakespeare")
 TOKENIZER_RE = re.compile(r"^(char|byte|gpt2(:.+)?|bpe:.+)$")
@@ -230,7 +230,7 @@ class TrainScreen(Screen):
         yield Footer()
 
     @property
-    def gapp(self) -> "GPTBenchApp":
+    def gapp(self) -> "WorkbenchHost":
         return self.app  # type: ignore[return-value]
 
     def on_mount(self) -> None:

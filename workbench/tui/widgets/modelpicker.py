@@ -152,10 +152,12 @@ class ModelPicker(Vertical):
         self.loading_key = None
         self.model, self.model_key = lm, key
         be = lm.backend
-        self._set_status(
-            Text.assemble(("● ", "green"), (lm.source, "bold"), f"\n{be.name} · {be.device} · {format_params(be.config.num_params())} params · "
-                          f"vocab {lm.tokenizer.vocab_size} · ctx {be.config.block_size}")
-        )
+        status = Text.assemble(("● ", "green"), (lm.source, "bold"), f"\n{be.name} · {be.device} · {format_params(be.config.num_params())} params · "
+                               f"vocab {lm.tokenizer.vocab_size} · ctx {be.config.block_size}")
+        if lm.notice:  # a damaged newest checkpoint was passed over (gptbench.sources): say which and why
+            status.append(f"\n⚠ {lm.notice}", style="yellow")
+            self.notify(lm.notice, title="Damaged checkpoint", severity="warning")
+        self._set_status(status)
         self.post_message(self.Loaded(lm))
 
     def _load_failed(self, key: tuple[str, str], msg: str) -> None:
