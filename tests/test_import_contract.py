@@ -29,7 +29,6 @@ FRAMEWORKS = ("torch", "mlx", "textual", "datasets")
 # Cycles that other branches of issue 20 remove (commands/train <-> commands/ui, runstore
 # reader <-> writer, data hub <-> sources). The lead deletes this list after the merge.
 PENDING_CYCLES = [
-    ["gptbench.commands.train", "gptbench.commands.ui"],
     ["gptbench.runstore.reader", "gptbench.runstore.writer"],
     ["gptbench.data.hub", "gptbench.data.sources"],
 ]

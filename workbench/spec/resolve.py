@@ -84,7 +84,8 @@ def resolve_spec(preset: str | None = None, toml: Overrides | None = None, flags
         raise ConfigError(f"preset {preset} fine-tunes pretrained weights; add --init-from SRC (e.g. gpt2, a Hugging Face folder or RUN)")
     spec = PRESETS[preset]
     if given.get("init_from"):
-        spec = replace(spec, tokenizer=None, model_given=tuple(p.partition(".")[2] for p in given if p.startswith("model.")))
+        given_model = tuple(f.name for f in dataclasses.fields(GPTConfig) if f"model.{f.name}" in given)  # in field order
+        spec = replace(spec, tokenizer=None, model_given=given_model)
     spec = with_overrides(spec, given)
     if spec.train.lr_decay_iters == 0:
         spec = replace(spec, train=replace(spec.train, lr_decay_iters=spec.train.max_iters))
