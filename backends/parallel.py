@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from gptbench.errors import UserError
 
 STRATEGIES = ("ddp", "fsdp")  # how several processes hold the model (torch; MLX is ddp only)
+FSDP_TORCH_ONLY = "--strategy fsdp is torch only; the mlx backend trains data-parallel (--strategy ddp)"
 
 
 @dataclass(frozen=True)

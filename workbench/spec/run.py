@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from gptbench.backends.optim import MUON_FSDP
+from gptbench.backends.parallel import FSDP_TORCH_ONLY, STRATEGIES
 from gptbench.backends.lora import LORA_ONE_PROCESS, LORA_WITH_MUON, LoRAConfig
 from gptbench.backends.spec import GPTConfig
 from gptbench.errors import ConfigError, reject_unknown_keys
@@ -28,7 +29,6 @@ from gptbench.spec.train import TrainConfig
 SPEC_VERSION = 1
 BACKENDS = ("auto", "torch", "mlx")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-STRATEGIES = ("ddp", "fsdp")
 LORA_NEEDS_SOURCE = "--lora-rank trains adapters on pretrained weights; add --init-from SRC (e.g. gpt2, a Hugging Face folder or RUN)"
 
 
@@ -116,7 +116,7 @@ class RunSpec:
                 raise ConfigError(LORA_ONE_PROCESS)
         if self.parallel.strategy == "fsdp":
             if self.runtime.backend == "mlx":
-                raise ConfigError("--strategy fsdp is torch only; the mlx backend trains data-parallel (ddp)")
+                raise ConfigError(FSDP_TORCH_ONLY)
             if self.train.optimizer == "muon":
                 raise ConfigError(MUON_FSDP)
 

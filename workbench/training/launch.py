@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gptbench.backends.parallel import FSDP_TORCH_ONLY
 from gptbench.errors import UserError
 from gptbench.training.fates import finish
 from gptbench.training.ranks import rank_environment, usable_cpus
@@ -95,7 +96,7 @@ def find_mlx_launch() -> str:
 def check_mlx_request(nproc: int, hostfile: str | None, strategy: str, activation_checkpointing: bool) -> int:
     """One-line errors for what MLX cannot do; returns the number of ranks."""
     if strategy != "ddp":
-        raise UserError(f"--strategy {strategy} is torch only; the mlx backend trains data-parallel (--strategy ddp)")
+        raise UserError(FSDP_TORCH_ONLY)
     if activation_checkpointing:
         raise UserError("the mlx backend has no activation checkpointing; drop --activation-checkpointing (or use --backend torch)")
     if hostfile is not None:
