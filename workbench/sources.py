@@ -148,11 +148,12 @@ def load_reference(ref: Mapping[str, Any], owner: str, _depth: int = 0) -> Model
 def load_run_tokenizer(run: Run) -> "Tokenizer":
     """A run's saved tokenizer, checked against the fingerprint its config recorded, so an
     edited tokenizer.json (a shifted vocabulary) is refused instead of decoding garbage."""
+    from gptbench.runstore.specfile import facts_from_config
     from gptbench.tokenizers.registry import load_tokenizer
 
     tok = load_tokenizer(run.path)
-    fingerprint = run.config()["tokenizer"].get("fingerprint")
-    if fingerprint is not None and tok.fingerprint() != fingerprint:
+    fingerprint = facts_from_config(run.config(), str(run.config_path)).fingerprint
+    if fingerprint and tok.fingerprint() != fingerprint:
         raise CorruptRunError(f"{run.tokenizer_path} differs from the tokenizer run {run.name!r} was trained with (edited or damaged); restore it from a backup")
     return tok
 

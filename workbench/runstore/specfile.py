@@ -96,6 +96,32 @@ def spec_from_config(cfg: dict[str, Any], where: str = "config.json") -> RunSpec
         raise CorruptRunError(f"{where}: {exc}") from None
 
 
+_SPEC_KEYS = {"format_version", "name", "preset", "model", "train", "device_request", "dtype", "command", "lora", "params",
+              "param_breakdown", "versions"}
+
+
+def facts_from_config(cfg: dict[str, Any], where: str = "config.json") -> RunFacts:
+    """The facts a validated config.json records beside the spec."""
+    try:
+        tok, data = cfg["tokenizer"], {k: v for k, v in cfg["data"].items() if k != "spec"}
+        extra = {k: v for k, v in cfg.items() if k not in _SPEC_KEYS and k not in _FACT_KEYS}
+        return RunFacts(created=float(cfg["created"]), backend=cfg["backend"], device=cfg["device"], compile=cfg.get("compile"),
+                        tokenizer_kind=tok.get("kind", ""), vocab_size=tok.get("vocab_size", 0), fingerprint=tok.get("fingerprint", ""),
+                        data=data, parallel=cfg.get("parallel"), init_from=cfg.get("init_from"),
+                        trainable_params=cfg.get("trainable_params"), extra=extra)
+    except (KeyError, AttributeError, TypeError, ValueError) as exc:
+        raise CorruptRunError(f"{where}: {exc}") from None
+
+
+_FACT_KEYS = {"created", "backend", "device", "compile", "tokenizer", "data", "parallel", "init_from", "trainable_params"}
+
+
 def read_spec(run: Any) -> RunSpec:
     """A run's specification (`run` is a `gptbench.runstore.Run`)."""
     return spec_from_config(run.config(), str(run.config_path))
+
+
+def read_config(run: Any) -> tuple[RunSpec, RunFacts]:
+    """A run's specification and the facts recorded beside it."""
+    cfg, where = run.config(), str(run.config_path)
+    return spec_from_config(cfg, where), facts_from_config(cfg, where)

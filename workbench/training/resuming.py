@@ -20,7 +20,7 @@ from gptbench.backends.weights import WeightsError
 from gptbench.errors import ConfigError, UserError
 from gptbench.sources import ModelWeights, load_checkpoint
 from gptbench.runstore import CorruptRunError, Run, RunStore, RunWriter
-from gptbench.runstore.specfile import read_spec
+from gptbench.runstore.specfile import read_config
 from gptbench.spec.resolve import changes, value_at, with_overrides
 from gptbench.spec.run import ParallelSpec, RunSpec
 from gptbench.training.distributed import check_world, data_plan, from_rank0, shared_data
@@ -101,13 +101,14 @@ def _check_and_prepare(run: Run, overrides: Mapping[str, Any], accept_changed_da
 
     if not run.exists():
         raise UserError(f"run {run.name!r} was killed while starting, before its config was written; start it again with --name {run.name}")
-    saved, cfg = replace(read_spec(run), name=run.name), run.config()  # a copied run folder keeps its old name inside
+    saved, facts = read_config(run)
+    saved = replace(saved, name=run.name)  # a copied run folder keeps its old name inside
     spec, changed = resumed_spec(saved, overrides, str(run.config_path))
     check_world(spec.train, comm, run.name)
     ckpt, start = _last_checkpoint(run, spec, overrides)
     data = prepare_data(spec.data, spec.tokenizer, block_size=spec.model.block_size, val_fraction=spec.train.val_fraction,
                         tokenizer=load_run_tokenizer(run), progress=reporter.log)
-    saved_sha, sha = cfg["data"].get("sha256"), data.info.get("sha256")
+    saved_sha, sha = facts.data.get("sha256"), data.info.get("sha256")
     if saved_sha and sha != saved_sha and not accept_changed_data:
         raise UserError(
             f"the corpus {spec.data or 'default'} changed since run {run.name!r} was trained on it (sha256 {saved_sha[:12]}... is now {str(sha)[:12]}...); "
@@ -115,7 +116,7 @@ def _check_and_prepare(run: Run, overrides: Mapping[str, Any], accept_changed_da
         )
     if spec.lora is not None and comm.world_size > 1:
         raise UserError(LORA_ONE_PROCESS)
-    stored = _stored_weights(run, spec, saved, ckpt, cfg.get("init_from"))
+    stored = _stored_weights(run, spec, saved, ckpt, facts.init_from)
     if stored is not None:
         spec = replace(spec, model=stored.config)
     check_fits(spec.model, spec.train, spec.runtime.backend, spec.runtime.device, comm.parallel, spec.lora)
@@ -125,7 +126,7 @@ def _check_and_prepare(run: Run, overrides: Mapping[str, Any], accept_changed_da
     if sha != saved_sha and saved_sha:
         notes.append("the corpus changed since the run started; continuing on the new text (--accept-changed-data)")
     shared = {"spec": spec.to_dict(), "data": data_plan(data), "start": start, "checkpoint": ckpt is not None,
-              "weights": stored is not None, "init_from": cfg.get("init_from"), "created": cfg.get("created"), "notes": notes}
+              "weights": stored is not None, "init_from": facts.init_from, "created": facts.created, "notes": notes}
     return (data, ckpt, stored), shared
 
 
