@@ -129,6 +129,20 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def pinned_torch_threads(monkeypatch):
+    """Bit-exact comparisons: one torch thread for a library run and a CLI run alike. A
+    different count sums in a different order, and the CLI's adaptive policy would change
+    the count when the machine is busy; it leaves a count the user fixed alone."""
+    import torch
+
+    n = torch.get_num_threads()
+    monkeypatch.setenv("GPTBENCH_TORCH_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def trained_model(trained_run):
     """`trained_run` loaded on torch/CPU (a LoadedModel), for generation tests."""
