@@ -6,17 +6,25 @@ user's clone has nothing beside it, so reading the developers' `../shared` folde
 test that did it (an audit hook sees every `open`, in CI as everywhere).
 Property tests run under a derandomized hypothesis profile without an example database
 when `$CI` is set, so CI is deterministic; locally they explore new examples each run.
+Every cache a library keeps on disk (Hugging Face, hypothesis' examples, torch's Inductor
+and Triton kernels, anything under XDG_CACHE_HOME) points into one temporary folder for
+the session, set at import so subprocesses and session fixtures inherit it: a test never
+reads what an earlier run or the user left there, and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from helpers import FIXTURE_TEXT, GPT2_RANKS, REPO, train_fixture_run
 
@@ -51,8 +59,23 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
+SESSION_CACHES = Path(tempfile.mkdtemp(prefix="gptbench-test-caches-"))
+atexit.register(shutil.rmtree, SESSION_CACHES, ignore_errors=True)
+CACHE_VARIABLES = {
+    "HF_HOME": "huggingface",  # hub models and datasets (HF_HUB_CACHE, HF_DATASETS_CACHE follow it)
+    "XDG_CACHE_HOME": "xdg",
+    "TORCHINDUCTOR_CACHE_DIR": "torchinductor",  # torch.compile's kernels
+    "TRITON_CACHE_DIR": "triton",
+    "TORCH_HOME": "torch",
+    "MPLCONFIGDIR": "matplotlib",
+}
+for _name, _sub in CACHE_VARIABLES.items():
+    os.environ[_name] = str(SESSION_CACHES / _sub)
+for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE"):
+    os.environ.pop(_name, None)  # derived from HF_HOME, not from the user's settings
+
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
-settings.register_profile("dev", deadline=None)
+settings.register_profile("dev", deadline=None, database=DirectoryBasedExampleDatabase(str(SESSION_CACHES / "hypothesis")))
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
@@ -101,6 +124,20 @@ def one_torch_thread():
     import torch
 
     n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def pinned_torch_threads(monkeypatch):
+    """Bit-exact comparisons: one torch thread for a library run and a CLI run alike. A
+    different count sums in a different order, and the CLI's adaptive policy would change
+    the count when the machine is busy; it leaves a count the user fixed alone."""
+    import torch
+
+    n = torch.get_num_threads()
+    monkeypatch.setenv("GPTBENCH_TORCH_THREADS", "1")
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)

@@ -3,6 +3,7 @@ processes, when it switches, and when it leaves the user's choice alone."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -55,18 +56,64 @@ def test_the_policy_switches_after_two_agreeing_seconds_and_ignores_blips(monkey
     assert policy.threads == 2
 
 
-def test_the_meter_sees_a_busy_process(monkeypatch):
-    meter = cpu.CpuMeter()
+def _cpu_ticks(pid: int | str) -> int:
+    """utime + stime of a process, in clock ticks (what the meter reads for itself)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_the_meter_sees_a_busy_process():
+    """The meter counts a busy process it does not own: over the meter's window it reports
+    at least the CPU the hog itself used (its own /proc counters say how much), however
+    busy the rest of the machine is. The window closes once the hog has used 0.3 s of
+    CPU, so a loaded machine makes it longer, never wrong."""
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        time.sleep(1.0)
-        meter.others()  # from here on the hog is running
-        time.sleep(1.0)
-        busy = meter.others()
+        tick = os.sysconf("SC_CLK_TCK")
+        meter = cpu.CpuMeter()
+        window_start = meter._last[2]
+        h0 = _cpu_ticks(hog.pid)
+        deadline = time.monotonic() + 120  # only a hog that never runs gets here
+        while _cpu_ticks(hog.pid) - h0 < 0.3 * tick:
+            assert time.monotonic() < deadline, "the hog never got a core"
+            time.sleep(0.1)
+        hog_ticks = _cpu_ticks(hog.pid) - h0
+        others = meter.others()
+        seen_ticks = others * tick * (meter._last[2] - window_start)
     finally:
         hog.kill()
         hog.wait()
-    assert busy > 0.6  # a whole core, less what the scheduler gave others
+    assert seen_ticks >= 0.9 * hog_ticks - 2, (seen_ticks, hog_ticks)  # accounting granularity aside
+
+
+def _fake_proc(monkeypatch, readings) -> None:
+    """/proc/stat and /proc/self/stat as scripted: (machine busy ticks, own ticks, time)."""
+    script = list(readings)
+    pending: list = []
+
+    def fake_open(path, encoding=None):
+        if path == "/proc/stat":
+            busy, own, now = script.pop(0)
+            pending[:] = [own]
+            clock[0] = now
+            return io.StringIO(f"cpu  {busy} 0 0 5000 7 0 0 0 0 0\ncpu0 1 2 3\n")
+        assert path == "/proc/self/stat", path
+        fields = ["S"] + ["0"] * 10 + [str(pending[0]), "0"] + ["0"] * 30
+        return io.StringIO("4242 (python3) " + " ".join(fields) + "\n")
+
+    clock = [0.0]
+    monkeypatch.setattr(cpu, "open", fake_open, raising=False)
+    monkeypatch.setattr(cpu.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(cpu.os, "sysconf", lambda name: 100)
+
+
+def test_the_meter_subtracts_its_own_process(monkeypatch):
+    """others = (machine busy - this process), in cores over the elapsed time; never negative."""
+    _fake_proc(monkeypatch, [(1000, 200, 10.0), (1000 + 300, 200 + 100, 12.0), (1300 + 50, 300 + 80, 13.0)])
+    meter = cpu.CpuMeter()
+    assert meter.others() == 1.0  # 300 busy ticks, 100 of them ours, over 2 s at 100 ticks/s
+    assert meter.others() == 0.0  # we used more than the machine's delta: clamped
 
 
 def test_the_users_choice_and_backends_that_cannot_adapt_are_left_alone(monkeypatch):

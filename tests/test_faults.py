@@ -1,9 +1,11 @@
 """Process-level faults against real trainer subprocesses: SIGKILL at the fragile moments
 (before, during and after the first checkpoint), two trainers racing for one name, a full
-disk, SIGHUP and a double Ctrl-C, and a read-only destination for convert.
+disk, a loss that diverges to NaN, SIGHUP and a double Ctrl-C, and a read-only destination
+for convert.
 
-Small disks and read-only folders are tmpfs mounts when the tests run as root (as CI
-does); elsewhere a file-size limit (RLIMIT_FSIZE) and a read-only mode stand in for them.
+A full disk is tested twice, each case its own test: a real small tmpfs (skipped, with
+the reason, where mounting is impossible) and a file-size limit (RLIMIT_FSIZE), which runs
+everywhere. A read-only destination is a tmpfs mount as root, else a read-only mode.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -19,9 +22,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fault_harness as fh
+from gptbench.backends.weights import load_weights
 from gptbench.runstore import Run, read_summary
 from helpers import FIXTURE_TEXT, assert_one_line, run_cli, tree_snapshot
 
@@ -127,47 +132,98 @@ def test_two_trainers_racing_for_a_name_leave_exactly_one_owner(tmp_path, corpus
 
 
 # ---- a full disk -------------------------------------------------------------------------------
-def test_a_full_disk_fails_in_one_line_keeps_the_last_checkpoint_and_resumes(tmp_path, corpus, env):
-    """The second checkpoint does not fit: one line, status `failed` with the reason, the
-    first checkpoint intact; with room again, the run resumes from it."""
+FULL_ARGV = ["--name", "full", "--max-iters", "15", *fh.TINY, "--keep-last", "1"]
+
+
+def _train_until_full(runs: Path, corpus: Path, env: dict[str, str], preexec=None) -> Run:
+    """Train into a disk too small for the second checkpoint: one line, exit 2, status
+    `failed` with the reason, nothing half-written."""
+    proc = subprocess.run([sys.executable, "-m", "gptbench", "--runs-dir", str(runs), "train", "--no-ui",
+                           "--data", str(corpus), *FULL_ARGV],
+                          capture_output=True, text=True, env=env, timeout=180, preexec_fn=preexec)
+    assert proc.returncode == 2, proc.stdout[-800:] + proc.stderr
+    assert_one_line(proc.stderr)
+    assert "No space left on device" in proc.stderr or "File too large" in proc.stderr
+    run = Run(runs / "full")
+    status = run.status()
+    assert status["state"] == "failed"
+    assert "cannot save checkpoint" in status["error"]
+    assert status["error"] in run.log_path.read_text()
+    assert fh.leftovers(run.path) == []
+    assert fh.check_run(run.path) == []
+    return run
+
+
+def _resumes_to_the_end(run: Run, env: dict[str, str]) -> None:
+    rc, err = run_cli_subprocess(run.path.parent, ["--resume", "full"], env)
+    assert rc == 0, err
+    assert run.status()["state"] == "finished"
+    assert [c.step for c in run.checkpoints()][-1] == 15
+
+
+def test_a_full_tmpfs_fails_in_one_line_keeps_the_last_checkpoint_and_resumes(tmp_path, corpus, env):
+    """A real small disk (a 640 KiB tmpfs): the second checkpoint does not fit, the first
+    is intact; remounted bigger, the run resumes from it."""
     disk = tmp_path / "disk"
-    argv = ["--name", "full", "--data", str(corpus), "--max-iters", "15", *fh.TINY, "--keep-last", "1"]
     with mounted(disk, "size=640k") as small:
-        limit = None if small else 200_000  # without a mount: a file-size limit (below a state file's size)
+        if not small:
+            why = "not root" if os.geteuid() != 0 else "mount -t tmpfs was refused (no CAP_SYS_ADMIN in this container?)"
+            pytest.skip(f"cannot mount a small tmpfs here ({why}); test_a_file_size_limit_... covers the same path")
+        run = _train_until_full(disk / "runs", corpus, env)
+        assert [c.step for c in run.checkpoints()] == [5]  # the first fitted; the second did not
+        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        _resumes_to_the_end(run, env)
 
-        def cap():
-            if limit:
-                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-        runs = disk / "runs"
-        proc = subprocess.run([sys.executable, "-m", "gptbench", "--runs-dir", str(runs), "train", "--no-ui", *argv],
-                              capture_output=True, text=True, env=env, timeout=180, preexec_fn=cap)
-        assert proc.returncode == 2, proc.stdout[-800:] + proc.stderr
-        assert_one_line(proc.stderr)
-        assert "No space left on device" in proc.stderr or "File too large" in proc.stderr
-        run = Run(runs / "full")
-        status = run.status()
-        assert status["state"] == "failed"
-        assert "cannot save checkpoint" in status["error"]
-        assert status["error"] in run.log_path.read_text()
-        kept = run.checkpoints()
-        if small:
-            assert [c.step for c in kept] == [5]  # the first fitted; the second did not
-        assert fh.leftovers(run.path) == []
-        assert fh.check_run(run.path) == []
-        if small:
-            subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
-        rc, err = run_cli_subprocess(runs, ["--resume", "full"], env)
-        assert rc == 0, err
-        assert run.status()["state"] == "finished"
-        assert [c.step for c in run.checkpoints()][-1] == 15
+def test_a_file_size_limit_fails_in_one_line_keeps_the_last_checkpoint_and_resumes(tmp_path, corpus, env):
+    """The same through RLIMIT_FSIZE (below a state file's size), which needs no privilege:
+    every checkpoint write fails with EFBIG; without the limit the run resumes and finishes."""
+    limit = 200_000
+
+    def cap():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    _train_until_full(tmp_path / "runs", corpus, env, preexec=cap)
+    _resumes_to_the_end(Run(tmp_path / "runs" / "full"), env)
 
 
 def run_cli_subprocess(runs: Path, argv: list[str], env: dict[str, str]) -> tuple[int, str]:
     proc = subprocess.run([sys.executable, "-m", "gptbench", "--runs-dir", str(runs), "train", "--no-ui", *argv],
                           capture_output=True, text=True, env=env, timeout=180)
     return proc.returncode, proc.stdout[-800:] + proc.stderr
+
+
+# ---- divergence ----------------------------------------------------------------------------------
+def test_a_diverging_run_fails_with_the_step_and_cause_and_keeps_its_last_good_checkpoint(tmp_path, corpus, env):
+    """A real trainer driven to NaN (a learning rate of 1e6, no gradient clipping): one
+    line and exit 2, status `failed` naming the step and the likely cause, the same in
+    log.txt, and the checkpoint before the divergence intact."""
+    runs = tmp_path / "runs"
+    rc, out = run_cli_subprocess(runs, ["--name", "nan", "--data", str(corpus), "--max-iters", "10", *fh.TINY], env)
+    assert rc == 0, out
+    proc = subprocess.run([sys.executable, "-m", "gptbench", "--runs-dir", str(runs), "train", "--no-ui", "--resume", "nan",
+                           "--max-iters", "30", "--lr", "1e6", "--min-lr", "1e6", "--grad-clip", "0"],
+                          capture_output=True, text=True, env=env, timeout=180)
+    assert proc.returncode == 2, proc.stdout[-800:] + proc.stderr
+    assert_one_line(proc.stderr, "lower --lr or raise --warmup-iters, and resume from the last checkpoint")
+    m = re.search(r"loss became (nan|inf|-inf) at step (\d+)", proc.stderr)
+    assert m, proc.stderr
+    step = int(m.group(2))
+    assert 10 < step <= 30
+    run = Run(runs / "nan")
+    status = run.status()
+    assert status["state"] == "failed"
+    assert status["step"] == step
+    assert status["error"].startswith(f"loss became {m.group(1)} at step {step}; lower --lr")
+    assert status["error"].endswith("(the last checkpoint is step 10)")
+    assert status["error"] in run.log_path.read_text()
+    assert read_summary(run).state == "failed"
+    last = run.checkpoint("last")
+    assert last.step == 10  # nothing saved after the loss went bad
+    _, weights = load_weights(last.path)
+    assert all(np.isfinite(w).all() for w in weights.values())
+    assert fh.check_run(run.path) == []
 
 
 # ---- signals -------------------------------------------------------------------------------------

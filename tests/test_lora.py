@@ -56,7 +56,9 @@ def lora_run(base_folder, corpus_file, tmp_path_factory):
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
-def test_only_adapters_train_and_resume_is_exact(backend, base_folder, corpus_file, tmp_path, capsys):
+def test_only_adapters_train_and_resume_is_exact(backend, base_folder, corpus_file, tmp_path, capsys, pinned_torch_threads):
+    """A library run of 4 steps == a CLI run of 2 resumed to 4, bit for bit (one torch
+    thread for both: the CLI's thread policy may otherwise change the count)."""
     from gptbench.backends.hf import load_hf_folder
     from gptbench.backends.lora import LoRAConfig
     from gptbench.backends.weights import load_tensors, read_header

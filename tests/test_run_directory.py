@@ -9,6 +9,7 @@ for a name) are in test_faults.py.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -204,6 +205,34 @@ def test_leftovers_of_killed_writes_are_cleared(capsys, baby):
     assert "index.json" not in names
     assert all(f"step-{s}.safetensors" in names and f"step-{s}.state.safetensors" in names for s in steps)
     assert steps[-3:] == [100, 150, 200]  # --keep-last 3 (and the best among them)
+
+
+def test_a_torn_tail_is_cut_before_the_resume_appends(capsys, baby):
+    """A crash mid-append left half a record in metrics.jsonl and half a line in log.txt:
+    the resume moves each fragment to a `.torn` side file and says so in log.txt, so no
+    record written after it is glued to the fragment and lost."""
+    torn_record = '{"type": "train", "step": 151, "lo'
+    log_before = baby.log_path.read_text()
+    with open(baby.metrics_path, "a") as f:
+        f.write(torn_record)
+    with open(baby.log_path, "a") as f:
+        f.write("2026-01-01 00:00:00 step 151 | lo")
+    rc, _ = resume(capsys, baby, "--max-iters", "200", "--log-interval", "5")
+    assert rc == 0
+    lines = baby.metrics_path.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line parses
+    assert len(records) == len(lines)
+    train_steps = [r["step"] for r in records if r["type"] == "train"]
+    assert [s for s in train_steps if s > 150] == list(range(155, 201, 5))
+    assert (baby.path / "metrics.jsonl.torn").read_text() == torn_record + "\n"
+    assert (baby.path / "log.txt.torn").read_text() == "2026-01-01 00:00:00 step 151 | lo\n"
+    log = baby.log_path.read_text()
+    assert log.startswith(log_before)
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (log.txt|metrics.jsonl) ended in a torn line", log[len(log_before):])
+    assert "metrics.jsonl ended in a torn line (34 bytes" in log
+    assert "kept the fragment in metrics.jsonl.torn" in log
+    assert "kept the fragment in log.txt.torn" in log
+    assert "resuming baby at step 150" in log
 
 
 def test_a_changed_corpus_is_refused_unless_accepted(capsys, runs_dir, tmp_path):

@@ -26,6 +26,64 @@ def test_jsonl_readers_tolerate_a_torn_last_line(tmp_path):
     assert [r["step"] for r in tail.poll()] == [9]
 
 
+@pytest.mark.parametrize("content, kept, torn", [
+    (b'{"step": 1}\n{"step": 2}\n{"st', b'{"step": 1}\n{"step": 2}\n', b'{"st'),
+    (b'{"step": 1}\n', b'{"step": 1}\n', None),  # whole: untouched
+    (b"", b"", None),
+    (b"no newline at all", b"", b"no newline at all"),
+    (b"a\n" + b"x" * 200_000, b"a\n", b"x" * 200_000),  # a fragment longer than one look-back chunk
+], ids=["torn", "whole", "empty", "one-torn-line", "long-fragment"])
+def test_repair_tail_cuts_back_to_the_last_complete_line(tmp_path, content, kept, torn):
+    from gptbench.runstore.appendonly import repair_tail
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_bytes(content)
+    result = repair_tail(p)
+    assert p.read_bytes() == kept
+    side = tmp_path / "metrics.jsonl.torn"
+    if torn is None:
+        assert result is None
+        assert not side.exists()
+    else:
+        assert result.fragment == torn
+        assert side.read_bytes() == torn + b"\n"
+        assert repair_tail(p) is None  # repaired once, whole from then on
+
+
+def test_the_writer_repairs_each_append_only_file_once_before_its_first_append(tmp_path):
+    """Any file the writer appends to (metrics, log, later record files) gets its torn tail
+    cut before the first append, with a line in log.txt; fragments accumulate in the side file."""
+    with RunWriter.create(tmp_path, "r") as w:
+        w.log("first")
+    run = Run(tmp_path / "r")
+    run.metrics_path.write_text('{"type": "train", "step": 1}\n{"type": "tr')
+    with open(run.log_path, "a") as f:
+        f.write("half a li")
+    extra = run.path / "evals.jsonl"
+    extra.write_text('{"task": "a"}\n{"ta')
+    with RunWriter.open(tmp_path, "r") as w:
+        w._append(extra, '{"task": "b"}\n')
+        w._append(extra, '{"task": "c"}\n')
+        assert w.rewind(5) == 0
+        with open(run.metrics_path, "a") as f:  # torn again while this writer holds the run:
+            f.write('{"x')  # not this writer's doing, and not checked twice
+        w.log("second")
+    assert [json.loads(line)["task"] for line in extra.read_text().splitlines()] == ["a", "b", "c"]
+    assert (run.path / "evals.jsonl.torn").read_text() == '{"ta\n'
+    assert run.metrics_path.read_text() == '{"type": "train", "step": 1}\n{"x'
+    assert (run.path / "metrics.jsonl.torn").read_text() == '{"type": "tr\n'
+    assert (run.path / "log.txt.torn").read_text() == "half a li\n"
+    log = run.log_path.read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in log][0] == "first"
+    assert log[-1].endswith(" second")
+    assert sum("ended in a torn line" in line for line in log) == 3
+    with RunWriter.open(tmp_path, "r") as w:  # the next writer cuts the new fragment
+        w.log("third")
+        w.rewind(5)
+    assert run.metrics_path.read_text() == '{"type": "train", "step": 1}\n'
+    assert (run.path / "metrics.jsonl.torn").read_text() == '{"type": "tr\n{"x\n'
+
+
 @pytest.mark.parametrize("name", ["", "..", "a/b", "../x", "a b", ".hidden", "x" * 65, "a\\b"])
 def test_bad_run_names(name):
     with pytest.raises(UserError, match="invalid run name"):

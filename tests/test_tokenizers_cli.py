@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 import pytest
 from helpers import GPT2_RANKS, TINYSHAKESPEARE
 
-from gptbench.cli import main
+from gptbench.cli import build_parser, main
 from gptbench.tokenizers.bpe import BPETokenizer
 from gptbench.tokenizers.registry import build_tokenizer, load_tokenizer
 
 
-def test_train_writes_a_reloadable_tokenizer(tmp_path, capsys):
+@pytest.fixture
+def shakespeare_slice(tmp_path) -> Path:
+    """The first 100 kB of tinyshakespeare: enough text for a 512-token BPE, a tenth of the time."""
+    path = tmp_path / "slice" / "tinyshakespeare.txt"
+    path.parent.mkdir()
+    path.write_text(TINYSHAKESPEARE.read_text()[:100_000])
+    return path
+
+
+def test_train_writes_a_reloadable_tokenizer(tmp_path, capsys, shakespeare_slice):
     out = tmp_path / "tok"
-    assert main(["tokenizer", "train", "--corpus", str(TINYSHAKESPEARE), "--vocab-size", "512", "--out", str(out)]) == 0
+    assert main(["tokenizer", "train", "--corpus", str(shakespeare_slice), "--vocab-size", "512", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("trained bpe:512 on tinyshakespeare.txt (1.12 MB, 1 docs) in ")
+    assert printed.startswith("trained bpe:512 on tinyshakespeare.txt (0.10 MB, 1 docs) in ")
     assert f"use it with --tokenizer bpe:{out}" in printed
     tok = load_tokenizer(out)
     assert isinstance(tok, BPETokenizer)
     assert tok.vocab_size == 512
     assert build_tokenizer(f"bpe:{out}") == tok
     # Refuses to overwrite without --force.
-    assert main(["tokenizer", "train", "--corpus", str(TINYSHAKESPEARE), "--vocab-size", "300", "--out", str(out)]) == 2
+    assert main(["tokenizer", "train", "--corpus", str(shakespeare_slice), "--vocab-size", "300", "--out", str(out)]) == 2
     assert "already holds a tokenizer.json; pass --force" in capsys.readouterr().err
     assert load_tokenizer(out).vocab_size == 512
-    assert main(["tokenizer", "train", "--corpus", str(TINYSHAKESPEARE), "--vocab-size", "300", "--out", str(out), "--force"]) == 0
+    assert main(["tokenizer", "train", "--corpus", str(shakespeare_slice), "--vocab-size", "300", "--out", str(out), "--force"]) == 0
     assert load_tokenizer(out).vocab_size == 300
 
 
@@ -83,3 +94,34 @@ def test_stats_bad_arguments(argv, capsys):
     err = capsys.readouterr().err
     assert err.startswith("gptbench: error: ")
     assert err.count("\n") == 1
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """Every command a user can type (`train`, `tokenizer stats`, ...) with its parser."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield path, parser
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from _leaf_parsers(sub, (*path, name))
+
+
+def test_every_command_takes_runs_dir():
+    """The README's promise, for nested commands too: `gptbench tokenizer stats --runs-dir X`."""
+    top = build_parser()
+    commands = [(path, p) for path, p in _leaf_parsers(top) if path]
+    assert ("tokenizer", "stats") in [path for path, _ in commands]
+    for path, parser in commands:
+        assert "--runs-dir" in parser._option_string_actions, " ".join(path)
+
+
+def test_tokenizer_actions_accept_runs_dir(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello there, general kenobi\n" * 50)
+    runs = tmp_path / "runs"
+    assert main(["tokenizer", "stats", "--corpus", str(corpus), "--runs-dir", str(runs), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bytes"] == 1400
+    out = tmp_path / "tok"
+    assert main(["tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "260", "--out", str(out), "--runs-dir", str(runs)]) == 0
+    assert load_tokenizer(out).vocab_size == 260
+    assert not runs.exists()  # nothing is written there

@@ -87,21 +87,16 @@ def _losses(run) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in run.metrics() if r["type"] == "train"}
 
 
-def test_resume_continues_exactly(runs_dir, corpus_file, monkeypatch):
-    """200 steps straight == 100 steps + resume 100 through the CLI: same losses, bit for bit."""
-    import torch
-
-    # the same thread count throughout: the CLI's thread policy would otherwise change it
-    # when the machine is busy, and a different count sums in a different order
-    monkeypatch.setenv("GPTBENCH_TORCH_THREADS", str(torch.get_num_threads()))
-    common = dict(eval_interval=50, log_interval=1, lr_decay_iters=200)
-    straight = train_fixture_run(runs_dir, corpus_file, name="straight", max_iters=200, **common)
-    train_fixture_run(runs_dir, corpus_file, name="half", max_iters=100, **common)
-    assert train_cli(runs_dir, "--resume", "half", "--max-iters", "200") == 0
+def test_resume_continues_exactly(runs_dir, corpus_file, pinned_torch_threads):
+    """100 steps straight == 50 steps + resume 50 through the CLI: same losses, bit for bit."""
+    common = dict(eval_interval=25, log_interval=1, lr_decay_iters=100)
+    straight = train_fixture_run(runs_dir, corpus_file, name="straight", max_iters=100, **common)
+    train_fixture_run(runs_dir, corpus_file, name="half", max_iters=50, **common)
+    assert train_cli(runs_dir, "--resume", "half", "--max-iters", "100") == 0
     a, b = _losses(straight), _losses(RunStore(runs_dir).existing("half"))
-    assert len(a) == 200
+    assert len(a) == 100
     assert sorted(a) == sorted(b)
-    assert [a[s] for s in range(1, 201)] == [b[s] for s in range(1, 201)]
+    assert [a[s] for s in range(1, 101)] == [b[s] for s in range(1, 101)]
     ea = [(r["step"], r["val_loss"]) for r in straight.metrics() if r["type"] == "eval"]
     eb = [(r["step"], r["val_loss"]) for r in RunStore(runs_dir).existing("half").metrics() if r["type"] == "eval"]
     assert ea == eb
@@ -250,7 +245,7 @@ MODERN_FLAGS = ["--pos", "rope", "--qk-norm", "--zero-init", "--logit-softcap", 
                 "--no-bias", "--optimizer", "muon", "--muon-lr", "0.03", "--muon-momentum-warmup", "20"]
 
 
-def test_modern_flags_reach_the_run_and_a_muon_run_resumes_exactly(runs_dir, corpus_file):
+def test_modern_flags_reach_the_run_and_a_muon_run_resumes_exactly(runs_dir, corpus_file, pinned_torch_threads):
     """The recipe's flags land in config.json; 60 Muon steps straight == 30 + resume 30,
     bit for bit (momentum buffers, the warmup's step and both learning rates restored)."""
     common = [*SMALL, "--data", str(corpus_file), "--eval-interval", "30", "--log-interval", "1",

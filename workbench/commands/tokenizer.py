@@ -36,6 +36,8 @@ def register(subparsers: Any) -> None:
     s.add_argument("--max-docs", type=int, default=None, help="use only the first N documents")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(func=cmd_stats)
+    for action in (t, s):  # every command takes --runs-dir (the tokenizer actions read no run)
+        action.add_argument("--runs-dir", default=argparse.SUPPRESS, help="directory holding runs (unused here)")
 
 
 def _no_action(parser: argparse.ArgumentParser) -> int:
@@ -85,9 +87,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from gptbench.data import load_corpus
-    from gptbench.tokenizers.registry import build_tokenizer
+    from gptbench.tokenizers.registry import TokenizerSpec, build_tokenizer
 
     _positive("--max-docs", args.max_docs)
+    for spec in args.tokenizer:  # a misspelt tokenizer is refused before the corpus is read
+        TokenizerSpec.parse(spec)
     corpus = load_corpus(args.corpus, max_docs=args.max_docs)
     pieces = _pieces(corpus)
     n_bytes = sum(len(p.encode("utf-8")) for p in pieces)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from gptbench.data.batches import check_split, token_dtype
-from gptbench.data.sources import DOC_SEPARATOR, Corpus
+from gptbench.data.corpus import DOC_SEPARATOR, Corpus
 from gptbench.errors import UserError
 from gptbench.fsutil import atomic_path, atomic_write_json, cleanup_on_error
 from gptbench.tokenizers.base import Tokenizer
@@ -143,49 +143,10 @@ def _tokenize_to_file(
     hash_docs: bool = True,
 ) -> dict[str, Any]:
     """Stream documents -> ids written to `path` batch by batch; never holds all ids."""
-    eot = tok.eot_id
-    sep_cache: list[np.ndarray] = []
-
-    def sep() -> np.ndarray:  # lazily: a one-document corpus needs no separator
-        if not sep_cache:
-            ids = [eot] if eot is not None else tok.encode_arrays([DOC_SEPARATOR])[0]
-            sep_cache.append(np.asarray(ids).astype(dtype))
-        return sep_cache[0]
-
     sha = hashlib.sha256()
-    n_bytes = n_docs = n_tokens = 0
-    truncated = False
-    batch: list[str] = []
-    new_doc: list[bool] = []
-    batch_chars = 0
-    last_report = time.perf_counter()
-
+    n_bytes = n_docs = 0
     with open(path, "wb") as f:
-
-        def flush() -> bool:
-            nonlocal n_tokens, batch_chars, truncated, last_report
-            if not batch:
-                return True
-            arrays = tok.encode_arrays(batch, num_threads=num_proc)
-            parts: list[np.ndarray] = []
-            for starts_doc, ids in zip(new_doc, arrays):
-                if starts_doc:
-                    parts.append(sep())
-                parts.append(ids)
-            out = np.concatenate(parts).astype(dtype, copy=False) if len(parts) > 1 else parts[0].astype(dtype, copy=False)
-            if max_tokens is not None and n_tokens + len(out) >= max_tokens:
-                truncated = n_tokens + len(out) > max_tokens
-                out = out[: max_tokens - n_tokens]
-            f.write(out.tobytes())
-            n_tokens += len(out)
-            batch.clear()
-            new_doc.clear()
-            batch_chars = 0
-            if time.perf_counter() - last_report > 2.0:
-                say(f"  {n_docs:,} documents, {n_tokens:,} tokens")
-                last_report = time.perf_counter()
-            return max_tokens is None or n_tokens < max_tokens
-
+        out = _TokenFileWriter(tok, f, dtype, num_proc, max_tokens, say)
         going = True
         for doc in docs:
             if not doc:
@@ -196,15 +157,70 @@ def _tokenize_to_file(
                     sha.update(DOC_SEPARATOR.encode())
                 sha.update(b)
                 n_bytes += len(b)
-            for j, piece in enumerate(split_text(doc, PIECE_CHARS)):
-                batch.append(piece)
-                new_doc.append(n_docs > 0 and j == 0)
-                batch_chars += len(piece)
-                if batch_chars >= BATCH_CHARS * num_proc and not (going := flush()):
-                    break
+            going = out.add_document(doc, docs_before=n_docs)
             n_docs += 1
             if not going:
                 break
         if going:
-            flush()
-    return {"sha256": sha.hexdigest(), "bytes": n_bytes, "n_docs": n_docs, "tokens": n_tokens, "truncated": truncated}
+            out.flush(n_docs)
+    return {"sha256": sha.hexdigest(), "bytes": n_bytes, "n_docs": n_docs, "tokens": out.n_tokens, "truncated": out.truncated}
+
+
+class _TokenFileWriter:
+    """Tokenizes text pieces in batches (many threads at once) and writes the ids to an
+    open file, a separator before each document but the first, up to `max_tokens`."""
+
+    def __init__(self, tok: Tokenizer, f: Any, dtype: np.dtype, num_proc: int, max_tokens: int | None,
+                 say: Callable[[str], None]) -> None:
+        self.tok, self.f, self.dtype, self.num_proc = tok, f, dtype, num_proc
+        self.max_tokens, self.say = max_tokens, say
+        self.n_tokens = 0
+        self.truncated = False
+        self._batch: list[str] = []
+        self._new_doc: list[bool] = []  # per piece: whether it starts a document (not the first)
+        self._batch_chars = 0
+        self._sep: np.ndarray | None = None
+        self._last_report = time.perf_counter()
+
+    def separator(self) -> np.ndarray:
+        """Made lazily: a one-document corpus needs no separator."""
+        if self._sep is None:
+            eot = self.tok.eot_id
+            ids = [eot] if eot is not None else self.tok.encode_arrays([DOC_SEPARATOR])[0]
+            self._sep = np.asarray(ids).astype(self.dtype)
+        return self._sep
+
+    def add_document(self, doc: str, *, docs_before: int) -> bool:
+        """Queue a document's pieces (the `docs_before`-th document, from 0), writing full
+        batches; False once `max_tokens` is reached."""
+        for j, piece in enumerate(split_text(doc, PIECE_CHARS)):
+            self._batch.append(piece)
+            self._new_doc.append(docs_before > 0 and j == 0)
+            self._batch_chars += len(piece)
+            if self._batch_chars >= BATCH_CHARS * self.num_proc and not self.flush(docs_before):
+                return False
+        return True
+
+    def flush(self, n_docs: int) -> bool:
+        """Write the queued pieces; False once `max_tokens` is reached."""
+        if not self._batch:
+            return True
+        arrays = self.tok.encode_arrays(self._batch, num_threads=self.num_proc)
+        parts: list[np.ndarray] = []
+        for starts_doc, ids in zip(self._new_doc, arrays):
+            if starts_doc:
+                parts.append(self.separator())
+            parts.append(ids)
+        out = np.concatenate(parts).astype(self.dtype, copy=False) if len(parts) > 1 else parts[0].astype(self.dtype, copy=False)
+        if self.max_tokens is not None and self.n_tokens + len(out) >= self.max_tokens:
+            self.truncated = self.n_tokens + len(out) > self.max_tokens
+            out = out[: self.max_tokens - self.n_tokens]
+        self.f.write(out.tobytes())
+        self.n_tokens += len(out)
+        self._batch.clear()
+        self._new_doc.clear()
+        self._batch_chars = 0
+        if time.perf_counter() - self._last_report > 2.0:
+            self.say(f"  {n_docs:,} documents, {self.n_tokens:,} tokens")
+            self._last_report = time.perf_counter()
+        return self.max_tokens is None or self.n_tokens < self.max_tokens

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from gptbench import paths
-from gptbench.data.sources import Corpus
+from gptbench.data.corpus import Corpus
 from gptbench.errors import UserError
 
 HF_TIMEOUT_S = 60.0

@@ -22,16 +22,15 @@ import sys
 import sysconfig
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from gptbench import paths
+from gptbench.data.corpus import DOC_SEPARATOR, Corpus
 from gptbench.errors import UserError
 from gptbench.fsutil import atomic_write_bytes, cleanup_on_error
 from gptbench.paths import default_cache_dir
 
-DOC_SEPARATOR = "\n\n"  # between documents for tokenizers without an eot token
 PYSTDLIB_CAP_BYTES = 4 << 20
 PYSTDLIB_SKIP_DIRS = frozenset(
     {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__",
@@ -69,42 +68,6 @@ def absolute_spec(spec: str | None) -> str | None:
 def data_help() -> str:
     """`--data`'s help text."""
     return "the corpus: " + "; ".join(f"{form} ({what})" for form, what, _ in DATA_FORMS)
-
-
-@dataclass
-class Corpus:
-    """A source of documents. Local text is read eagerly (validated, hashed); records and
-    Hugging Face sets are streamed (hashed while they are tokenized)."""
-
-    spec: str  # canonical form
-    name: str  # short display name (pystdlib, tinyshakespeare, file or folder name, ...)
-    source: str  # pystdlib | tinyshakespeare | file | folder | glob | records | hf
-    key: str  # identity for the token cache (content hash, or spec hash when streamed)
-    docs_list: list[str] | None = None
-    stream: Callable[[], Iterator[str]] | None = None
-    sha256: str | None = None
-    n_bytes: int | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n_docs(self) -> int | None:
-        return len(self.docs_list) if self.docs_list is not None else None
-
-    def docs(self) -> Iterator[str]:
-        if self.docs_list is not None:
-            return iter(self.docs_list)
-        assert self.stream is not None
-        return self.stream()
-
-    def materialize(self) -> list[str]:
-        if self.docs_list is None:
-            self.docs_list = list(self.docs())
-            if not self.docs_list:
-                raise UserError(f"{self.spec} holds no text documents; pass a corpus with text")
-        return self.docs_list
-
-    def text(self) -> str:
-        return DOC_SEPARATOR.join(self.materialize())
 
 
 def load_corpus(

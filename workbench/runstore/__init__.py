@@ -14,12 +14,17 @@
         step-N.safetensors        weights, config, step and val loss in the header
                                   (written last: it marks the checkpoint complete)
       .lock                flock held by the one process writing the run
+      *.torn               fragments of torn last lines, cut before the next append
 
 One owner: `RunWriter` is the only code that writes a run; readers read through
-`Run`/`read_summary`. Derived states (crashed, stale, corrupt) come from one function,
-`format.derive_state`.
+`Run`/`read_summary`. Modules by job: format (names, schemas, records), reader (the
+run), checkpoints (finding and retaining them), training_state (validating one),
+appendonly (reading and repairing append-only files), lock, writer, store. Derived
+states (crashed, stale, corrupt) come from one function, `format.derive_state`.
 """
 
+from gptbench.runstore.appendonly import JsonlTail, iter_jsonl
+from gptbench.runstore.checkpoints import CheckpointInfo
 from gptbench.runstore.format import (
     HEARTBEAT_INTERVAL_S,
     RUN_FORMAT_VERSION,
@@ -30,19 +35,11 @@ from gptbench.runstore.format import (
     TrainRecord,
     validate_run_name,
 )
-from gptbench.runstore.reader import (
-    CheckpointInfo,
-    JsonlTail,
-    Run,
-    RunSummary,
-    TrainingState,
-    iter_jsonl,
-    load_training_state,
-    read_json,
-    read_summary,
-)
+from gptbench.runstore.lock import RunLock, is_locked
+from gptbench.runstore.reader import Run, RunSummary, read_json, read_summary
 from gptbench.runstore.store import RunStore
-from gptbench.runstore.writer import RunLock, RunWriter, is_locked
+from gptbench.runstore.training_state import TrainingState, load_training_state
+from gptbench.runstore.writer import RunWriter
 
 __all__ = [
     "HEARTBEAT_INTERVAL_S",

@@ -5,8 +5,9 @@ Claim, then check. A trainer first claims its run (an exclusive `mkdir`, then an
 trainers can never both own a name. A claim left by a process killed before it wrote its
 config can be taken over; anything with a config is a run, resumed with `open`.
 
-Every file but the two append-only logs is written to a temporary file, fsynced and
-renamed (`fsutil.atomic_path`). A checkpoint writes its state file first and its weights
+Every file but the append-only ones is written to a temporary file, fsynced and renamed
+(`fsutil.atomic_path`); an append-only file has a torn last line (a crash mid-append)
+cut back before this writer's first append to it (`appendonly.repair_tail`). A checkpoint writes its state file first and its weights
 file last, so a complete weights file marks a complete checkpoint. Retention lists the
 directory, which also removes what killed writes left behind. Nothing is written or
 deleted outside the runs directory: a run that is a symbolic link, or holds one where a
@@ -16,7 +17,6 @@ run file belongs, is refused.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -29,18 +29,18 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from gptbench.errors import UserError
-from gptbench.fsutil import fsync_dir, atomic_write_json
+from gptbench.fsutil import atomic_write_json, atomic_write_text, fsync_dir
+from gptbench.runstore.appendonly import TORN_SUFFIX, TornTail, iter_jsonl, repair_tail
+from gptbench.runstore.checkpoints import CheckpointInfo, find_checkpoints, retain_checkpoints
 from gptbench.runstore.format import (
     CHECKPOINTS,
     CONFIG,
     LOCK,
     LOG,
     METRICS,
-    STATE_RE,
     STATUS,
     TMP_SUFFIX,
     TOKENIZER,
-    CHECKPOINT_RE,
     MetricRecord,
     RunState,
     check_config,
@@ -49,7 +49,8 @@ from gptbench.runstore.format import (
     validate_run_name,
     weights_file,
 )
-from gptbench.runstore.reader import CheckpointInfo, Run, find_checkpoints, iter_jsonl
+from gptbench.runstore.lock import RunLock, is_locked
+from gptbench.runstore.reader import Run
 
 if TYPE_CHECKING:
     from gptbench.backends.lora import LoRAConfig
@@ -60,49 +61,6 @@ if TYPE_CHECKING:
 STAGING_SUFFIX = ".staging"
 CLAIM_LEFTOVERS = frozenset({LOCK, STATUS, LOG, METRICS, CHECKPOINTS, TOKENIZER, "tokenizer.tiktoken"})
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-class RunLock:
-    """An exclusive, non-blocking flock on `<run>/.lock`. The kernel drops it when the
-    process dies, so a crash never leaves a run locked."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._fd: int | None = None
-
-    def try_acquire(self) -> bool:
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-
-def is_locked(path: Path) -> bool:
-    """Whether a live process holds the run's lock (checked without keeping it)."""
-    if not (Path(path) / LOCK).exists():
-        return False
-    probe = RunLock(path)
-    try:
-        if probe.try_acquire():
-            probe.release()
-            return False
-    except OSError:
-        return False
-    return True
 
 
 def _umask() -> int:
@@ -135,6 +93,7 @@ class RunWriter:
         self.lock = lock
         self._started = time.time()
         self._final_name: str | None = None  # set for a staged run until it is committed
+        self._tails_checked: set[str] = set()  # append-only files whose tail this writer repaired
 
     @property
     def path(self) -> Path:
@@ -167,7 +126,7 @@ class RunWriter:
             if (path / CONFIG).exists():
                 lock.release()
                 raise UserError(f"run {name!r} already exists in {root}; continue it with --resume {name}, or choose another --name")
-            foreign = [e for e in os.listdir(path) if e not in CLAIM_LEFTOVERS and not e.endswith(TMP_SUFFIX)]
+            foreign = [e for e in os.listdir(path) if e not in CLAIM_LEFTOVERS and not e.endswith((TMP_SUFFIX, TORN_SUFFIX))]
             if foreign:
                 lock.release()
                 raise UserError(f"{path} exists and is not a gptbench run (it holds {foreign[0]!r}); choose another --name")
@@ -310,20 +269,32 @@ class RunWriter:
         self._append(self.run.log_path, f"{stamp} {message}\n")
 
     def _append(self, path: Path, text: str) -> None:
+        self._repair_tail_once(path)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             os.write(fd, text.encode("utf-8"))
         finally:
             os.close(fd)
 
+    def _repair_tail_once(self, path: Path) -> TornTail | None:
+        """Before this writer's first append to `path`, cut a torn last line left by a
+        crash (kept in `<file>.torn`) and say so in log.txt, so the next record starts on
+        its own line. Every append-only file goes through here, whatever its name."""
+        if path.name in self._tails_checked:
+            return None
+        self._tails_checked.add(path.name)
+        torn = repair_tail(path)
+        if torn is not None:
+            self.log(torn.describe())
+        return torn
+
     def rewind(self, step: int) -> int:
         """Drop metric records after `step` (a resume re-logs them), atomically; returns
         how many were dropped. log.txt keeps its history: it is the human record."""
+        self._repair_tail_once(self.run.metrics_path)
         records = list(iter_jsonl(self.run.metrics_path))
         keep = [r for r in records if not (isinstance(r.get("step"), int) and r["step"] > step)]
         if len(keep) != len(records):
-            from gptbench.fsutil import atomic_write_text
-
             atomic_write_text(self.run.metrics_path, "".join(json.dumps(r) + "\n" for r in keep))
         return len(records) - len(keep)
 
@@ -377,20 +348,7 @@ class RunWriter:
     def retain(self, keep_last: int) -> None:
         """Keep the last `keep_last` checkpoints and the best (lowest val loss); delete
         every other checkpoint file, orphaned state file and temporary file."""
-        ckdir = self.run.checkpoints_dir
-        complete = find_checkpoints(ckdir)
-        keep = {c.step for c in complete[-max(1, keep_last):]}
-        scored = [c for c in complete if c.val_loss is not None]
-        if scored:
-            keep.add(min(scored, key=lambda c: c.val_loss).step)
-        try:
-            names = os.listdir(ckdir)
-        except OSError:
-            return
-        for name in names:
-            m = CHECKPOINT_RE.match(name) or STATE_RE.match(name)
-            if (m and int(m.group(1)) not in keep) or name.endswith(TMP_SUFFIX) or name == "index.json":
-                (ckdir / name).unlink(missing_ok=True)
+        retain_checkpoints(self.run.checkpoints_dir, keep_last)
 
     # ---- whole-run operations ------------------------------------------------------------------
     def delete(self) -> None:
