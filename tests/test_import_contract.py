@@ -26,14 +26,6 @@ from helpers import REPO
 SOURCES = {"workbench": "gptbench", "backends": "gptbench.backends", "tokenizers": "gptbench.tokenizers"}
 BOTTOM_LAYER_MAY_IMPORT = ("gptbench.backends", "gptbench.tokenizers", "gptbench.errors", "gptbench.paths", "gptbench.fsutil")
 FRAMEWORKS = ("torch", "mlx", "textual", "datasets")
-# Cycles that other branches of issue 20 remove (commands/train <-> commands/ui, runstore
-# reader <-> writer, data hub <-> sources). The lead deletes this list after the merge.
-PENDING_CYCLES = [
-    ["gptbench.runstore.reader", "gptbench.runstore.writer"],
-    ["gptbench.data.hub", "gptbench.data.sources"],
-]
-
-
 def modules() -> dict[str, Path]:
     out = {}
     for folder, prefix in SOURCES.items():
@@ -137,7 +129,7 @@ def test_only_the_tui_imports_textual(module):
 
 
 def test_no_import_cycles_among_gptbench_modules():
-    cycles = [c for c in import_cycles(import_graph()) if c not in PENDING_CYCLES]
+    cycles = import_cycles(import_graph())
     assert cycles == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 

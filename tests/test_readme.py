@@ -53,7 +53,7 @@ def test_flag_tables_list_exactly_the_flags_a_command_accepts(command, title):
 def test_chat_takes_samples_model_and_sampling_flags():
     text = section("### `gptbench sample`")
     sampling = documented_flags(text[text.index("Sampling flags, shared with `chat`"):])
-    model = {"--run", "--checkpoint", "--weights", "--tokenizer", "--backend", "--device"}
+    model = {"--run", "--checkpoint", "--weights", "--tokenizer", "--backend", "--device", "--strict"}
     assert model <= documented_flags(text)
     assert all(f"`{flag}`" in section("### `gptbench chat --run NAME`") for flag in model)
     assert accepted_flags("chat") == model | sampling
@@ -84,11 +84,12 @@ def _documented_keys(key: str) -> set[str]:
     ("[model]", "[model]\nnot_a_key = 1\n", "[model]"),
     ("[train]", "[train]\nnot_a_key = 1\n", "[train]"),
     ("[lora]", "[lora]\nnot_a_key = 1\n", "[lora]"),
+    ("[parallel]", "[parallel]\nnot_a_key = 1\n", "[parallel]"),
 ])
 def test_config_keys_are_documented_exactly(tmp_path, capsys, key, toml_text, section_name):
     valid = _valid_keys(tmp_path, capsys, toml_text, section_name)
     if key == "top":
-        valid -= {"model", "train", "lora"}  # the sections have rows of their own
+        valid -= {"model", "train", "lora", "parallel"}  # the sections have rows of their own
     assert _documented_keys(key) == valid
 
 
