@@ -5,8 +5,9 @@ instead of resuming a run that is no longer exact.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -25,9 +26,36 @@ class TrainingState:
     trainer: dict[str, Any]  # step, backend, batch_rng, best_val_loss, tokens_seen, elapsed
 
 
+RNG_PREFIX = "rng."  # the state file's framework-RNG tensors; every other tensor is an optimizer moment
+
+
+def _typed(default: Any, *types: type) -> Any:
+    return field(default=default, metadata={"types": types})
+
+
+@dataclass
+class Progress:
+    """Where training stands, as a checkpoint's trainer header records it (beside the
+    backend that wrote it and the optimizer's counters): what a resumed run continues from."""
+
+    step: int = _typed(0, int)
+    batch_rng: dict[str, Any] | None = _typed(None, dict)  # numpy's bit-generator state of the batch stream
+    best_val_loss: float | None = _typed(None, int, float, type(None))
+    tokens_seen: int = _typed(0, int)
+    elapsed: float = _typed(0.0, int, float)
+
+    def header(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_header(self, header: Mapping[str, Any]) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, header[f.name])
+        self.elapsed = float(self.elapsed)
+
+
+# the trainer header's schema: the progress fields, the backend and the optimizer's meta
 TRAINER_STATE_FIELDS: dict[str, tuple[type, ...]] = {
-    "step": (int,), "backend": (str,), "optimizer": (dict,), "batch_rng": (dict,),
-    "best_val_loss": (int, float, type(None)), "tokens_seen": (int,), "elapsed": (int, float),
+    "backend": (str,), "optimizer": (dict,), **{f.name: f.metadata["types"] for f in dataclasses.fields(Progress)},
 }
 
 
@@ -62,9 +90,9 @@ def load_training_state(
     _check_batch_rng(trainer["batch_rng"], where)
     if trainer["tokens_seen"] < 0 or trainer["elapsed"] < 0:
         raise CorruptRunError(f"{where}: tokens_seen and elapsed must be >= 0")
-    optimizer = {k: v for k, v in tensors.items() if not k.startswith("rng.")}
+    optimizer = {k: v for k, v in tensors.items() if not k.startswith(RNG_PREFIX)}
     _check_tensor_set(optimizer, optimizer_shapes, where, "optimizer moments", exact=True)
-    rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
+    rng = {k[len(RNG_PREFIX):]: v for k, v in tensors.items() if k.startswith(RNG_PREFIX)}
     if trainer["backend"] == backend:
         for name, (dtype, shape) in rng_shapes.items():
             got = rng.get(name)

@@ -2,43 +2,20 @@
 
 Each component (the trainer's progress, the optimizer, the framework RNG) turns its part of
 a live run into tensors and a JSON header entry and back (torchtitan's `Stateful` is the
-model). `collect` assembles a checkpoint's state from them and `restore` installs one, so
-the keys of the state file are spelled in one place: the `Progress` fields and each
-component's `key`. The file layout is run format 2's: optimizer tensors by their own names,
-RNG tensors under `rng.`, and one `trainer` header holding the progress and optimizer meta.
+model). `collect` assembles a checkpoint's state from them and `restore` installs one. The
+file layout is the run store's (`runstore.training_state`, which validates it on read):
+optimizer tensors by their own names, RNG tensors under `RNG_PREFIX`, and one `trainer`
+header holding the `Progress` fields, the backend and each component's meta under its `key`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from gptbench.backends.base import Backend
-
-RNG_PREFIX = "rng."
-
-
-@dataclass
-class Progress:
-    """Where training stands: what a resumed run continues from, besides the tensors."""
-
-    step: int = 0
-    batch_rng: dict[str, Any] | None = None  # numpy's bit-generator state of the batch stream
-    best_val_loss: float | None = None
-    tokens_seen: int = 0
-    elapsed: float = 0.0
-
-    def header(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def load_header(self, header: dict[str, Any]) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, header[f.name])
-        self.elapsed = float(self.elapsed)
-
+from gptbench.runstore.training_state import RNG_PREFIX, Progress
 
 class Stateful(Protocol):
     """One part of the training state. `key` names its entry in the trainer header."""
