@@ -79,32 +79,35 @@ def _runtime_threads(request: TrainRequest) -> int | None:
     return request.runtime.threads
 
 
+def _launch_target(store: Any, request: TrainRequest) -> Any:
+    """The spec a launch trains: a new run's, or a resumed run's with its overrides (the
+    resume rules of `training.resuming`, so backend and device follow them)."""
+    from gptbench.runstore import Run
+    from gptbench.runstore.specfile import read_spec
+    from gptbench.spec import RunSpec
+    from gptbench.training.resuming import resumed_spec
+
+    if not isinstance(request, ResumeRequest):
+        return request
+    try:
+        saved = read_spec(Run(store.root / request.name))
+    except UserError:  # rank 0 will say what is wrong with the run
+        saved = RunSpec(name=request.name)
+    return resumed_spec(saved, request.overrides, request.name)[0]
+
+
 def _launch(runs_dir: Any, request: TrainRequest) -> int:
     """This process launches the ranks (`gptbench train --nproc N ...`): each runs the
     same request, whole, without the launcher's own settings."""
-    from gptbench.training import launch
+    from gptbench.backends.optim import MUON_FSDP
     from gptbench.backends.registry import resolve_backend_name
-    from gptbench.runstore import Run, RunStore
-    from gptbench.runstore.specfile import read_spec
-    from gptbench.spec import RunSpec
+    from gptbench.runstore import RunStore
+    from gptbench.training import launch
 
     store = RunStore(runs_dir)
-    par = _parallel_of(request)
-    if isinstance(request, ResumeRequest):
-        name = request.name
-        try:
-            saved = read_spec(Run(store.root / name))
-        except UserError:
-            saved = RunSpec()  # rank 0 will say what is wrong with the run
-        asked = request.overrides.get("runtime.backend")
-        backend_name = resolve_backend_name(asked or saved.runtime.backend)
-        device = request.overrides.get("runtime.device") or (saved.runtime.device if backend_name == saved.runtime.backend else "auto")
-        optimizer = request.overrides.get("train.optimizer") or saved.train.optimizer
-    else:
-        name, backend_name, device, optimizer = str(request.name), resolve_backend_name(request.runtime.backend), request.runtime.device, request.train.optimizer
-    if par.strategy == "fsdp" and optimizer == "muon":  # said here once, not by every rank
-        from gptbench.backends.optim import MUON_FSDP
-
+    par, target = _parallel_of(request), _launch_target(store, request)
+    backend_name, device = resolve_backend_name(target.runtime.backend), target.runtime.device
+    if par.strategy == "fsdp" and target.train.optimizer == "muon":  # said here once, not by every rank
         raise UserError(MUON_FSDP)
     argv = ["train", "--no-ui", "--runs-dir", str(store.root), *request_argv(request, for_rank=True)]
     if backend_name == "torch":
@@ -115,7 +118,7 @@ def _launch(runs_dir: Any, request: TrainRequest) -> int:
     else:
         nproc = launch.check_mlx_request(par.nproc if par.nproc > 1 else 0, par.hostfile, par.strategy, par.activation_checkpointing)
         on_cpu = device == "cpu"
-    return launch.launch(backend_name, nproc, par.hostfile, argv, store.root, name, _runtime_threads(request), on_cpu)
+    return launch.launch(backend_name, nproc, par.hostfile, argv, store.root, str(target.name), _runtime_threads(request), on_cpu)
 
 
 def _train_rank(runs_dir: Any, request: TrainRequest, framework: str, parallel: Any) -> int:
