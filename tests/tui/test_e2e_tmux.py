@@ -4,6 +4,7 @@ the Train form, the dashboard shows it progressing, then chat streams a reply fr
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -125,13 +126,18 @@ def _start_training_from_the_form(tmux: Tmux, corpus_file) -> None:  # noqa: ANN
     tmux.wait_for(lambda s: "No runs in" in s, 30, "the runs screen")
     tmux.keys("F3")
     tmux.wait_for(lambda s: "New training run" in s, 10, "the train form")
+    # a Tab sent while the app is still taking in typed text can be lost, so each value is
+    # seen on screen before the Tab that leaves its field
     tmux.type(str(corpus_file))  # the Corpus field has focus
+    tmux.wait_for(lambda s: corpus_file.name in s, 10, "the corpus typed")
     # Tokenizer, Preset, Backend, Device, then the hyperparameters
     tmux.keys("Tab", "Tab", "Tab", "Tab", "Tab")
-    # max iters, batch, lr, eval every, sample length, context, layers, heads, width
-    for value in (str(STEPS), "8", "", str(STEPS // 2), "40", "32", "2", "2", "32"):
+    fields = ("Max iters", "Batch size", "Learning rate", "Eval every", "Sample length", "Context", "Layers", "Heads", "Width")
+    for label, value in zip(fields, (str(STEPS), "8", "", str(STEPS // 2), "40", "32", "2", "2", "32")):
         if value:
             tmux.type(value)
+            shown = re.compile(rf"{label}\s+{value}\b")
+            tmux.wait_for(lambda s: shown.search(s) is not None, 10, f"{label} = {value}")
         tmux.keys("Tab")
     filled = f"--max-iters {STEPS} --batch-size 8 --eval-interval {STEPS // 2} --sample-tokens 40 --block-size 32"
     tmux.wait_for(lambda s: filled in " ".join(s.split()), 10, "the filled form")
