@@ -215,3 +215,16 @@ def test_memory_estimate_shrinks_with_shards_and_checkpointing():
     assert cfg.training_bytes(8, shards=4) == pytest.approx(full - 16 * cfg.num_params() * 3 / 4, abs=1)
     B, T, C, L = 8, 64, 64, 8
     assert full - cfg.training_bytes(8, checkpointed=True) == 34 * 2 * L * B * T * C - (4 * L * B * T * C + 34 * 2 * B * T * C)
+
+
+def test_fsdp_on_a_torch_older_than_2_6_is_refused(runs_dir, corpus_file, capsys, monkeypatch):
+    import torch
+
+    from gptbench.cli import main
+
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cpu")
+    rc = main(["--runs-dir", str(runs_dir), "train", "--no-ui", "--data", str(corpus_file), "--backend", "torch", "--device", "cpu",
+               "--nproc", "2", "--strategy", "fsdp"])
+    assert rc == 2
+    assert "--strategy fsdp needs torch >= 2.6 (torch.distributed.fsdp.fully_shard); this is torch 2.5.1+cpu" in _one_line_error(capsys)
+    assert list(runs_dir.iterdir()) == []

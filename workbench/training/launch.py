@@ -54,6 +54,7 @@ SHUTDOWN_TIMEOUT_S = 120  # torchrun's wait for ranks to save their checkpoint a
 # ring backend has no timeout, and a rank blocked in a collective whose peer vanished can
 # wait in native code forever (seen about 1 run in 4 here), deaf to SIGINT and SIGTERM.
 MLX_PEER_GRACE_S = 5.0
+FSDP_MIN_TORCH = (2, 6)  # fully_shard (FSDP2) became public API in torch 2.6
 MLX_NODE_RE = re.compile(r"Node with rank (\d+) (?:exited with code (-?\d+)|was killed)")
 
 
@@ -64,6 +65,9 @@ def check_torch_request(nproc: int, device: str, strategy: str) -> bool:
 
     if not dist.is_available():
         raise UserError("this torch build has no torch.distributed; install a standard torch wheel to train on several processes")
+    if strategy == "fsdp" and tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < FSDP_MIN_TORCH:
+        raise UserError(f"--strategy fsdp needs torch >= {'.'.join(map(str, FSDP_MIN_TORCH))} (torch.distributed.fsdp.fully_shard); "
+                        f"this is torch {torch.__version__}: upgrade it, or use --strategy ddp")
     kind = device.split(":")[0]
     if kind == "mps":
         raise UserError("several processes cannot share --device mps; use --device cpu, or one process")
