@@ -139,8 +139,8 @@ def _start_training_from_the_form(tmux: Tmux, corpus_file) -> None:  # noqa: ANN
             shown = re.compile(rf"{label}\s+{value}\b")
             tmux.wait_for(lambda s: shown.search(s) is not None, 10, f"{label} = {value}")
         tmux.keys("Tab")
-    filled = f"--max-iters {STEPS} --batch-size 8 --eval-interval {STEPS // 2} --sample-tokens 40 --block-size 32"
-    tmux.wait_for(lambda s: filled in " ".join(s.split()), 10, "the filled form")
+    filled = (f"--max-iters {STEPS}", "--batch-size 8", f"--eval-interval {STEPS // 2}", "--sample-tokens 40", "--block-size 32")
+    tmux.wait_for(lambda s: all(flag in " ".join(s.split()) for flag in filled), 10, "the filled form")
     tmux.keys("C-s")
 
 
