@@ -195,3 +195,18 @@ def test_sft_from_a_run_grows_its_vocabulary(trained_run, tmp_path, runs_dir, ca
     tok = load(run.path)
     assert tok.base == base and tok.vocab_size == base.vocab_size + 4
     assert run.config()["model"]["vocab_size"] == trained_run.config()["model"]["vocab_size"] + 4
+
+
+def test_sft_with_lora_trains_adapters_and_resumes(trained_run, tmp_path, runs_dir, capsys):
+    from gptbench.runstore import RunStore
+
+    data = _chats(tmp_path / "chats.jsonl")
+    common = ["--runs-dir", str(runs_dir), "--threads", "1"]
+    rc, err = run_cli(capsys, "train", "--no-ui", "--sft", "--init-from", str(trained_run.path), "--lora-rank", "2", "--data", str(data),
+                      "--name", "c", "--max-iters", "2", "--eval-interval", "2", "--eval-iters", "1", "--batch-size", "2",
+                      "--grad-accum", "1", "--sample-tokens", "0", *common)
+    assert rc == 0, err
+    rc, err = run_cli(capsys, "train", "--no-ui", "--resume", "c", "--max-iters", "4", *common)
+    assert rc == 0, err
+    run = RunStore(runs_dir).existing("c")
+    assert run.config()["lora"]["rank"] == 2 and [c.step for c in run.checkpoints()][-1] == 4
