@@ -69,3 +69,26 @@ def test_exported_template_and_greedy_answer_match_transformers(kind, tmp_path, 
     assert answer.tokens == want
     assert answer.finish_reason == ("stop" if tok.end_id in gen else "length")
     assert hf_tok.decode(want) == answer.text
+
+
+def test_mlx_lm_applies_the_template_and_gives_the_greedy_answer(tmp_path, runs_dir, capsys):
+    """`convert --to mlx-lm` of a (tied-head) chat run: mlx_lm.load + generate with the
+    tokenizer's own template give gptbench's prompt ids and greedy answer."""
+    from mlx_lm import generate, load
+    from mlx_lm.sample_utils import make_sampler
+
+    data = _chats(tmp_path / "chats.jsonl")
+    rc, err = run_cli(capsys, "train", "--no-ui", "--sft", "--data", str(data), "--runs-dir", str(runs_dir), "--name", "c",
+                      "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--tie-embeddings", *TRAIN)
+    assert rc == 0, err
+    out = tmp_path / "out-mlx"
+    rc, err = run_cli(capsys, "convert", "c", str(out), "--to", "mlx-lm", "--runs-dir", str(runs_dir))
+    assert rc == 0, err
+    loaded = load_model(RunStore(runs_dir), run="c", backend="mlx", device="cpu")
+    model, mtok = load(str(out))
+    ids = mtok.apply_chat_template([{"role": m.role, "content": m.content} for m in CONVERSATION], add_generation_prompt=True)
+    assert list(ids) == loaded.tokenizer.prompt_ids(CONVERSATION)
+    assert loaded.tokenizer.end_id in mtok.eos_token_ids
+    history = ChatHistory(loaded.tokenizer, loaded.backend.config.block_size, system=CONVERSATION[0].content, messages=list(CONVERSATION[1:3]))
+    answer = history.ask(loaded.backend, CONVERSATION[3].content, SamplingParams(temperature=0.0, max_new_tokens=8))
+    assert generate(model, mtok, ids, max_tokens=8, sampler=make_sampler(temp=0.0)) == answer.text
