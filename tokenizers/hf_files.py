@@ -90,7 +90,13 @@ def _added(specials: dict[str, int]) -> list[dict[str, Any]]:
 
 
 def tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
-    """The Hugging Face `tokenizer.json` equivalent of `tok` (HFTokenizerError if none exists)."""
+    """The Hugging Face `tokenizer.json` equivalent of `tok` (HFTokenizerError if none exists);
+    a chat tokenizer's turn tokens are added tokens after its base's vocabulary."""
+    chat = getattr(tok, "special", None) if hasattr(tok, "template") else None
+    if chat is not None:
+        doc = tokenizer_json(getattr(tok, "base"))
+        doc["added_tokens"] = doc["added_tokens"] + _added(chat)
+        return doc
     b2c = bytes_to_unicode()
     spell = lambda bs: "".join(b2c[b] for b in bs)  # noqa: E731
     doc: dict[str, Any] = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None}
@@ -134,6 +140,10 @@ def tokenizer_config(tok: Tokenizer, model_max_length: int) -> dict[str, Any]:
     }
     if tok.eot_id is not None:
         cfg["bos_token"] = cfg["eos_token"] = ENDOFTEXT
+    template = getattr(tok, "template", None)
+    if template is not None:  # a chat tokenizer: its template, and answers end at the end of a turn
+        cfg["chat_template"] = template
+        cfg["eos_token"] = "<|end|>"
     return cfg
 
 
@@ -163,7 +173,7 @@ def load_hf_tokenizer(folder: Path) -> Tokenizer | None:
         doc = _read_json(path)
         if not isinstance(doc, dict) or not isinstance(doc.get("model"), dict):
             raise HFTokenizerError(f"{path} is not a Hugging Face tokenizer.json (no model); remove it or replace it with the model's own")
-        return _from_tokenizer_json(doc, str(path))
+        return _with_chat_tokens(doc, folder, str(path))
     if (folder / VOCAB_JSON).is_file() and (folder / MERGES_TXT).is_file():
         vocab = _read_json(folder / VOCAB_JSON)
         try:
@@ -176,6 +186,24 @@ def load_hf_tokenizer(folder: Path) -> Tokenizer | None:
         specials = {ENDOFTEXT: vocab[ENDOFTEXT]} if isinstance(vocab.get(ENDOFTEXT), int) else {}
         return _byte_level_bpe(vocab, merges, specials, GPT2_PAT_STR, str(folder / VOCAB_JSON))
     return None
+
+
+def _with_chat_tokens(doc: dict[str, Any], folder: Path, where: str) -> Tokenizer:
+    """A tokenizer.json whose added tokens end with gptbench's four turn tokens (a chat run's
+    export) is its base tokenizer with them, and the template of tokenizer_config.json."""
+    from gptbench.tokenizers.chat import CHAT_TEMPLATE, CHAT_TOKENS, ChatTokenizer
+
+    added = [t for t in doc.get("added_tokens") or [] if isinstance(t, dict)]
+    turn = [t for t in added if t.get("content") in CHAT_TOKENS]
+    if not turn:
+        return _from_tokenizer_json(doc, where)
+    base = _from_tokenizer_json({**doc, "added_tokens": [t for t in added if t not in turn]}, where)
+    cfg = _read_json(folder / TOKENIZER_CONFIG) if (folder / TOKENIZER_CONFIG).is_file() else {}
+    template = cfg.get("chat_template") if isinstance(cfg, dict) and isinstance(cfg.get("chat_template"), str) else CHAT_TEMPLATE
+    tok = ChatTokenizer(base, template)
+    if {t.get("content"): t.get("id") for t in turn} != tok.special:
+        raise HFTokenizerError(f"{where}: its turn tokens {', '.join(CHAT_TOKENS)} must follow the vocabulary in that order, as gptbench numbers them")
+    return tok
 
 
 def _read_json(path: Path) -> Any:

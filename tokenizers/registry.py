@@ -136,6 +136,11 @@ def _load_json_file(path: Path) -> Tokenizer:
 
 def tokenizer_from_json(obj: dict[str, Any], directory: Path) -> Tokenizer:
     """Rebuild a tokenizer from its `to_json()` (side files are read from `directory`)."""
+    if "chat" in obj:  # a chat run's: the base tokenizer plus the turn tokens
+        from gptbench.tokenizers.chat import ChatTokenizer
+
+        base = tokenizer_from_json({k: v for k, v in obj.items() if k != "chat"}, directory)
+        return ChatTokenizer.from_json(base, obj["chat"], Path(directory) / "tokenizer.json")
     kind = obj.get("kind")
     if kind == "char":
         from gptbench.tokenizers.char import CharTokenizer

@@ -55,7 +55,7 @@ def write_hf_folder(source: "ModelSource", dst: Path, dtype: str, replace: bool,
     from gptbench.backends.weights import save_tensors
     from gptbench.tokenizers.hf_files import write_hf_tokenizer
 
-    eos = tok.eot_id if tok is not None else None
+    eos = getattr(tok, "end_id", None) or (tok.eot_id if tok is not None else None)  # a chat run's answers end at <|end|>
     notes = []
     with atomic_dir(dst, replace=replace) as stage:
         hf_tensors = to_hf(source.config, source.tensors)
@@ -84,7 +84,7 @@ def verify_tokenizer_files(tok: "Tokenizer", folder: Path) -> list[str]:
     Hugging Face `tokenizers` (what transformers and mlx-lm use) when it is installed."""
     from gptbench.tokenizers.hf_files import TOKENIZER_JSON, load_hf_tokenizer
 
-    probe = getattr(tok, "chars", None) or PROBE_TEXT  # a char vocabulary: every character
+    probe = getattr(getattr(tok, "base", tok), "chars", None) or PROBE_TEXT  # a char vocabulary: every character
     want = tok.encode(probe)
     back = load_hf_tokenizer(folder)
     if back is None or back.encode(probe) != want:

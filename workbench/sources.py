@@ -110,10 +110,16 @@ def load_checkpoint(path: Path, _depth: int = 0) -> ModelWeights:
 
 def fit_tensors(tensors: Mapping[str, np.ndarray], source: GPTConfig, target: GPTConfig, label: str) -> dict[str, np.ndarray]:
     """Source weights for `target`: the same except position embeddings cropped to its
-    context (a fine-tuned run may train on a shorter one; nanoGPT's crop_block_size)."""
-    if source.replace(dropout=target.dropout, block_size=target.block_size) != target or target.block_size > source.block_size:
+    context (a fine-tuned run may train on a shorter one; nanoGPT's crop_block_size) and,
+    for a chat run, the vocabulary grown by its turn tokens (`gptbench.chat.vocab`)."""
+    if (source.replace(dropout=target.dropout, block_size=target.block_size, vocab_size=target.vocab_size) != target
+            or target.block_size > source.block_size or target.vocab_size < source.vocab_size):
         raise BaseModelError(f"the weights of {label} no longer match the model built on them ({source} vs {target}); restore the original weights")
     out = dict(tensors)
+    if target.vocab_size > source.vocab_size:
+        from gptbench.chat.vocab import grow_vocab
+
+        out = grow_vocab(out, target.vocab_size)
     if target.block_size < source.block_size and "wpe.weight" in out:  # (rotary positions have no table)
         out["wpe.weight"] = np.ascontiguousarray(out["wpe.weight"][: target.block_size])
     return out

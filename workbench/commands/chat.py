@@ -1,8 +1,13 @@
 """`gptbench chat`: talk to a model in the terminal, without the TUI.
 
-The models here are base language models, so a "chat" is one running transcript: each line
-you type is appended to it, the model continues it, and its reply is appended too. The
-engine crops the transcript from the left to the model's context window; `/reset` clears it.
+Two modes, by the run's tokenizer. A chat run (trained with `--sft`) is in chat mode: each
+line is a user turn, the prompt is the run's template over the history and an optional
+system prompt (`/system`, `--system`), answers stop at the end-of-turn token and the oldest
+turns are dropped when the history outgrows the context (`gptbench.chat.session`). A base
+model is in completion mode: one running transcript that each line is appended to and the
+model continues; the engine crops it from the left to the context window. `/reset` clears
+either. `--message` (repeatable) answers each message in turn and exits; `--json` prints
+each answer as `{"text", "tokens", "finish_reason"}`.
 
 Replies are generated on a worker thread and streamed; the main thread only waits, so
 Ctrl-C during a reply sets the cancel event (the reply stops within one token) instead of
@@ -51,6 +56,8 @@ HELP = "\n".join([
     _help_line("/cache on|off", "KV cache (off recomputes the whole context every token)"),
     _help_line("/params", "show the sampling parameters"),
     _help_line("/history", "show the transcript"),
+    _help_line("/system TEXT", "chat runs: set the system prompt (alone: clear it)"),
+    _help_line("/retry", "chat runs: regenerate the last answer"),
     _help_line("/reset", "clear the transcript"),
     _help_line("/help", "this help"),
     _help_line("/quit", "exit (or Ctrl-D); Ctrl-C stops a reply"),
@@ -65,6 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_sampling_args(p)
+    g = p.add_argument_group("chat")
+    g.add_argument("--system", default="", help="system prompt (chat runs)")
+    g.add_argument("--message", action="append", default=[], help="answer this message and exit (repeatable: turns in order)")
+    g.add_argument("--json", action="store_true", help="with --message: print each answer as {\"text\", \"tokens\", \"finish_reason\"}")
     p.set_defaults(func=run_chat)
 
 
@@ -76,6 +87,23 @@ class ChatSession:
     params: SamplingParams
     use_cache: bool = True
     transcript: list[int] = dataclasses.field(default_factory=list)
+    history: "ChatHistory | None" = None  # chat mode (a chat run's tokenizer); None: completion mode
+
+    @classmethod
+    def open(cls, loaded: "LoadedModel", params: SamplingParams, use_cache: bool = True, system: str = "") -> "ChatSession":
+        from gptbench.chat.session import ChatHistory
+        from gptbench.tokenizers.chat import is_chat
+
+        session = cls(loaded, params, use_cache)
+        if is_chat(loaded.tokenizer):
+            session.history = ChatHistory(loaded.tokenizer, loaded.backend.config.block_size, system)  # type: ignore[arg-type]
+        elif system:
+            raise UserError(f"--system needs a chat run (trained with --sft); {loaded.source} is a base model in completion mode")
+        return session
+
+    @property
+    def mode(self) -> str:
+        return "chat" if self.history is not None else "completion"
 
     def describe(self) -> str:
         p = self.params
@@ -95,9 +123,19 @@ class ChatSession:
             return HELP
         if name == "reset":
             self.transcript = []
+            if self.history is not None:
+                self.history.messages = []
             return "[transcript cleared]"
+        if name in ("system", "retry") and self.history is None:
+            raise UserError(f"/{name} needs a chat run (trained with --sft); this one is in completion mode")
+        if name == "system":
+            self.history.system = value  # type: ignore[union-attr]
+            return f"[system prompt: {value}]" if value else "[system prompt cleared]"
         if name == "params":
             return self.describe()
+        if name == "history" and self.history is not None:
+            conv = self.history.conversation()
+            return "\n".join(f"{m.role}: {m.content}" for m in conv) if conv else "[transcript is empty]"
         if name == "history":
             return self.loaded.tokenizer.decode(self.transcript) if self.transcript else "[transcript is empty]"
         if name == "cache":
@@ -128,6 +166,13 @@ class ChatSession:
         """Append `line` to the transcript, stream the continuation through `write`, append it."""
         from gptbench.backends.generate import stream_generate
 
+        if self.history is not None:
+            if line.strip().lower() == "/retry":
+                answer = self.history.regenerate(self.loaded.backend, self.params, use_cache=self.use_cache, cancel=cancel, write=write)
+            else:
+                answer = self.history.ask(self.loaded.backend, line, self.params, use_cache=self.use_cache, cancel=cancel, write=write)
+            write("\n")
+            return answer
         tok = self.loaded.tokenizer
         user = tok.encode(line + "\n")  # UserError (unknown characters) leaves the transcript as it was
         context = self.transcript + user  # the engine crops it to the last block_size tokens
@@ -198,9 +243,31 @@ def _reply_in_worker(session: ChatSession, line: str, out) -> None:
     # one line on stderr says how the reply ended (stdout keeps only the transcript)
     if last is not None:
         note = ", cancelled" if last.finish_reason == "cancelled" else ""
+        if getattr(last, "trimmed", 0):
+            note += f", history trimmed: the {last.trimmed} oldest messages no longer fit the context"
         print(f"[{last.generation_tokens} tokens, {last.tokens_per_sec:.1f} tok/s{note}]", file=sys.stderr, flush=True)
     elif cancel.is_set():
         print("[cancelled]", file=sys.stderr, flush=True)
+
+
+def _answer_messages(session: ChatSession, messages: list[str], as_json: bool) -> int:
+    """`--message`: answer each message in turn (chat mode: as turns of one conversation;
+    completion mode: each continued on its own), print the answers, exit."""
+    import json
+
+    from gptbench.backends.generate import generate
+    from gptbench.chat.session import Answer
+
+    for text in messages:
+        if session.history is not None:
+            answer = session.history.ask(session.loaded.backend, text, session.params, use_cache=session.use_cache)
+        else:
+            if not text:
+                raise UserError("empty --message: give it some text")
+            r = generate(session.loaded.backend, session.loaded.tokenizer, text, session.params, use_cache=session.use_cache)
+            answer = Answer(r.text, r.tokens, "stop" if r.finish_reason == "eos" else r.finish_reason)
+        print(json.dumps(answer.to_json(), ensure_ascii=False) if as_json else answer.text, flush=True)
+    return 0
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -214,9 +281,12 @@ def run_chat(args: argparse.Namespace) -> int:
     )
     if loaded.notice:  # a damaged newest checkpoint was passed over: say so, once
         print(f"gptbench: warning: {loaded.notice}", file=sys.stderr, flush=True)
-    session = ChatSession(loaded, params, use_cache=args.kv_cache)
+    session = ChatSession.open(loaded, params, use_cache=args.kv_cache, system=args.system)
+    if args.message:
+        return _answer_messages(session, args.message, args.json)
     out = sys.stdout
-    print(f"chatting with {loaded.source} ({loaded.backend.describe()}, context {loaded.backend.config.block_size} tokens); /help for commands, Ctrl-D to exit", flush=True)
+    print(f"chatting with {loaded.source} in {session.mode} mode ({loaded.backend.describe()}, context "
+          f"{loaded.backend.config.block_size} tokens); /help for commands, Ctrl-D to exit", flush=True)
     while True:
         try:
             line = input(PROMPT)
@@ -229,7 +299,7 @@ def run_chat(args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         try:
-            if line.startswith("/"):
+            if line.startswith("/") and not (line.strip().lower() == "/retry" and session.history is not None):
                 text = session.command(line)
                 if text is None:
                     return 0

@@ -31,7 +31,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def get_batch(
     data: np.ndarray, batch_size: int, block_size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`batch_size` random windows: x = data[i:i+T], y = data[i+1:i+T+1], both int64 (B, T)."""
+    """`batch_size` random windows: x = data[i:i+T], y = data[i+1:i+T+1], both int64 (B, T).
+    Chat data (`gptbench.chat.sft.Conversations`) gives random conversations instead."""
+    if hasattr(data, "sample_rows"):
+        return data.sample_rows(batch_size, block_size, rng)
     offsets = _offsets(len(data), batch_size, block_size, rng)
     idx = offsets[:, None] + np.arange(block_size + 1)
     window = np.asarray(data[idx], dtype=np.int64)  # one gather from the memmap
@@ -42,6 +45,8 @@ def skip_batch(data: np.ndarray, batch_size: int, block_size: int, rng: np.rando
     """Advance `rng` exactly as `get_batch` would, without reading the data: a rank of a
     distributed run skips the micro-batches of the other ranks this way, so every rank
     follows the one seeded stream."""
+    if hasattr(data, "skip_rows"):
+        return data.skip_rows(batch_size, block_size, rng)
     _offsets(len(data), batch_size, block_size, rng)
 
 

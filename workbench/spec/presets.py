@@ -91,9 +91,23 @@ _PRESET_SECTIONS: dict[str, dict[str, dict[str, Any]]] = {
         "train": dict(batch_size=1, grad_accum=32, max_iters=20, lr=3e-5, min_lr=0.0, decay_lr=False, warmup_iters=0,
                       beta2=0.95, eval_interval=5, eval_iters=40),
     },
+    # `sft`: supervised fine-tuning on conversations (`--sft` picks it unless --preset is
+    # given). From nanochat's chat_sft: 32 conversations a step (4 x 8 micro-batches: one
+    # conversation per row, so a step's tokens vary less with its length mix), no warmup and
+    # no weight decay (a short run from a trained model), the learning rate decayed to zero.
+    # lr 1e-4: nanochat scales its base learning rates by 0.02 for SFT; 1e-4 is that order
+    # for AdamW on GPT-2-sized weights, and still moves a small model trained from scratch.
+    # Without --init-from the model is `tiny`'s shape with a 256-token context, which holds
+    # a few turns of a conversation (64 would cut most of them).
+    "sft": {
+        "model": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, dropout=0.0, bias=True, tie_embeddings=False),
+        "train": dict(batch_size=4, grad_accum=8, max_iters=300, lr=1e-4, min_lr=0.0, warmup_iters=0, weight_decay=0.0,
+                      beta2=0.95, eval_interval=50, eval_iters=20, sft=True),
+    },
 }
 
 DEFAULT_PRESET = "tiny"
+SFT_PRESET = "sft"  # the default preset with --sft
 FINETUNE_PRESET = "finetune"  # the default preset with --init-from
 NEEDS_INIT_FROM = (FINETUNE_PRESET,)
 PRESETS: dict[str, RunSpec] = {

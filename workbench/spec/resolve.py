@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from gptbench.backends.lora import LoRAConfig
 from gptbench.backends.spec import GPTConfig
 from gptbench.errors import ConfigError
-from gptbench.spec.presets import DEFAULT_PRESET, FINETUNE_PRESET, NEEDS_INIT_FROM, PRESETS
+from gptbench.spec.presets import DEFAULT_PRESET, FINETUNE_PRESET, NEEDS_INIT_FROM, PRESETS, SFT_PRESET
 from gptbench.spec.run import ParallelSpec, RunSpec, RuntimeSpec
 from gptbench.spec.settings import BY_PATH
 from gptbench.spec.train import TrainConfig
@@ -73,10 +73,11 @@ def resolve_spec(preset: str | None = None, toml: Overrides | None = None, flags
 
     With `init_from` the model comes from the source: `model_given` records the model keys
     set in the file or as flags (to be checked against it), the tokenizer is the source's
-    unless given, and the preset defaults to `finetune`."""
+    unless given, and the preset defaults to `finetune` (`sft` with `train.sft`)."""
     given = {k: v for k, v in (toml or {}).items() if v is not None}
     given.update({k: v for k, v in (flags or {}).items() if v is not None})
-    preset = preset or given.pop("preset", None) or (FINETUNE_PRESET if given.get("init_from") else DEFAULT_PRESET)
+    default = SFT_PRESET if given.get("train.sft") else FINETUNE_PRESET if given.get("init_from") else DEFAULT_PRESET
+    preset = preset or given.pop("preset", None) or default
     given.pop("preset", None)
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

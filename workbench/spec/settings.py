@@ -123,6 +123,9 @@ TRAIN_SETTINGS = [
     _s("train.keep_last", "--keep-last", int, "checkpoints kept besides the best"),
     _s("train.seed", "--seed", int, "random seed (init, batches, dropout)"),
     _s("train.val_fraction", "--val-fraction", float, "share of the corpus held out for validation"),
+    _s("train.sft", "--sft", bool, "supervised fine-tuning on conversations (--data: messages or prompt/completion JSONL, "
+       "or hf:NAME): adds the chat turn tokens, loss on the assistant's tokens only", switch=True),
+    _s("train.train_on_prompt", "--train-on-prompt", bool, "with --sft: train on the prompt's tokens too (no masking)", switch=True),
 ]
 SETTINGS: list[Setting] = RUN_SETTINGS + RUNTIME_SETTINGS + PARALLEL_SETTINGS + LORA_SETTINGS + MODEL_SETTINGS + TRAIN_SETTINGS
 BY_PATH: dict[str, Setting] = {s.path: s for s in SETTINGS}

@@ -43,6 +43,8 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept besides the best
     seed: int = 1337
     val_fraction: float = 0.1
+    sft: bool = False  # supervised fine-tuning on conversations (gptbench.chat.sft)
+    train_on_prompt: bool = False  # with sft: train on every token, not only the assistant's
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -80,6 +82,8 @@ class TrainConfig:
             raise ConfigError(f"muon-momentum must be in [0, 1), got {self.muon_momentum}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.train_on_prompt and not self.sft:
+            raise ConfigError("train-on-prompt applies to chat data only; add --sft (or drop --train-on-prompt)")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":

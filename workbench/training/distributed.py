@@ -70,7 +70,7 @@ def shared_data(comm: Collectives, spec: RunSpec, block_size: int, data: Any, pl
 
 
 def peer_data(spec: RunSpec, block_size: int, plan: dict[str, Any]) -> Any:
-    from gptbench.data import prepare_data
+    from gptbench.chat.sft import prepare_run_data
     from gptbench.tokenizers.registry import load_tokenizer
 
     tokenizer = None
@@ -82,7 +82,9 @@ def peer_data(spec: RunSpec, block_size: int, plan: dict[str, Any]) -> Any:
             tokenizer = None
         if tokenizer is not None and tokenizer.fingerprint() != plan["fingerprint"]:
             tokenizer = None
-    data = prepare_data(spec.data, spec.tokenizer, block_size=block_size, val_fraction=spec.train.val_fraction, tokenizer=tokenizer)
+    if spec.train.sft:  # conversations are not cached: every rank reads them (the fingerprint checks the vocabulary)
+        tokenizer = None
+    data = prepare_run_data(spec, block_size=block_size, tokenizer=tokenizer)
     if data.tokenizer.fingerprint() != plan["fingerprint"]:
         raise UserError(f"this rank built a different {spec.tokenizer} tokenizer than rank 0 from {spec.data or 'the default corpus'}; give every machine the same corpus and tokenizer files")
     if plan.get("sha256") and data.info.get("sha256") != plan["sha256"]:

@@ -31,7 +31,8 @@ class Evaluator:
             split: [get_batch(getattr(data, split), batch_size, block_size, rng) for _ in range(eval_iters)]
             for split in ("train", "val")
         }
-        self.val_bytes = split_bytes(data.val, data.tokenizer)
+        # chat data: the bytes of the trained (assistant) tokens, so bpb is over the answers
+        self.val_bytes = split_bytes(data.val.trained_ids() if hasattr(data.val, "trained_ids") else data.val, data.tokenizer)
         # val loss (nats a token) -> bits a byte; None for a split of special tokens only
         self._bpb_per_nat = len(data.val) / (self.val_bytes * math.log(2)) if self.val_bytes else None
 

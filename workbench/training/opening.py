@@ -72,7 +72,7 @@ def _prepare_finetune(store: RunStore, spec: RunSpec, comm: Collectives, reporte
     """Rank 0 of a new fine-tuning run: resolve `--init-from`, derive the model from it (the
     explicit model keys checked against it), take its tokenizer and prepare the corpus.
     Returns (source, the spec with the source's full model and tokenizer, data)."""
-    from gptbench.data import prepare_data
+    from gptbench.chat.sft import prepare_run_data
     from gptbench.finetune import choose_tokenizer, derive_config
     from gptbench.sources import resolve_init_source
 
@@ -83,8 +83,9 @@ def _prepare_finetune(store: RunStore, spec: RunSpec, comm: Collectives, reporte
     tokenizer = choose_tokenizer(source, spec.tokenizer)
     if spec.lora is not None:
         spec.lora.modules(model_cfg)  # targets this model lacks fail before any data is read
-    data = prepare_data(spec.data, tokenizer.spec, block_size=model_cfg.block_size, val_fraction=spec.train.val_fraction,
-                        tokenizer=tokenizer, progress=reporter.log)
+    data = prepare_run_data(spec, block_size=model_cfg.block_size, tokenizer=tokenizer, progress=reporter.log)
+    if data.tokenizer.vocab_size > model_cfg.vocab_size:  # --sft's turn tokens: new embedding (and head) rows
+        model_cfg = model_cfg.replace(vocab_size=data.tokenizer.vocab_size)
     # the whole model, vocab_size included (it may exceed the tokenizer's): the other ranks build it from this
     return source, replace(spec, tokenizer=tokenizer.spec, model=model_cfg), data
 
@@ -92,7 +93,7 @@ def _prepare_finetune(store: RunStore, spec: RunSpec, comm: Collectives, reporte
 def open_new(store: RunStore, spec: RunSpec, reporter: Reporter, comm: Collectives) -> Opened:
     """Claim the run's name, then prepare data and the model. The run exists (config
     written, by the Trainer) only once everything needed to train it has been built."""
-    from gptbench.data import prepare_data
+    from gptbench.chat.sft import prepare_run_data
     from gptbench.data.sources import absolute_spec
 
     writer: RunWriter | None = None
@@ -108,8 +109,7 @@ def open_new(store: RunStore, spec: RunSpec, reporter: Reporter, comm: Collectiv
         if spec.init_from:
             source, spec, data = _prepare_finetune(store, spec, comm, reporter)
         else:
-            data = prepare_data(spec.data, spec.tokenizer, block_size=spec.model.block_size,
-                                val_fraction=spec.train.val_fraction, progress=reporter.log)
+            data = prepare_run_data(spec, block_size=spec.model.block_size, progress=reporter.log)
             spec = replace(spec, model=spec.model_config(data.tokenizer.vocab_size))
         check_fits(spec.model, spec.train, spec.runtime.backend, spec.runtime.device, comm.parallel, spec.lora)
         return data, {"spec": spec.to_dict(), "data": data_plan(data)}

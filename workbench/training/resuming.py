@@ -28,7 +28,7 @@ from gptbench.training.opening import Opened, build_backend, check_fits
 from gptbench.training.reporting import Reporter
 from gptbench.training.schedule import schedule_notes
 
-FIXED_ON_RESUME = ("model.", "data", "tokenizer", "train.optimizer")  # their checkpointed tensors depend on them
+FIXED_ON_RESUME = ("model.", "data", "tokenizer", "train.optimizer", "train.sft")  # their checkpointed tensors depend on them
 
 
 def resumed_spec(saved: RunSpec, overrides: Mapping[str, Any], where: str) -> tuple[RunSpec, str | None]:
@@ -96,7 +96,7 @@ def _stored_weights(run: Run, spec: RunSpec, saved: RunSpec, ckpt: Any, init_fro
 def _check_and_prepare(run: Run, overrides: Mapping[str, Any], accept_changed_data: bool, comm: Collectives,
                        reporter: Reporter) -> tuple[Any, dict[str, Any]]:
     """Rank 0: everything a resume needs, validated. (kept on rank 0, what all ranks get)."""
-    from gptbench.data import prepare_data
+    from gptbench.chat.sft import prepare_run_data
     from gptbench.sources import load_run_tokenizer
 
     if not run.exists():
@@ -106,8 +106,7 @@ def _check_and_prepare(run: Run, overrides: Mapping[str, Any], accept_changed_da
     spec, changed = resumed_spec(saved, overrides, str(run.config_path))
     check_world(spec.train, comm, run.name)
     ckpt, start = _last_checkpoint(run, spec, overrides)
-    data = prepare_data(spec.data, spec.tokenizer, block_size=spec.model.block_size, val_fraction=spec.train.val_fraction,
-                        tokenizer=load_run_tokenizer(run), progress=reporter.log)
+    data = prepare_run_data(spec, block_size=spec.model.block_size, tokenizer=load_run_tokenizer(run), progress=reporter.log)
     saved_sha, sha = facts.data.get("sha256"), data.info.get("sha256")
     if saved_sha and sha != saved_sha and not accept_changed_data:
         raise UserError(

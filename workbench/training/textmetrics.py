@@ -11,12 +11,13 @@ from gptbench.backends.base import Backend
 
 def token_byte_lengths(tokenizer: Any) -> np.ndarray:
     """The UTF-8 length of each token's text, int64 [vocab_size]; 0 for the end-of-text
-    token, which marks a document boundary rather than standing for text. Every gptbench
+    token and chat turn tokens, which mark boundaries rather than stand for text. Every gptbench
     tokenizer decodes a sequence to the concatenation of its tokens' bytes, so a split's
     text length is a sum over this table."""
     lengths = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+    markers = {tokenizer.eot_id, *getattr(tokenizer, "special_ids", ())}  # chat turn tokens: 0 bytes too
     for i in range(tokenizer.vocab_size):
-        if i != tokenizer.eot_id:
+        if i not in markers:
             lengths[i] = len(tokenizer.decode_bytes([i]))
     return lengths
 

@@ -6,6 +6,12 @@ speed, finish reason). Sending posts `Transcript.Submitted`; the screen answers 
 worker that streams text deltas back as messages, batched to at most ~30 UI updates per
 second so a fast model never floods the event loop; `cancel()` sets the
 `threading.Event` that `stream_generate` checks every token.
+
+Two modes, by the loaded model's tokenizer (the line above the prompt says which): a chat
+run (trained with `--sft`) is in chat mode, where the turns so far and the system field
+become a prompt through the run's template (`gptbench.chat.session.ChatHistory`: oldest
+turns dropped when they outgrow the context, and the reply's line says so), and the reply
+stops at the end of its turn; a base model is in completion mode, continuing the text.
 """
 
 from __future__ import annotations
@@ -46,13 +52,16 @@ class Turn:
     tokens_per_sec: float = 0.0
     time_to_first_token: float = 0.0
     gen_id: int = -1  # the generation currently writing this turn's reply
+    trimmed: int = 0  # chat mode: oldest messages left out of this reply's prompt
 
     @property
     def meta(self) -> str:
         """The line under a finished reply: length, speed, why it ended, how it was made."""
         if self.finish_reason is None:
             return ""
-        return (f"{self.tokens} tokens · {self.tokens_per_sec:,.1f} tok/s · finish: {self.finish_reason}\n"
+        reason = "end of turn" if self.finish_reason == "eos" else self.finish_reason
+        trimmed = f" · history trimmed: {self.trimmed} oldest messages left out" if self.trimmed else ""
+        return (f"{self.tokens} tokens · {self.tokens_per_sec:,.1f} tok/s · finish: {reason}{trimmed}\n"
                 f"{self.settings.describe()}")
 
 
@@ -131,7 +140,15 @@ class Transcript(Vertical):
         with History(id="chat-history"):
             yield Static(EMPTY_HINT, id="chat-empty")
         yield Static("", id="prompt-error")
+        yield Static("mode: completion (the model continues your text)", id="chat-mode")
+        system = Input(placeholder="System prompt (chat runs)", id="system")
+        system.display = False
+        yield system
         yield Input(placeholder="Prompt — Enter sends, Esc cancels a reply", id="prompt")
+
+    @property
+    def chat_mode(self) -> bool:
+        return self.tokenizer is not None and hasattr(self.tokenizer, "end_id")
 
     @property
     def prompt_input(self) -> Input:
@@ -140,6 +157,10 @@ class Transcript(Vertical):
     # ---- the prompt ---------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer: "Tokenizer | None") -> None:
         self.tokenizer = tokenizer
+        chat = self.chat_mode
+        self.query_one("#chat-mode", Static).update(
+            "mode: chat (the run's template; Ctrl+R regenerates)" if chat else "mode: completion (the model continues your text)")
+        self.query_one("#system", Input).display = chat
         self.check_prompt()
 
     def check_prompt(self, prompt: str | None = None) -> str:
@@ -178,6 +199,18 @@ class Transcript(Vertical):
         self.post_message(self.Submitted(self.turns[-1].prompt, regenerate=True))
         return True
 
+    def chat_context(self, prompt: str, upto: int, lm: "LoadedModel", settings: ReplySettings) -> tuple[list[int], int]:
+        """Chat mode: the template's prompt ids for the turns before `upto` plus `prompt`,
+        and how many old messages were left out to fit the context (UserError if none fits)."""
+        from gptbench.chat.session import ChatHistory
+        from gptbench.tokenizers.chat import Message
+
+        messages = [Message(role, text) for t in self.turns[:upto] if not t.error
+                    for role, text in (("user", t.prompt), ("assistant", t.reply))]
+        history = ChatHistory(lm.tokenizer, lm.backend.config.block_size, self.query_one("#system", Input).value,  # type: ignore[arg-type]
+                              messages + [Message("user", prompt)])
+        return history.prompt(settings.params.max_new_tokens)
+
     def context(self, prompt: str, upto: int, continue_transcript: bool) -> str:
         """What the model continues: the prompt, or the conversation before turn `upto` plus it."""
         if not continue_transcript:
@@ -190,16 +223,29 @@ class Transcript(Vertical):
             self.notify("A reply is still streaming; press Esc to cancel it first", severity="warning")
             return False
         index = len(self.turns) - 1 if regenerate else len(self.turns)
-        if self.check_prompt(self.context(prompt, index, settings.continue_transcript)):
+        if self.check_prompt(prompt if self.chat_mode else self.context(prompt, index, settings.continue_transcript)):
             return False
+        context: "str | list[int]" = self.context(prompt, index, settings.continue_transcript)
+        trimmed = 0
+        if self.chat_mode:
+            import dataclasses
+
+            try:
+                context, trimmed = self.chat_context(prompt, index, lm, settings)
+            except UserError as exc:
+                self.show_error(str(exc))
+                return False
+            stops = (*settings.params.stop_token_ids, getattr(lm.tokenizer, "end_id"))
+            settings = dataclasses.replace(settings, params=dataclasses.replace(settings.params, stop_token_ids=stops))
         self.query_one("#chat-empty").display = False
         history = self.query_one(History)
         if regenerate:
             turn = self.turns[index]
             turn.settings, turn.reply, turn.finish_reason, turn.error = settings, "", None, ""
+            turn.trimmed = trimmed
             view = self.views[index]
         else:
-            turn = Turn(prompt, settings)
+            turn = Turn(prompt, settings, trimmed=trimmed)
             self._gen_counter += 1
             view = TurnView(self._gen_counter, turn)
             self.turns.append(turn)
@@ -211,12 +257,11 @@ class Transcript(Vertical):
         self._gen_counter += 1
         turn.gen_id = self.generating = self._gen_counter
         self.cancel_event = threading.Event()
-        context = self.context(prompt, index, settings.continue_transcript)
         self._generate(turn.gen_id, lm, context, settings, self.cancel_event)
         return True
 
     @work(thread=True, exclusive=True, group="chat-gen", exit_on_error=False)
-    def _generate(self, gen_id: int, lm: "LoadedModel", prompt: str, settings: ReplySettings, cancel: threading.Event) -> None:
+    def _generate(self, gen_id: int, lm: "LoadedModel", prompt: "str | list[int]", settings: ReplySettings, cancel: threading.Event) -> None:
         from gptbench.backends.generate import stream_generate
 
         pending: list[str] = []

@@ -1,0 +1,1 @@
+"""Chat models: conversation data for supervised fine-tuning, vocabulary growth, chat sessions."""
