@@ -304,6 +304,14 @@ def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     return losses.sum() / mx.maximum(valid.sum(), 1).astype(mx.float32)
 
 
+def target_logprobs(logits: mx.array, targets: mx.array) -> mx.array:
+    """log p(target) at every position in float32, [B, T]; targets of -1 give 0."""
+    logits = logits.astype(mx.float32)
+    picked = mx.take_along_axis(logits, mx.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+    logp = picked - mx.logsumexp(logits, axis=-1)
+    return mx.where(targets >= 0, logp, mx.zeros_like(logp))
+
+
 class LoRAKeys:
     """Where `LoRALinear`s take their dropout keys: the training step sets `key` before the
     forward pass and clears it after (eval and generation leave it None: no dropout). MLX

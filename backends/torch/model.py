@@ -248,6 +248,13 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1)
 
 
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) at every position in float32, [B, T]; targets of -1 give 0."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(targets >= 0, picked, torch.zeros_like(picked))
+
+
 class LoRALinear(nn.Linear):
     """A frozen Linear plus a trainable low-rank update (`backends/lora.py` has the math):
     y = W x + b + scale · B (A dropout(x)). Subclassing Linear keeps `weight` and `bias`
