@@ -63,7 +63,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from gptbench.evaluation.runner import EvalOptions, evaluate
+    from gptbench.evaluation.runner import EvalOptions, evaluate, prepare
     from gptbench.evaluation.tasks import resolve_task
     from gptbench.loading import load_model, load_source
     from gptbench.runstore import RunStore
@@ -79,17 +79,18 @@ def run_eval(args: argparse.Namespace) -> int:
     if loaded.notice:
         print(f"gptbench: warning: {loaded.notice}", file=sys.stderr, flush=True)
     options = EvalOptions(shots=args.shots, seed=args.seed, limit=args.limit, max_rows=args.batch_size)
+    prepared = [prepare(loaded.backend, loaded.tokenizer, task, options) for task in tasks]  # every item encodes
     results = []
-    for task in tasks:
-        if not args.json:
-            print(f"scoring {task.name} on {loaded.source} ...", file=sys.stderr, flush=True)
-        results.append(evaluate(loaded.backend, loaded.tokenizer, task, options))
+    for p in prepared:
+        if sys.stderr.isatty():
+            print(f"scoring {p.task.name} on {loaded.source} ...", file=sys.stderr, flush=True)
+        results.append(evaluate(loaded.backend, loaded.tokenizer, p, options))
     if args.per_item:
         write_per_item(Path(args.per_item).expanduser(), results)
     if args.run is not None and args.record:
         from gptbench.runstore.evals import record_scores
 
-        record_scores(store.existing(args.run), loaded.source, results, limit=args.limit)
+        record_scores(store.existing(args.run).path, loaded.source, results, limit=args.limit)
     print(json.dumps(report(loaded.source, results)) if args.json else format_table(results))
     return 0
 

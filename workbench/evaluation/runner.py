@@ -50,26 +50,39 @@ def encode_task(task: Task, tokenizer, shots: int, seed: int, block_size: int) -
     return out
 
 
-def evaluate(model, tokenizer, task: Task, options: EvalOptions = EvalOptions()) -> TaskResult:
+@dataclass(frozen=True)
+class Prepared:
+    """A task cut to `--limit`, its items encoded (none for a text): every item checked."""
+
+    task: Task
+    requests: tuple[tuple[Request, ...], ...] = ()
+
+
+def prepare(model, tokenizer, task: Task, options: EvalOptions = EvalOptions()) -> Prepared:
+    """Encode `task` for `model` before anything is scored, so a bad item fails first."""
+    task = task.limited(options.limit)
+    if task.kind == "bpb":
+        return Prepared(task)
+    per_item = encode_task(task, tokenizer, options.shots, options.seed, model.config.block_size)
+    return Prepared(task, tuple(tuple(reqs) for reqs in per_item))
+
+
+def evaluate(model, tokenizer, task: Task | Prepared, options: EvalOptions = EvalOptions()) -> TaskResult:
     """`task` scored on `model` (a backend): acc/acc_norm per item, or bits per byte."""
+    prepared = task if isinstance(task, Prepared) else prepare(model, tokenizer, task, options)
+    task = prepared.task
     block = model.config.block_size
     budget = token_budget(model.config.vocab_size, block)
-    task = task.limited(options.limit)
     if task.kind == "bpb":
         try:
             return text_bpb(model.token_logprobs, tokenizer, task.text, block, task.name, budget)
         except UserError as exc:
             raise UserError(f"task {task.name}: {exc}") from None
-    per_item = encode_task(task, tokenizer, options.shots, options.seed, block)
-    flat = [r for reqs in per_item for r in reqs]
-    try:
-        scored = score_requests(model.token_logprobs, flat, block, max_rows=options.max_rows, max_tokens=budget)
-    except UserError as exc:
-        raise UserError(f"task {task.name}: {exc}") from None
+    flat = [r for reqs in prepared.requests for r in reqs]
+    scored = score_requests(model.token_logprobs, flat, block, max_rows=options.max_rows, max_tokens=budget)
     items, k = [], 0
-    for i, (item, reqs) in enumerate(zip(task.items, per_item)):
+    for i, (item, reqs) in enumerate(zip(task.items, prepared.requests)):
         got = scored[k: k + len(reqs)]
         k += len(reqs)
-        items.append(ItemScore(i, item.answer, tuple(s.loglik for s in got), item.lengths,
-                               any(s.truncated for s in got)))
+        items.append(ItemScore(i, item.answer, tuple(s.loglik for s in got), item.lengths, any(s.truncated for s in got)))
     return TaskResult.from_items(task.name, items, options.shots)

@@ -6,7 +6,8 @@
 `gptbench eval --run` and training's `--eval-task` write through `record_scores` only: under
 an flock of `.evals.lock` (so an eval beside a live trainer cannot lose a record) the file
 is rewritten atomically with the new records replacing any of the same task and step. The
-TUI and `gptbench runs` read through `read_scores` and `core_at_latest`.
+TUI and `gptbench runs` read through `read_scores` and `core_at_latest` (the run summary's
+`score`). Functions take the run's folder, so the reader can import this module.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gptbench.fsutil import atomic_write_text
-from gptbench.runstore.reader import Run, iter_jsonl
 
 EVALS = "evals.jsonl"
 EVALS_LOCK = ".evals.lock"
@@ -51,13 +51,26 @@ class EvalScore:
             return None
 
 
-def read_scores(run: Run) -> list[EvalScore]:
-    """Every intact record of the run, in file order (by step, then task)."""
-    found = (EvalScore.from_dict(obj) for obj in iter_jsonl(run.path / EVALS))
-    return [s for s in found if s is not None and isinstance(s.task, str) and isinstance(s.step, int)]
+def read_scores(run_dir: Path) -> list[EvalScore]:
+    """Every intact record of the run in `run_dir`, in file order (by step, then task); a
+    line of another shape is skipped."""
+    try:
+        lines = (run_dir / EVALS).read_text(encoding="utf-8", errors="replace").splitlines()
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for line in lines:
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        score = EvalScore.from_dict(obj) if isinstance(obj, dict) else None
+        if score is not None and isinstance(score.task, str) and isinstance(score.step, int):
+            found.append(score)
+    return found
 
 
-def record_scores(run: Run, source: str, results: Iterable[Any], *, step: int | None = None, limit: int | None = None) -> list[EvalScore]:
+def record_scores(run_dir: Path, source: str, results: Iterable[Any], *, step: int | None = None, limit: int | None = None) -> list[EvalScore]:
     """Record `results` (evaluation `TaskResult`s) at `step` (default: the step in `source`,
     "name@step-N"), replacing the run's earlier records of the same task and step."""
     if step is None:
@@ -65,12 +78,18 @@ def record_scores(run: Run, source: str, results: Iterable[Any], *, step: int | 
     now = time.time()
     new = [EvalScore(r.task, step, r.kind, r.n, r.acc, r.acc_norm, r.centered, r.bpb, r.shots, limit, source, now) for r in results]
     keys = {(s.task, s.step) for s in new}
-    with open(run.path / EVALS_LOCK, "a") as lock:
+    with open(run_dir / EVALS_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        kept = [s for s in read_scores(run) if (s.task, s.step) not in keys]
+        kept = [s for s in read_scores(run_dir) if (s.task, s.step) not in keys]
         rows = sorted(kept + new, key=lambda s: (s.step, s.task))
-        atomic_write_text(run.path / EVALS, "".join(json.dumps(asdict(s)) + "\n" for s in rows))
+        atomic_write_text(run_dir / EVALS, "".join(json.dumps(asdict(s)) + "\n" for s in rows))
     return new
+
+
+def latest_core(run_dir: Path) -> float | None:
+    """The run's score for tables: mean centred accuracy at its newest evaluated step."""
+    core = core_at_latest(read_scores(run_dir))
+    return None if core is None else core[1]
 
 
 def core_at_latest(scores: list[EvalScore]) -> tuple[int, float, list[str]] | None:
