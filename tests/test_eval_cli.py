@@ -136,3 +136,28 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, run_copy, it
     assert rc == 2
     assert_one_line(err, *needles)
     assert tree_snapshot(tmp_path) == before
+
+
+def test_eval_task_scores_at_every_evaluation_of_training(tmp_path, corpus_file, items_file):
+    from gptbench.runstore.evals import read_scores
+
+    from helpers import train_fixture_run
+
+    run = train_fixture_run(tmp_path / "runs", corpus_file, name="scored", max_iters=100, eval_task=f"mc:{items_file}")
+    scores = read_scores(run.path)
+    evals = [json.loads(x) for x in (run.path / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert [s.step for s in scores] == [e["step"] for e in evals] and len(scores) >= 2
+    assert all(s.task == f"mc:{items_file}" and s.n == 3 and s.kind == "mc" for s in scores)
+    assert f"mc:{items_file} acc" in (run.path / "log.txt").read_text()
+
+
+def test_a_bad_eval_task_leaves_no_run(capsys, tmp_path, corpus_file):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "a", "choices": [" b"], "answer": 0}\n')
+    runs = tmp_path / "runs"
+    for task, needles in ((f"mc:{bad}", [f"{bad} line 1", "at least 2"]), ("nope", ["eval-task", "unknown task 'nope'"])):
+        rc, _, err = run_cli_output(capsys, "--runs-dir", runs, "train", "--no-ui", "--data", corpus_file, "--preset", "tiny",
+                                    "--max-iters", "10", "--device", "cpu", "--name", "x", "--eval-task", task)
+        assert rc == 2
+        assert_one_line(err, *needles)
+        assert not (runs / "x").exists()

@@ -24,6 +24,14 @@ def check_task_name(spec: str) -> str:
     raise UserError(f"unknown task {spec!r}; choose {TASK_HELP}")
 
 
+def split_tasks(spec: str) -> list[str]:
+    """`--eval-task`'s value: one task or several, comma-separated, each checked by name."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    for name in names:
+        check_task_name(name)
+    return names
+
+
 def resolve_task(spec: str) -> Task:
     """The task `spec` names, its items read and checked."""
     check_task_name(spec)

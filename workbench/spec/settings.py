@@ -123,6 +123,8 @@ TRAIN_SETTINGS = [
     _s("train.keep_last", "--keep-last", int, "checkpoints kept besides the best"),
     _s("train.seed", "--seed", int, "random seed (init, batches, dropout)"),
     _s("train.val_fraction", "--val-fraction", float, "share of the corpus held out for validation"),
+    _s("train.eval_task", "--eval-task", str, "score these tasks at every evaluation, recorded in the run (TASK[,TASK...]: "
+       "mc:FILE.jsonl, bpb:FILE, hellaswag, ...; see gptbench eval)", metavar="TASKS"),
 ]
 SETTINGS: list[Setting] = RUN_SETTINGS + RUNTIME_SETTINGS + PARALLEL_SETTINGS + LORA_SETTINGS + MODEL_SETTINGS + TRAIN_SETTINGS
 BY_PATH: dict[str, Setting] = {s.path: s for s in SETTINGS}

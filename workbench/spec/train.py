@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from gptbench.backends.optim import MuonConfig, OptimConfig
-from gptbench.errors import ConfigError, reject_unknown_keys
+from gptbench.errors import ConfigError, UserError, reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept besides the best
     seed: int = 1337
     val_fraction: float = 0.1
+    eval_task: str = ""  # tasks scored at every evaluation (gptbench.evaluation), comma-separated; "" = none
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -80,6 +81,13 @@ class TrainConfig:
             raise ConfigError(f"muon-momentum must be in [0, 1), got {self.muon_momentum}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.eval_task:
+            from gptbench.evaluation.tasks import split_tasks
+
+            try:
+                split_tasks(self.eval_task)
+            except UserError as exc:
+                raise ConfigError(f"eval-task: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
