@@ -5,6 +5,7 @@ and the log-likelihoods of a Hugging Face model against transformers on identica
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -161,3 +162,16 @@ def test_a_bad_eval_task_leaves_no_run(capsys, tmp_path, corpus_file):
         assert rc == 2
         assert_one_line(err, *needles)
         assert not (runs / "x").exists()
+
+
+def test_run_details_show_the_score():
+    from rich.console import Console
+
+    from gptbench.runstore import RunSummary
+    from gptbench.tui.widgets.rundetails import summary_table
+
+    console = Console(record=True, width=120)
+    console.print(summary_table(RunSummary("r", "finished", step=10, max_iters=10, created=1.0, score=0.25), None, now=2.0))
+    assert re.search(r"score +0.250 \(mean centred accuracy", console.export_text())
+    console.print(summary_table(RunSummary("r", "finished", step=10, max_iters=10, created=1.0), None, now=2.0))
+    assert console.export_text().count("score") == 0
