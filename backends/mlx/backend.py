@@ -151,8 +151,7 @@ class MLXBackend(Backend):
 
     def token_logprobs(self, idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
         with mx.stream(self._device):
-            logits = self.model(mx.array(np.asarray(idx, dtype=np.int32)))
-            return np.array(target_logprobs(logits, mx.array(np.asarray(targets, dtype=np.int32))))
+            return target_logprobs(self.model, mx.array(np.asarray(idx, dtype=np.int32)), targets)
 
     # ---- training -------------------------------------------------------------------
     def setup_optimizer(self, optim: OptimConfig) -> None:

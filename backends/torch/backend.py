@@ -193,8 +193,7 @@ class TorchBackend(Backend):
     def token_logprobs(self, idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
         self.model.eval()
         with self._autocast():
-            logits = self.model(self._to_device(idx))
-        return target_logprobs(logits, self._to_device(targets)).cpu().numpy()
+            return target_logprobs(self.model, self._to_device(idx), targets)
 
     # ---- training -------------------------------------------------------------------
     def setup_optimizer(self, optim: OptimConfig) -> None:
