@@ -86,6 +86,18 @@ def record_scores(run_dir: Path, source: str, results: Iterable[Any], *, step: i
     return new
 
 
+def score_series(run_dir: Path) -> dict[str, tuple[tuple[int, ...], tuple[float, ...]]]:
+    """Per task, its scored steps and accuracy (bits per byte for a text), for charts."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for s in read_scores(run_dir):
+        value = s.acc if s.kind == "mc" else s.bpb
+        if isinstance(value, (int, float)):
+            steps, values = out.setdefault(s.task, ([], []))
+            steps.append(s.step)
+            values.append(float(value))
+    return {task: (tuple(steps), tuple(values)) for task, (steps, values) in out.items()}
+
+
 def latest_core(run_dir: Path) -> float | None:
     """The run's score for tables: mean centred accuracy at its newest evaluated step."""
     core = core_at_latest(read_scores(run_dir))
