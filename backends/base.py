@@ -143,6 +143,21 @@ class TrainingBackend(ABC):
         Args: `idx` int [B, T] with T <= block_size. Returns: float32 numpy [B, T, V].
         Distributed: collective under FSDP."""
 
+    def token_logprobs(self, idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """log p(targets[b, t] | idx[b, :t + 1]) at every position, in eval mode, without a
+        cache: what log-likelihood scoring (`gptbench.evaluation`) reads, computed where the
+        logits are so [B, T, V] never crosses to numpy. A row may be right-padded: causal
+        attention keeps padding from changing the positions before it.
+
+        Args: `idx`, `targets` int [B, T], T <= block_size; a target of -1 gives 0.
+        Returns: float32 numpy [B, T]. This default goes through `forward_logits`."""
+        logits = self.forward_logits(idx).astype(np.float64)
+        top = logits.max(axis=-1, keepdims=True)
+        logp = logits - (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))
+        t = np.asarray(targets)
+        picked = np.take_along_axis(logp, np.maximum(t, 0)[..., None], axis=-1)[..., 0]
+        return np.where(t >= 0, picked, 0.0).astype(np.float32)
+
     # ---- training -------------------------------------------------------------------
     @abstractmethod
     def setup_optimizer(self, optim: OptimConfig) -> None:

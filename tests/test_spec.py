@@ -69,7 +69,8 @@ def test_every_setting_round_trips_through_the_command_line(tmp_path):
                "lora.rank": 2, "lora.alpha": 3.5, "lora.targets": "attn", "lora.dropout": 0.25,
                "model.norm": "rmsnorm", "model.mlp": "swiglu", "model.pos": "rope", "model.bias": False, "model.tie_embeddings": False,
                "model.qk_norm": True, "model.zero_init_proj": True, "model.n_head": 16, "model.n_embd": 1024,
-               "train.optimizer": "adamw", "train.decay_lr": False, "train.sft": True, "train.train_on_prompt": True}
+               "train.optimizer": "adamw", "train.decay_lr": False, "train.sft": True, "train.train_on_prompt": True,
+               "train.eval_task": "mc:items.jsonl,hellaswag"}
     for s in SETTINGS:
         if s.path not in changed and s.path != "parallel.nproc":
             base = value_at(PRESETS["finetune"], s.path)

@@ -72,3 +72,27 @@ def load_model(
     be = create_backend(config, backend, device=device, dtype=dtype)
     stored.install(be)  # LoRA runs sample unmerged: base plus adapters, as they trained
     return LoadedModel(be, tok, shown, source.notice)
+
+
+def load_source(store: RunStore, spec: str, *, tokenizer: str | None = None, backend: str = "auto",
+                device: str = "auto", flag: str = "--model") -> LoadedModel:
+    """Any model source (`sources.resolve_init_source`'s grammar: a Hugging Face folder or
+    hub name, a run folder, a weights file, RUN[:CHECKPOINT]) with its tokenizer, on a
+    backend; errors name `flag`."""
+    from gptbench.sources import resolve_init_source
+
+    try:
+        source = resolve_init_source(spec, store)
+        tok = load_tokenizer_spec(tokenizer) if tokenizer else source.tokenizer
+        if tok is None and source.default_tokenizer:
+            tok = load_tokenizer_spec(source.default_tokenizer)
+    except UserError as exc:
+        raise UserError(str(exc).replace("--init-from", flag)) from None
+    if tok is None:
+        raise UserError(f"{flag} {spec} has no tokenizer of its own; add --tokenizer (gpt2, byte, bpe:PATH, or a run folder)")
+    config = source.model.config
+    if tok.vocab_size > config.vocab_size:
+        raise UserError(f"tokenizer has {tok.vocab_size} tokens but the model only {config.vocab_size}; pick the tokenizer the model was trained with")
+    be = create_backend(config, backend, device=device)
+    source.model.install(be)
+    return LoadedModel(be, tok, source.label, source.notice)

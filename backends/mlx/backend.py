@@ -20,7 +20,7 @@ rather than silently ignored.
 from __future__ import annotations
 
 # the model first: it may preload a faster CBLAS, which must happen before mlx.core loads.
-from gptbench.backends.mlx.model import BLAS, GPT, LoRAKeys, ModelCache, apply_lora, cross_entropy  # isort: skip
+from gptbench.backends.mlx.model import BLAS, GPT, LoRAKeys, ModelCache, apply_lora, cross_entropy, target_logprobs  # isort: skip
 
 import sys
 from typing import Any, Sequence
@@ -148,6 +148,10 @@ class MLXBackend(Backend):
         with mx.stream(self._device):
             logits = self.model(mx.array(np.asarray(idx, dtype=np.int32)))
             return np.array(logits.astype(mx.float32))
+
+    def token_logprobs(self, idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        with mx.stream(self._device):
+            return target_logprobs(self.model, mx.array(np.asarray(idx, dtype=np.int32)), targets)
 
     # ---- training -------------------------------------------------------------------
     def setup_optimizer(self, optim: OptimConfig) -> None:

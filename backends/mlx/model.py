@@ -21,6 +21,8 @@ import ctypes.util
 import math
 import sys
 
+import numpy as np
+
 from gptbench import paths
 
 
@@ -259,8 +261,10 @@ class GPT(nn.Module):
             new.append((name, value.astype(mx.float32)))
         self.update(tree_unflatten(new))
 
-    def __call__(self, idx: mx.array, cache: ModelCache | None = None, last_only: bool = False, key: mx.array | None = None) -> mx.array:
-        """Logits [B, T, V] (or [B, 1, V] with `last_only`). A `key` turns dropout on."""
+    def __call__(self, idx: mx.array, cache: ModelCache | None = None, last_only: bool = False, key: mx.array | None = None,
+                 keep: mx.array | None = None) -> mx.array:
+        """Logits [B, T, V] (or [B, 1, V] with `last_only`; [N, V] at the flat positions
+        b * T + t in `keep`, so the head runs only where asked). A `key` turns dropout on."""
         B, T = idx.shape
         start = cache.offset if cache is not None else 0
         pad = cache.pad if cache is not None else None
@@ -282,6 +286,8 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:, :]
+        elif keep is not None:
+            x = x.reshape(B * T, -1)[keep]
         logits = self.head(x)
         if self.config.logit_softcap:  # in float32, as torch (whose autocast may give bfloat16)
             cap = self.config.logit_softcap
@@ -302,6 +308,18 @@ def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     losses = mx.logsumexp(logits, axis=-1) - picked
     losses = mx.where(valid, losses, mx.zeros_like(losses))
     return losses.sum() / mx.maximum(valid.sum(), 1).astype(mx.float32)
+
+
+def target_logprobs(model: GPT, idx: mx.array, targets: np.ndarray) -> np.ndarray:
+    """log p(target) at every position, float32 numpy [B, T], 0 where a target is -1; the
+    head and the log-sum-exp (float32) run only at the positions with a target."""
+    flat = np.flatnonzero(np.asarray(targets) >= 0)
+    logits = model(idx, keep=mx.array(flat.astype(np.int32))).astype(mx.float32)
+    t = mx.array(np.asarray(targets, dtype=np.int32).reshape(-1)[flat])
+    picked = mx.take_along_axis(logits, t[:, None], axis=-1)[:, 0] - mx.logsumexp(logits, axis=-1)
+    out = np.zeros(np.shape(targets), dtype=np.float32)
+    out.reshape(-1)[flat] = np.array(picked)
+    return out
 
 
 class LoRAKeys:

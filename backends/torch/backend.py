@@ -28,7 +28,7 @@ from gptbench.backends.parallel import Collectives, Parallel, rank_seed
 from gptbench.backends.sampling import SamplingParams
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.torch import decode, parallel as ranks  # `parallel` is the Parallel argument
-from gptbench.backends.torch.model import GPT, ModelCache, apply_lora, cross_entropy
+from gptbench.backends.torch.model import GPT, ModelCache, apply_lora, cross_entropy, target_logprobs
 from gptbench.backends.torch.optim import Muon, adamw
 from gptbench.backends.torch.sampling import make_generator, sample_tokens
 from gptbench.errors import UserError
@@ -188,6 +188,12 @@ class TorchBackend(Backend):
         with self._autocast():
             logits = self.model(x)
         return logits.float().cpu().numpy()
+
+    @torch.no_grad()
+    def token_logprobs(self, idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        with self._autocast():
+            return target_logprobs(self.model, self._to_device(idx), targets)
 
     # ---- training -------------------------------------------------------------------
     def setup_optimizer(self, optim: OptimConfig) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -210,8 +211,10 @@ class GPT(nn.Module):
                 else:  # norm gains
                     p.fill_(1.0)
 
-    def forward(self, idx: torch.Tensor, cache: ModelCache | None = None, last_only: bool = False) -> torch.Tensor:
-        """Logits [B, T, V] (or [B, 1, V] with `last_only`). Dropout follows `self.training`."""
+    def forward(self, idx: torch.Tensor, cache: ModelCache | None = None, last_only: bool = False,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V] (or [B, 1, V] with `last_only`; [N, V] at the flat positions
+        b * T + t in `keep`, so the head runs only where asked). Dropout follows `self.training`."""
         B, T = idx.shape
         start = cache.offset if cache is not None else 0
         pad = cache.pad if cache is not None else None
@@ -232,6 +235,8 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:, :]
+        elif keep is not None:
+            x = x.reshape(B * T, -1)[keep]
         logits = self.head(x)
         if self.config.logit_softcap:  # in float32 at least: tanh in bfloat16 is off by ~7e-2
             cap = self.config.logit_softcap
@@ -246,6 +251,18 @@ class GPT(nn.Module):
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy in float32; targets of -1 are ignored."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1)
+
+
+def target_logprobs(model: GPT, idx: torch.Tensor, targets: np.ndarray) -> np.ndarray:
+    """log p(target) at every position, float32 numpy [B, T], 0 where a target is -1; the
+    head and the log-sum-exp (float32) run only at the positions with a target."""
+    flat = np.flatnonzero(np.asarray(targets) >= 0)
+    logits = model(idx, keep=torch.as_tensor(flat, device=idx.device)).float()
+    t = torch.as_tensor(np.asarray(targets, dtype=np.int64).reshape(-1)[flat], device=idx.device)
+    picked = logits.gather(-1, t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    out = np.zeros(np.shape(targets), dtype=np.float32)
+    out.reshape(-1)[flat] = picked.cpu().numpy()
+    return out
 
 
 class LoRALinear(nn.Linear):

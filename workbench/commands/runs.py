@@ -22,6 +22,8 @@ COLUMNS: list[tuple[str, Callable[[RunSummary], str], bool]] = [
     ("params", lambda s: format_params(s.params) if s.params else "-", True),
     # bits per byte compare runs whatever their tokenizer (losses only with the same one)
     ("bits/byte", lambda s: f"{s.best_val_bpb:.4f}" if s.best_val_bpb is not None else "-", True),
+    # `gptbench eval`: mean centred accuracy (0 = chance, 1 = all right) of the newest scored checkpoint
+    ("score", lambda s: f"{s.score:.3f}" if s.score is not None else "-", True),
     ("backend", lambda s: s.backend or "-", False),
     ("tokenizer", lambda s: s.tokenizer or "-", False),
     ("created", lambda s: time.strftime("%Y-%m-%d %H:%M", time.localtime(s.created)) if s.created else "-", False),

@@ -21,6 +21,7 @@ from typing import Any
 from gptbench.errors import UserError
 from gptbench.runstore.appendonly import iter_jsonl
 from gptbench.runstore.checkpoints import CheckpointInfo, find_checkpoints, find_damaged_checkpoints
+from gptbench.runstore.evals import latest_core
 from gptbench.runstore.format import (
     CHECKPOINTS,
     CONFIG,
@@ -173,6 +174,7 @@ class RunSummary:
     world_size: int = 1  # processes training it (now, or in its latest session)
     strategy: str = ""  # single | ddp | fsdp ("" before distributed training existed)
     init_from: str = ""  # short lineage: "gpt2", "base@step-200 +LoRA r8"; "" when trained from scratch
+    score: float | None = None  # mean centred accuracy of the newest evaluated checkpoint (runstore.evals)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -224,6 +226,7 @@ def read_summary(run: Run, now: float | None = None) -> RunSummary:
         world_size=max(1, _int(st.get("world_size", parallel.get("world_size", 1)))),
         strategy=str(st.get("strategy") or parallel.get("strategy") or ""),
         init_from=lineage_label(cfg.get("init_from"), cfg.get("lora")),
+        score=latest_core(run.path),
     )
 
 

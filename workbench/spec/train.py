@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from gptbench.backends.optim import MuonConfig, OptimConfig
-from gptbench.errors import ConfigError, reject_unknown_keys
+from gptbench.errors import ConfigError, UserError, reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     sft: bool = False  # supervised fine-tuning on conversations (gptbench.chat.sft)
     train_on_prompt: bool = False  # with sft: train on every token, not only the assistant's
+    eval_task: str = ""  # tasks scored at every evaluation (gptbench.evaluation), comma-separated; "" = none
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -84,6 +85,13 @@ class TrainConfig:
             raise ConfigError(f"val-fraction must be in (0, 1), got {self.val_fraction}")
         if self.train_on_prompt and not self.sft:
             raise ConfigError("train-on-prompt applies to chat data only; add --sft (or drop --train-on-prompt)")
+        if self.eval_task:
+            from gptbench.evaluation.tasks import split_tasks
+
+            try:
+                split_tasks(self.eval_task)
+            except UserError as exc:
+                raise ConfigError(f"eval-task: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":

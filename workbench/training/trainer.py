@@ -34,6 +34,7 @@ from gptbench.runstore.specfile import RunFacts, config_document
 from gptbench.spec.run import RunSpec
 from gptbench.training.distributed import check_world, from_rank0
 from gptbench.training.evaluation import Evaluator
+from gptbench.training.taskscores import TaskScorer
 from gptbench.training.opening import Opened, open_new
 from gptbench.training.reporting import QuietReporter, Reporter
 from gptbench.training.resuming import open_resumed
@@ -72,6 +73,7 @@ class Trainer:
         self.backend.setup_optimizer(self.t.optim_config())
         self.evaluator = Evaluator(self.data, self.backend, comm, self.t.batch_size, self.model_cfg.block_size, self.t.eval_iters, self.t.seed)
         self.components = [OptimizerState(self.backend), RngState(self.backend, comm.rank)]
+        self.scorer = TaskScorer(self.t.eval_task, self.backend, self.data.tokenizer) if self.t.eval_task else None
         self._last_beat = 0.0
         self._started = time.time()
         self._resume_notes: list[str] = list(opened.notes)
@@ -245,11 +247,19 @@ class Trainer:
         self._log(f"step {self.step}: train loss {losses['train']:.4f}, val loss {val:.4f}, val ppl {ppl:.2f}{bits}")
         if save:
             self._save_checkpoint(val)
+        if self.scorer is not None:
+            self._score_tasks()
         if self.t.sample_tokens:
             text = self.evaluator.sample(self.t.sample_tokens)  # on every rank: under FSDP each forward is collective
             self._record(SampleRecord(self.step, text, time.time()))
             self._log(f"sample at step {self.step}:\n{text}")
         self._status(RunState.RUNNING, eval_seconds=time.perf_counter() - t0)
+
+    def _score_tasks(self) -> None:
+        """`--eval-task`: score on every rank, record (rank 0) and log."""
+        results = self.scorer.score()  # type: ignore[union-attr]
+        if self.writer is not None:
+            self._log(TaskScorer.record(self.run.path, self.run.name, self.step, results))
 
     def _fail(self, exc: BaseException) -> None:
         """Record why the run ended early in status.json and log.txt (rank 0). Never

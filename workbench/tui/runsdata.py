@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from gptbench.runstore import CheckpointInfo, CorruptRunError, JsonlTail, Run, RunSummary, read_summary
+from gptbench.runstore.evals import score_series
 from gptbench.runstore.format import LIVE_STATES
 from gptbench.sources import DamagedCheckpoint
 
@@ -99,6 +100,7 @@ class MetricSeries:
     val_bpb: list[float] = field(default_factory=list)  # bits per byte (NaN where a record has none)
     sample_step: int | None = None
     sample_text: str = ""
+    scores: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = field(default_factory=dict)  # task -> steps, acc (runstore.evals)
     version: int = 0  # bumped on every change, so a viewer can tell "new data" cheaply
 
     def extend(self, records: Iterable[dict[str, Any]]) -> bool:
@@ -255,6 +257,9 @@ class RunWatcher:
                 self.status, self.summary, self.state, changed = status, summary, summary.state, True
             if self.series.extend(self.metrics.poll()):
                 changed = True
+            scores = score_series(self.run.path)  # --eval-task / gptbench eval, charted with the losses
+            if scores != self.series.scores:
+                self.series.scores, self.series.version, changed = scores, self.series.version + 1, True
             sig = _sig(self.run.checkpoints_dir)  # a checkpoint appears or goes: the folder changes
             if sig != self._ckpt_sig:
                 self._ckpt_sig, self.checkpoints, changed = sig, self.run.checkpoints(), True

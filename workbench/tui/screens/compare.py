@@ -135,7 +135,8 @@ differ), **l** toggles a log scale, **+**/**-** change the smoothing of the trai
     def _show_diff(self) -> None:
         table = self.query_one("#compare-diff", DataTable)
         configs = {n: (self.snaps[n].config if n in self.snaps else None) for n in self.names}
-        rows = [*self._results(), *config_diff(configs)]
+        results = self._results()
+        rows = [*results, *config_diff(configs)]
         key_width = max([len("key"), *(len(k) for k, _ in rows)])
         # every run's column gets an equal share of what the key column and a vertical
         # scrollbar leave (2 cells of padding per column)
@@ -149,21 +150,24 @@ differ), **l** toggles a log scale, **+**/**-** change the smoothing of the trai
             table.add_column(label, key=name, width=width)
         for key, values in rows:
             table.add_row(key, *(cell_text(v, width) for v in values), key=key)
-        differ = len(rows) - 2
+        differ = len(rows) - len(results)
         title = (f"best results and config diff: {differ} key{'s differ' if differ != 1 else ' differs'}" if differ
                  else "best results and config diff: the configs are identical")
         self.query_one("#compare-diff-title", Static).update(Text(title, style="bold"))
 
     def _results(self) -> list[tuple[str, list[object]]]:
-        """The best val loss and bits per byte of each run (from its metrics)."""
-        loss, bpb = [], []
+        """The best val loss and bits per byte of each run (from its metrics), and its eval
+        score when any run has one (`gptbench eval`, `--eval-task`)."""
+        loss, bpb, score = [], [], []
         for name in self.names:
             snap = self.snaps.get(name)
             s = snap.series if snap is not None else None
             loss.append(f"{min(s.val_loss):.4f}" if s and s.val_loss else None)
             finite = [v for v in (s.val_bpb if s else []) if v == v]
             bpb.append(f"{min(finite):.4f}" if finite else None)
-        return [("best val loss", loss), ("best val bits/byte", bpb)]
+            score.append(f"{snap.summary.score:.3f}" if snap is not None and snap.summary.score is not None else None)
+        scored = [("score (centred acc)", score)] if any(v is not None for v in score) else []
+        return [("best val loss", loss), ("best val bits/byte", bpb), *scored]
 
     def on_resize(self, event: Resize) -> None:
         self.call_after_refresh(self._refit_diff)  # the table has its new size after this layout

@@ -278,6 +278,8 @@ smoothing of the training curves.
             [
                 Series("train", s.train_step, s.train_loss, PALETTE[0]),
                 Series("val", s.eval_step, s.val_loss, PALETTE[1], smooth=False),
+                *(Series(f"acc {task}" if not task.startswith("bpb:") else f"bpb {task[4:]}", list(steps), list(values),
+                         PALETTE[(4 + i) % len(PALETTE)], smooth=False) for i, (task, (steps, values)) in enumerate(s.scores.items())),
             ]
         )
         # the side charts change slowly: while a run trains they redraw every SIDE_CHARTS_EVERY-th time

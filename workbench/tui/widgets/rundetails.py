@@ -49,6 +49,8 @@ def summary_table(s: RunSummary, snap: WatchSnapshot | None, now: float, frame: 
         pct = f" ({100 * s.step / s.max_iters:.0f}%)" if s.max_iters else ""
         grid.add_row("step", f"{s.step:,} / {s.max_iters:,}{pct}")
     grid.add_row("best val", fmt_loss(s.best_val_loss))
+    if s.score is not None:  # runstore.evals: gptbench eval / --eval-task
+        grid.add_row("score", f"{s.score:.3f} (mean centred accuracy, newest scored checkpoint)")
     cfg = snap.config if snap else None
     shape = ""
     if cfg and isinstance(cfg.get("model"), dict):
