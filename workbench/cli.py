@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "gptbench.commands.sample",
     "gptbench.commands.chat",
     "gptbench.commands.convert",
+    "gptbench.commands.serve",
     "gptbench.commands.tokenizer",
     "gptbench.commands.ui",
 ]

@@ -82,6 +82,16 @@ def to_numpy(x: Any) -> np.ndarray:
     return np.array(x, dtype=np.float32)
 
 
+def token_text(tokenizer: "Tokenizer", token: int) -> str:
+    """A token as text; a token that is not whole UTF-8 (part of a character) is spelled
+    `bytes:\\xNN...`, OpenAI's convention, so distinct tokens keep distinct names."""
+    data = tokenizer.decode_bytes([token])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     x = logits.astype(np.float64)
     x = x - x.max(axis=-1, keepdims=True)
@@ -206,14 +216,11 @@ class Scheduler:
         job.emit(Event(text=text, token=token, logprob=lp, finish_reason=slot.row.finish_reason))
         return slot.row.finish_reason is None
 
-    def _token_text(self, token: int) -> str:
-        return self.tokenizer.decode_bytes([token]).decode("utf-8", errors="replace")
-
     def _token_logprob(self, logp: np.ndarray, token: int, k: int) -> TokenLogprob:
         top = None
         if k > 0:
             best = np.argsort(-logp, kind="stable")[:k]
-            top = {self._token_text(int(t)): float(logp[t]) for t in best}
+            top = {token_text(self.tokenizer, int(t)): float(logp[t]) for t in best}
         return TokenLogprob(token, float(logp[token]), top)
 
     def _prompt_logprobs(self, job: Job) -> list[TokenLogprob]:
