@@ -296,3 +296,26 @@ def test_serve_command_refuses_bad_flags_in_one_line(served_runs, capsys):
     rc, _, err = run_cli_output(capsys, "--runs-dir", served_runs, "serve", "--run", "tiny", "--port", "70000")
     assert rc == 2
     assert_one_line(err, "--port")
+
+
+def test_chat_completions_with_a_template_stream_and_whole(loaded):
+    """The chat endpoint over a run's template (a stand-in template here until runs carry one)."""
+    def template(messages):
+        return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+
+    srv, _ = start(loaded, chat_template=template)
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+        want = alone(loaded, "system: be brief\nuser: hi\nassistant:", max_new_tokens=15)
+        r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=15, temperature=0, logprobs=True, top_logprobs=2)
+        assert r.choices[0].message.content == want and r.choices[0].message.role == "assistant"
+        assert r.object == "chat.completion" and len(r.choices[0].logprobs.content) == 15
+        assert r.usage.prompt_tokens == len("system: be brief\nuser: hi\nassistant:")
+        chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=15, temperature=0, stream=True,
+                                                     stream_options={"include_usage": True}))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == want
+        assert chunks[-1].usage.completion_tokens == 15 and not chunks[-1].choices
+    finally:
+        srv.stop()
