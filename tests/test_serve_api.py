@@ -143,6 +143,19 @@ def test_echo_logprobs_serve_lm_eval_loglikelihood(client, loaded):
     assert len(g.choices[0].logprobs.token_logprobs) == 3 and all(len(t) == 2 for t in g.choices[0].logprobs.top_logprobs)
 
 
+def test_several_prompts_in_one_request_as_lm_eval_batches_them(client, loaded):
+    a, b = list(b"ROMEO: hi"), list(b"JULIET")
+    both = client.completions.create(model="tiny", prompt=[a, b], max_tokens=0, echo=True, logprobs=1, temperature=0)
+    assert [c.index for c in both.choices] == [0, 1]
+    for ids, choice in zip((a, b), both.choices):
+        one = client.completions.create(model="tiny", prompt=ids, max_tokens=0, echo=True, logprobs=1, temperature=0)
+        assert choice.text == bytes(ids).decode() and choice.logprobs.token_logprobs == one.choices[0].logprobs.token_logprobs
+    assert both.usage.prompt_tokens == len(a) + len(b)
+    r = client.completions.create(model="tiny", prompt=["x", "yz"], max_tokens=4, temperature=0, n=2)
+    x, yz = alone(loaded, "x", max_new_tokens=4), alone(loaded, "yz", max_new_tokens=4)
+    assert [c.text for c in r.choices] == [x, x, yz, yz]  # prompt p's i-th choice is index p * n + i
+
+
 def test_chat_on_a_base_run_is_a_clear_400(client):
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
@@ -164,6 +177,8 @@ BAD = [
     (json.dumps({"prompt": "x", "stream": "yes"}), 400, "stream"),
     (json.dumps({"prompt": "x", "presence_penalty": 1}), 400, "presence_penalty"),
     (json.dumps({"prompt": []}), 400, "prompt"),
+    (json.dumps({"prompt": [["a"]]}), 400, "prompt"),
+    (json.dumps({"prompt": ["x"] * 65}), 400, "prompt"),
     (json.dumps({"prompt": [1, 999]}), 400, "prompt"),
     (json.dumps({"prompt": "x" * (BLOCK + 1)}), 400, "prompt"),
     (json.dumps({"prompt": "x", "model": "gpt-4"}), 404, "model"),

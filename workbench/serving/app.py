@@ -99,14 +99,17 @@ def _prompt_ids(req: CompletionRequest, state: ServeState, prompt: str | list[in
     return ids
 
 
-def _jobs(req: CompletionRequest, ids: list[int], emit: Callable[[int, Event], None], echo: bool) -> list[Job]:
+def _jobs(req: CompletionRequest, prompts: list[list[int]], emit: Callable[[int, Event], None], echo: bool) -> list[Job]:
+    """Choice `p * n + i` is prompt p's i-th sample (OpenAI's order)."""
     jobs = []
-    for i in range(req.n):
-        seed = None if req.seed is None else req.seed + i  # n choices from one seed differ, reproducibly
-        params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
-                                stop=req.stop, seed=seed)
-        jobs.append(Job(ids, params, lambda ev, i=i: emit(i, ev), logprobs=req.logprobs,
-                        echo_logprobs=echo and req.logprobs is not None))
+    for p, ids in enumerate(prompts):
+        for i in range(req.n):
+            seed = None if req.seed is None else req.seed + i  # n choices from one seed differ, reproducibly
+            params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
+                                    stop=req.stop, seed=seed)
+            k = p * req.n + i
+            jobs.append(Job(ids, params, lambda ev, k=k: emit(k, ev), logprobs=req.logprobs,
+                            echo_logprobs=echo and req.logprobs is not None))
     return jobs
 
 
@@ -115,17 +118,18 @@ async def _wait_disconnect(request: Request) -> None:
         pass
 
 
-async def _generate(request: Request, state: ServeState, req: CompletionRequest, ids: list[int], kind: str) -> Response:
+async def _generate(request: Request, state: ServeState, req: CompletionRequest, prompts: list[list[int]], kind: str) -> Response:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     echo = kind == "text_completion" and req.echo
-    jobs = _jobs(req, ids, lambda i, ev: loop.call_soon_threadsafe(queue.put_nowait, (i, ev)), echo)
+    jobs = _jobs(req, prompts, lambda i, ev: loop.call_soon_threadsafe(queue.put_nowait, (i, ev)), echo)
     if not state.scheduler.submit(jobs):
         raise ApiError(429, "the server is busy (its queue is full); retry shortly", kind="rate_limit_error",
                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     state.requests += 1
     env = Envelope(kind, state.model)
-    echo_text = state.tokenizer.decode(ids) if echo else None
+    echo_texts = [state.tokenizer.decode(ids) for ids in prompts for _ in range(req.n)] if echo else None
+    prompt_tokens = sum(len(ids) for ids in prompts)
 
     def cancel() -> None:
         for job in jobs:
@@ -133,9 +137,9 @@ async def _generate(request: Request, state: ServeState, req: CompletionRequest,
         state.scheduler.wake()
 
     if req.stream:
-        return StreamingResponse(_stream(state, req, env, queue, echo_text, cancel, len(ids)), media_type="text/event-stream",
+        return StreamingResponse(_stream(state, req, env, queue, echo_texts, cancel, prompt_tokens), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    choices = [Choice(i) for i in range(req.n)]
+    choices = [Choice(i) for i in range(len(jobs))]
     collect = asyncio.ensure_future(_collect(queue, choices))
     gone = asyncio.ensure_future(_wait_disconnect(request))
     try:
@@ -152,8 +156,9 @@ async def _generate(request: Request, state: ServeState, req: CompletionRequest,
     if kind == "chat.completion":
         body = [chat_choice(state.tokenizer, c, req.logprobs is not None) for c in choices]
     else:
-        body = [completion_choice(state.tokenizer, c, echo_text, req.logprobs is not None) for c in choices]
-    return JSONResponse(env.whole(body, usage(len(ids), choices)))
+        body = [completion_choice(state.tokenizer, c, echo_texts[c.index] if echo_texts else None, req.logprobs is not None)
+                for c in choices]
+    return JSONResponse(env.whole(body, usage(prompt_tokens, choices)))
 
 
 async def _collect(queue: asyncio.Queue, choices: list[Choice]) -> None:
@@ -168,11 +173,12 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj)}\n\n"
 
 
-async def _stream(state: ServeState, req: CompletionRequest, env: Envelope, queue: asyncio.Queue, echo_text: str | None,
-                  cancel: Callable[[], None], prompt_tokens: int) -> AsyncIterator[str]:
-    choices = [Choice(i) for i in range(req.n)]
-    first = [True] * req.n
-    left = req.n
+async def _stream(state: ServeState, req: CompletionRequest, env: Envelope, queue: asyncio.Queue,
+                  echo_texts: list[str] | None, cancel: Callable[[], None], prompt_tokens: int) -> AsyncIterator[str]:
+    n = len(req.prompts) * req.n
+    choices = [Choice(i) for i in range(n)]
+    first = [True] * n
+    left = n
     try:
         while left:
             i, ev = await queue.get()
@@ -181,7 +187,7 @@ async def _stream(state: ServeState, req: CompletionRequest, env: Envelope, queu
             if ev.error is not None:
                 yield _sse({"error": {"message": f"generation failed: {ev.error}", "type": "server_error", "param": None, "code": None}})
                 continue
-            text = (echo_text or "") + ev.text if first[i] and echo_text is not None else ev.text
+            text = echo_texts[i] + ev.text if first[i] and echo_texts is not None else ev.text
             yield _sse(env.chunk([stream_choice(state.tokenizer, env.kind, i, ev, text, req.logprobs is not None, first[i])]))
             first[i] = False
         if req.include_usage:
@@ -205,8 +211,8 @@ async def completions(request: Request) -> Response:
     _check_key(request, state)
     req = parse_completion(await _read_json(request, state.limits.max_body_bytes), state.limits)
     _check_model(req, state)
-    ids = _prompt_ids(req, state, req.prompt)
-    return await _generate(request, state, req, ids, "text_completion")
+    prompts = [_prompt_ids(req, state, p) for p in req.prompts]
+    return await _generate(request, state, req, prompts, "text_completion")
 
 
 async def chat_completions(request: Request) -> Response:
@@ -218,7 +224,7 @@ async def chat_completions(request: Request) -> Response:
         raise ApiError(400, f"'{state.model}' has no chat template (a base model): use /v1/completions with a prompt, "
                        "or serve a run that has one", "messages", code="no_chat_template")
     ids = _prompt_ids(req, state, state.chat_template(messages))
-    return await _generate(request, state, req, ids, "chat.completion")
+    return await _generate(request, state, req, [ids], "chat.completion")
 
 
 async def health(request: Request) -> Response:

@@ -36,6 +36,7 @@ class Limits:
     max_prompt_tokens: int | None = None  # None: the model's context
     max_tokens: int | None = None  # None: the model's context
     max_n: int = 8
+    max_prompts: int = 64  # prompts in one completions request (lm-evaluation-harness batches them)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class CompletionRequest:
     """What `/v1/completions` (and, after its template, `/v1/chat/completions`) generates."""
 
     model: str | None
-    prompt: str | list[int]
+    prompts: list[str | list[int]]  # one or more (a completions request may batch prompts)
     max_tokens: int
     temperature: float
     top_p: float
@@ -105,20 +106,30 @@ def _stop(body: dict) -> tuple[str, ...]:
     return tuple(s for s in stop if s)
 
 
-def _prompt(body: dict) -> str | list[int]:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # a batch of one (what lm-evaluation-harness sends)
+def _one_prompt(prompt: Any) -> str | list[int] | None:
     if isinstance(prompt, str):
         return prompt
     if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         return prompt
-    if isinstance(prompt, list) and len(prompt) > 1:
-        raise ApiError(400, "'prompt' must be one string or one list of token ids (send one request per prompt)", "prompt")
-    raise ApiError(400, "'prompt' must be a string or a non-empty list of token ids", "prompt")
+    return None
 
 
-def parse_common(body: Any, limits: Limits, prompt: str | list[int]) -> CompletionRequest:
+def _prompts(body: dict, limits: Limits) -> list[str | list[int]]:
+    """A string, a list of token ids, or a list of either (several prompts)."""
+    prompt = body.get("prompt")
+    one = _one_prompt(prompt)
+    if one is not None:
+        return [one]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+        many = [_one_prompt(p) for p in prompt]
+        if all(p is not None for p in many):
+            if len(many) > limits.max_prompts:
+                raise ApiError(400, f"at most {limits.max_prompts} prompts per request, got {len(many)}", "prompt")
+            return many  # type: ignore[return-value]
+    raise ApiError(400, "'prompt' must be a string, a non-empty list of token ids, or a list of those", "prompt")
+
+
+def parse_common(body: Any, limits: Limits, prompts: list[str | list[int]]) -> CompletionRequest:
     """The sampling fields both endpoints share."""
     _neutral(body)
     model = _typed(body, "model", (str,), None, "a string")
@@ -131,7 +142,7 @@ def parse_common(body: Any, limits: Limits, prompt: str | list[int]) -> Completi
     max_tokens = body.get("max_completion_tokens", None) if "max_tokens" not in body else None
     name = "max_completion_tokens" if max_tokens is not None else "max_tokens"
     return CompletionRequest(
-        model=model, prompt=prompt,
+        model=model, prompts=prompts,
         max_tokens=_integer(body, name, 16, 0, limits.max_tokens),
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0) or 1e-9,
@@ -147,7 +158,7 @@ def parse_common(body: Any, limits: Limits, prompt: str | list[int]) -> Completi
 def parse_completion(body: Any, limits: Limits) -> CompletionRequest:
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
-    return parse_common(body, limits, _prompt(body))
+    return parse_common(body, limits, _prompts(body, limits))
 
 
 @dataclass(frozen=True)
@@ -174,4 +185,4 @@ def parse_chat(body: Any, limits: Limits) -> tuple[list[ChatMessage], Completion
         if not isinstance(content, str):
             raise ApiError(400, f"'messages[{i}].content' must be a string", f"messages[{i}].content")
         out.append(ChatMessage(m["role"], content))
-    return out, parse_common({k: v for k, v in body.items() if k != "echo"}, limits, "")
+    return out, parse_common({k: v for k, v in body.items() if k != "echo"}, limits, [""])
