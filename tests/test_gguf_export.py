@@ -169,3 +169,29 @@ def test_char_tokenizer_and_bad_dtype_are_refused(tmp_path, capsys, trained_run)
     assert rc == 2
     assert_one_line(err, "--dtype 'q4_0'", "f32, f16 or q8_0")
     assert not list(tmp_path.glob("*.gguf*"))
+
+
+def test_transformers_gguf_loader_reads_it_as_gpt2_with_our_logits_and_tokens(tmp_path, capsys):
+    """An independent reader: transformers' GGUF integration (what it does for llama.cpp's own
+    GPT-2 files) maps our tensors and hyper-parameters back to GPT2LMHeadModel and builds a
+    tokenizer from our tokens and merges. (Its mapping sets n_ctx, not n_positions, so the
+    check uses GPT-2's 1024 positions.)"""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gptbench.backends.registry import create_backend
+    from gptbench.tokenizers.registry import load_tokenizer_spec
+
+    cfg, src = weights_file(tmp_path, vocab_size=50257, block_size=1024, tie_embeddings=True)
+    rc, _, err = cli(capsys, src, tmp_path / "m.gguf", "--to", "gguf", "--tokenizer", f"gpt2:{GPT2_RANKS}")
+    assert rc == 0, err
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="m.gguf").eval()
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
+    assert hf_tok.encode(PROBE_TEXT, add_special_tokens=False) == load_tokenizer_spec(f"gpt2:{GPT2_RANKS}").encode(PROBE_TEXT)
+    _, tensors = load_weights(src)
+    be = create_backend(cfg, "torch", device="cpu")
+    be.set_weights(tensors)
+    idx = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(2, 32))
+    with torch.no_grad():
+        theirs = model(torch.as_tensor(idx)).logits.numpy()
+    np.testing.assert_allclose(theirs, be.forward_logits(idx), atol=1e-4)
