@@ -287,7 +287,12 @@ class GenerationBackend(ABC):
 
         Args: `pad[b]` = the number of left-padding tokens of row b in the prompt that
         will be prefilled into it (batched prompts of different lengths): padded keys are
-        masked and positions restart at 0 after the padding. None = no padding."""
+        masked and positions restart at 0 after the padding. None = no padding.
+
+        Continuous batching (`gptbench.serving`) changes a batch between tokens through two
+        methods of the cache object: `cache.select(rows)` (a cache of only those rows) and
+        `cache.join(other)` (both caches' rows, left-padded to one length), each giving
+        every row exactly the context it had."""
 
     @abstractmethod
     def forward_last(self, ids: np.ndarray, cache: Any | None) -> Any:

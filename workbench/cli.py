@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "gptbench.commands.chat",
     "gptbench.commands.convert",
     "gptbench.commands.eval",
+    "gptbench.commands.serve",
     "gptbench.commands.tokenizer",
     "gptbench.commands.ui",
 ]

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from gptbench.tokenizers.base import Tokenizer
 
 DTYPES = FLOAT_DTYPES
-TARGETS = ("torch", "mlx", "hf", "mlx-lm")
+TARGETS = ("torch", "mlx", "hf", "mlx-lm", "gguf")
 SOURCE_KINDS = CONVERT_KINDS
 
 
@@ -78,9 +78,11 @@ class ConvertResult:
 
 # ---- the conversion -------------------------------------------------------------------
 def destination_kind(dst: str, to: str) -> str:
-    """`hf` -> a folder; torch/mlx -> a weights file (`*.safetensors`) or a run name."""
+    """`hf` -> a folder; `gguf` -> a file; torch/mlx -> a weights file (`*.safetensors`) or a run name."""
     if to in ("hf", "mlx-lm"):
         return "hf"
+    if to == "gguf":
+        return "gguf"
     return "weights" if dst.endswith(".safetensors") else "run"
 
 
@@ -99,6 +101,8 @@ def convert(
     """Write `source` to `dst` as `to` in `dtype`, verified, atomically."""
     from gptbench.backends.registry import resolve_backend_name
 
+    if to == "gguf":
+        return _to_gguf(source, Path(dst).expanduser(), dtype, force, resolve_backend_name(backend), device, tokenizer)
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if to not in TARGETS:
@@ -167,6 +171,21 @@ def _to_hf(source: ModelSource, dst: Path, dtype: str, force: bool, verify_on: s
     out = write_hf_folder(source, dst, dtype, force, verify_on, device, tok, to)
     return ConvertResult(dst, to, "Hugging Face folder", dtype, out.max_diff, out.verified_on, out.n_tensors, out.size_bytes,
                          out.batch_shape, tok.spec if tok is not None else None, out.notes, source.step)
+
+
+def _to_gguf(source: ModelSource, dst: Path, dtype: str, force: bool, verify_on: str, device: str, tokenizer: str | None) -> ConvertResult:
+    from gptbench.exports.gguf import check_gguf_exportable, export_gguf, gguf_type, import_gguf
+
+    qtype = gguf_type(dtype)
+    check_gguf_exportable(source.config)
+    import_gguf()
+    _check_target(dst, force, "file")
+    _writable(dst)
+    tok = _source_tokenizer(source, tokenizer)
+    out = export_gguf(source, dst, qtype, tok, verify_on, device)
+    notes = [] if tok is not None else ["no tokenizer written (the source has none): llama.cpp needs one; pass --tokenizer"]
+    return ConvertResult(dst, "gguf", "GGUF file", qtype, out.max_diff, out.verified_on, out.n_tensors, out.size_bytes,
+                         out.batch_shape, tok.spec if tok is not None else None, notes, source.step)
 
 
 def _source_tokenizer(source: ModelSource, spec: str | None) -> "Tokenizer | None":

@@ -101,6 +101,36 @@ class ModelCache:
     def offset(self) -> int:
         return self.layers[0].offset
 
+    def _pads(self) -> mx.array:
+        k = self.layers[0].keys
+        return self.pad if self.pad is not None else mx.zeros((k.shape[0],), dtype=mx.int32)
+
+    def select(self, rows: list[int]) -> "ModelCache":
+        """A cache of only `rows` (continuous batching: finished rows leave), without the
+        leading positions that every kept row pads."""
+        keep = mx.array(rows, dtype=mx.int32)
+        pad = self._pads()[keep]
+        drop = int(pad.min().item())
+        out = ModelCache(len(self.layers), pad - drop if bool((pad > drop).any().item()) else None)
+        for src, dst in zip(self.layers, out.layers):
+            dst.update_and_fetch(src.keys[keep, :, drop : src.offset], src.values[keep, :, drop : src.offset])
+        return out
+
+    def join(self, other: "ModelCache") -> "ModelCache":
+        """This cache's rows, then `other`'s (rows joining a batch), the shorter left-padded
+        so that both end at the same position; padded keys are masked like a prompt's."""
+        T = max(self.offset, other.offset)
+        pad = mx.concatenate([self._pads() + (T - self.offset), other._pads() + (T - other.offset)])
+        out = ModelCache(len(self.layers), pad if bool(pad.any().item()) else None)
+
+        def left(t: mx.array, n: int) -> mx.array:
+            return mx.concatenate([mx.zeros((*t.shape[:2], T - n, t.shape[3]), dtype=t.dtype), t[:, :, :n]], axis=2)
+
+        for a, b, dst in zip(self.layers, other.layers, out.layers):
+            dst.update_and_fetch(mx.concatenate([left(a.keys, a.offset), left(b.keys, b.offset)]),
+                                 mx.concatenate([left(a.values, a.offset), left(b.values, b.offset)]))
+        return out
+
 
 def padding_mask(start: int, T: int, pad: mx.array) -> mx.array:
     """[B, 1, T, start+T] boolean attention mask for left-padded rows: causal, padded keys

@@ -66,6 +66,36 @@ class ModelCache:
     def offset(self) -> int:
         return self.layers[0].offset
 
+    def _pads(self) -> torch.Tensor:
+        k = self.layers[0].keys
+        return self.pad if self.pad is not None else torch.zeros(k.shape[0], dtype=torch.int64, device=k.device)
+
+    def select(self, rows: list[int]) -> "ModelCache":
+        """A cache of only `rows` (continuous batching: finished rows leave), without the
+        leading positions that every kept row pads."""
+        keep = torch.as_tensor(rows, dtype=torch.int64, device=self.layers[0].keys.device)
+        pad = self._pads()[keep]
+        drop = int(pad.min())
+        out = ModelCache(len(self.layers), pad - drop if bool((pad > drop).any()) else None)
+        for src, dst in zip(self.layers, out.layers):
+            dst.update_and_fetch(src.keys[keep, :, drop : src.offset], src.values[keep, :, drop : src.offset])
+        return out
+
+    def join(self, other: "ModelCache") -> "ModelCache":
+        """This cache's rows, then `other`'s (rows joining a batch), the shorter left-padded
+        so that both end at the same position; padded keys are masked like a prompt's."""
+        T = max(self.offset, other.offset)
+        pad = torch.cat([self._pads() + (T - self.offset), other._pads() + (T - other.offset)])
+        out = ModelCache(len(self.layers), pad if bool(pad.any()) else None)
+
+        def left(t: torch.Tensor, n: int) -> torch.Tensor:
+            return torch.cat([t.new_zeros(*t.shape[:2], T - n, t.shape[3]), t[:, :, :n]], dim=2)
+
+        for a, b, dst in zip(self.layers, other.layers, out.layers):
+            dst.update_and_fetch(torch.cat([left(a.keys, a.offset), left(b.keys, b.offset)]),
+                                 torch.cat([left(a.values, a.offset), left(b.values, b.offset)]))
+        return out
+
 
 def padding_mask(start: int, T: int, pad: torch.Tensor) -> torch.Tensor:
     """[B, 1, T, start+T] boolean attention mask for left-padded rows: causal, padded keys

@@ -661,3 +661,26 @@ async def test_compare_shows_every_run_when_a_value_is_very_wide(tmp_path):
         assert "corpus-2.txt" in diff_box  # a long value keeps its end
         table = app.screen.query_one("#compare-diff")
         assert table.max_scroll_x == 0
+
+
+async def test_v_serves_the_selected_run_and_shows_address_and_requests(trained_run):
+    """`v` starts `gptbench serve` for the selected run (its own process); the toolbar shows
+    its address and request count; `v` again stops it (SIGTERM, graceful exit 0)."""
+    import httpx
+
+    runs = trained_run.path.parent
+    app = create_app(runs, "torch", device="cpu", poll_interval=0.2)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await settle(pilot)
+        await select(pilot, trained_run.name)
+        await pilot.press("v")
+        screen = app.screen
+        status = screen.query_one("#serve-status")
+        await wait_for(pilot, lambda: " at http://127.0.0.1:" in str(status.render()), timeout=120)
+        server = screen.server
+        r = httpx.post(server.address + "/completions", json={"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+        await wait_for(pilot, lambda: "· 1 request ·" in str(status.render()), timeout=60)
+        await pilot.press("v")
+        await wait_for(pilot, lambda: any("stopped (exit 0)" in n for n in notifications(app)), timeout=60)
+        assert server.proc.returncode == 0 and not status.display and screen.server is None

@@ -15,6 +15,8 @@ SRC is a run name (its --checkpoint, default best; a LoRA run is merged), a gptb
   --to hf          a folder (hub layout + tokenizer files) that transformers.pipeline loads,
                    and mlx_lm.load too when the LM head is tied
   --to mlx-lm      the same folder, refused for an untied head (mlx-lm's gpt2 is tied-only)
+  --to gguf        a .gguf file that llama.cpp (and Ollama) run: GPT-2-architecture models,
+                   --dtype f32 | f16 | q8_0, with the tokenizer (gpt2, trained bpe or byte)
 The result is reloaded and its logits compared with the source's before it is written.
 When a run's newest (or best) checkpoint is damaged, the newest intact one is exported and
 one line on stderr says so; --strict refuses instead. The exported step is printed and
@@ -26,6 +28,7 @@ examples:
   gptbench convert ft-lora ft-mlx --to mlx-lm            LoRA run, merged -> mlx-lm folder
   gptbench convert ./gpt2-hf gpt2 --tokenizer gpt2:PATH  Hugging Face folder -> run
   gptbench convert model.safetensors half.safetensors --dtype bfloat16
+  gptbench convert baby baby.gguf --to gguf --dtype q8_0  run -> llama.cpp file
 """
 
 
@@ -39,15 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("src", metavar="SRC", help="run name, gptbench .safetensors file, or Hugging Face GPT-2 folder")
     p.add_argument("dst", metavar="DST", help="output: .safetensors file or run name (torch/mlx), folder (hf)")
-    p.add_argument("--to", default="auto", help="torch | mlx | hf | mlx-lm (default auto = the default backend)")
+    p.add_argument("--to", default="auto", help="torch | mlx | hf | mlx-lm | gguf (default auto = the default backend)")
     p.add_argument("--from", dest="source_kind", default="auto", help="auto | run | weights | hf (default: detect)")
     p.add_argument("--checkpoint", default="best", help="with a run source: best | last | step-N (default best)")
     p.add_argument("--strict", action="store_true", help="with a run source: refuse when its newest (best) checkpoint is damaged "
                    "instead of exporting an older one")
-    p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (default float32)")
+    p.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (default float32); with --to gguf: f32 | f16 | q8_0")
     p.add_argument("--tokenizer", help="for a run or Hugging Face destination: gpt2, gpt2:PATH, byte, bpe:PATH or a run folder "
                    "(default: the source's own: a run's, a Hugging Face folder's files, gpt2 for a 50257-token GPT-2)")
-    p.add_argument("--backend", default="auto", help="with --to hf|mlx-lm: backend that verifies the export (auto | torch | mlx)")
+    p.add_argument("--backend", default="auto", help="with --to hf|mlx-lm|gguf: backend that verifies the export (auto | torch | mlx)")
     p.add_argument("--device", default="auto", help="device for the verification (default auto)")
     p.add_argument("--force", action="store_true", help="overwrite an existing DST")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -61,7 +64,11 @@ def run_convert(args: argparse.Namespace) -> int:
     from gptbench.sources import resolve_convert_source
 
     # Validate every flag before reading anything.
-    if args.dtype not in DTYPES:
+    if args.to == "gguf":
+        from gptbench.exports.gguf import gguf_type
+
+        gguf_type(args.dtype)
+    elif args.dtype not in DTYPES:
         raise UserError(f"unknown --dtype {args.dtype!r}; choose one of {', '.join(DTYPES)}")
     to = args.to
     if to == "auto":
@@ -95,6 +102,8 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if result.layout == "run":
         print(f"try: gptbench sample --run {result.dst.name}")
+    elif result.target == "gguf":
+        print(f"try: llama-cli -m {result.dst} -p 'Hello' -n 32 --temp 0")
     elif result.tokenizer is not None:
         loader = "mlx_lm.load" if result.target == "mlx-lm" else "transformers.pipeline('text-generation', ...)"
         print(f"tokenizer {result.tokenizer} written as tokenizer.json; try: {loader} on {result.dst}")

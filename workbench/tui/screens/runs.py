@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from textual import on
+import subprocess
+
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -20,6 +22,7 @@ from gptbench.tui.widgets.runtable import COLUMNS, SORT_KEYS, RunTable, matches,
 
 if TYPE_CHECKING:
     from gptbench.tui.host import WorkbenchHost
+    from gptbench.tui.serving import ServeProcess
 
 class RunsScreen(Screen):
     """Run browser: filterable, sortable table; details panel; every run action."""
@@ -48,6 +51,7 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         Binding("o", "sort", "Sort", show=False),
         Binding("O", "reverse_sort", "Reverse sort", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
+        Binding("v", "serve", "Serve", show=False),
     ]
 
     def __init__(self) -> None:
@@ -60,6 +64,7 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         self.marked: set[str] = set()
         self._suspended = False
         self._stale = False
+        self.server: "ServeProcess | None" = None
 
     @property
     def gapp(self) -> "WorkbenchHost":
@@ -70,6 +75,7 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         with Horizontal(id="runs-toolbar"):
             yield Input(placeholder="/ filter: name, status, backend, tokenizer, corpus…", id="filter")
             yield Static("", id="runs-count")
+            yield Static("", id="serve-status")
         with Vertical(id="runs-body"):
             yield RunTable(id="runs-table")
             yield Static("", id="runs-empty")
@@ -84,6 +90,7 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         self.gapp.runs_signal.subscribe(self, self.set_summaries, immediate=True)
         self.set_summaries(self.gapp.summaries)
         self._spinner = self.set_interval(0.5, self._tick_spinner)
+        self.query_one("#serve-status", Static).display = False
 
     def on_screen_suspend(self) -> None:
         # no wakeups or details reloads while another screen is on top: a watched run's
@@ -319,3 +326,58 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
     @on(Input.Submitted, "#filter")
     def _filter_submitted(self, event: Input.Submitted) -> None:
         self.query_one(RunTable).focus()
+
+    # ---- serving ------------------------------------------------------------------------------
+    def action_serve(self) -> None:
+        if self.server is not None and self.server.running:
+            self._stop_server()
+            return
+        s = self._require()
+        if s is None:
+            return
+        if s.state == "corrupt":
+            self.notify(f"{s.name} is corrupt: {s.error}", severity="error")
+            return
+        from gptbench.tui.serving import ServeProcess
+
+        self.server = ServeProcess(self.gapp.runs_dir, s.name)
+        self._show_server(f"starting a server for {s.name}…")
+        self._watch_server(self.server)
+
+    def _stop_server(self) -> None:
+        server, self.server = self.server, None
+        assert server is not None
+        self._show_server(f"stopping the server for {server.run}…")
+        self._end_server(server)
+
+    def _show_server(self, text: str | None) -> None:
+        status = self.query_one("#serve-status", Static)
+        status.update(text or "")
+        status.display = bool(text)
+
+    @work(thread=True, group="serve")
+    def _end_server(self, server: "ServeProcess") -> None:
+        rc = server.stop()
+        self.app.call_from_thread(self._show_server, None)
+        self.app.call_from_thread(self.notify, f"server for {server.run} stopped (exit {rc})")
+
+    @work(thread=True, group="serve")
+    def _watch_server(self, server: "ServeProcess") -> None:
+        """Wait for its address, then show it with the request count until it ends."""
+        server.ready.wait()
+        while self.server is server and server.running:
+            n = server.requests()
+            count = "" if n is None else f" · {n} request{'s' if n != 1 else ''}"
+            self.app.call_from_thread(self._show_server, f"serving {server.run} at {server.address}{count} · v stops")
+            try:
+                server.proc.wait(1.0)  # a second between counts, or at once when it exits
+            except subprocess.TimeoutExpired:
+                pass
+        if self.server is server:  # it ended by itself (a bad run, a busy port)
+            self.server = None
+            self.app.call_from_thread(self._show_server, None)
+            self.app.call_from_thread(self.notify, f"server for {server.run} exited: {server.error or 'no output'}", severity="error")
+
+    def on_unmount(self) -> None:
+        if self.server is not None:
+            self.server.stop()
