@@ -8,7 +8,9 @@ and the README's flag table cannot drift from it or from the spec's dataclasses)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+from gptbench.spec.duration import duration_arg
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Setting:
     toml: str | None = None  # None: the same as `path`; "" = not settable from a file
     switch: bool = False  # a --flag / --no-flag pair
     metavar: str | None = None
+    parse: Callable[[str], Any] | None = None  # how the flag's (or a file's string) value is read; None: `kind`
 
     @property
     def dest(self) -> str:
@@ -102,6 +105,9 @@ TRAIN_SETTINGS = [
     _s("train.batch_size", "--batch-size", int, "sequences per micro-batch"),
     _s("train.grad_accum", "--grad-accum", int, "micro-batches per optimizer step on each process (the step's total is this x --nproc)"),
     _s("train.max_iters", "--max-iters", int, "total optimizer steps"),
+    _s("train.max_time", "--max-time", float, "training-time budget (90s, 5m, 1h): stop there with a final evaluation and "
+       "checkpoint; the learning-rate schedule then runs over the budget (see README: Experiments) (default: none)",
+       parse=duration_arg, metavar="DURATION"),
     _s("train.lr", "--lr", float, "peak learning rate (AdamW's: with --optimizer muon, of embeddings, head, norms, biases)"),
     _s("train.min_lr", "--min-lr", float, "learning rate at the end of the cosine decay"),
     _s("train.warmup_iters", "--warmup-iters", int, "linear warmup steps"),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -75,6 +75,7 @@ class Trainer:
         self._last_beat = 0.0
         self._started = time.time()
         self._resume_notes: list[str] = list(opened.notes)
+        self.clock: Callable[[], float] = time.perf_counter  # training time (tests inject their own)
         self.thread_policy: Any = None  # a gptbench.backends.cpu.ThreadPolicy, set by `gptbench train`
 
     @property
@@ -114,6 +115,7 @@ class Trainer:
             trainer = cls(opened, reporter, comm)
             if opened.resumed:
                 trainer._install_checkpoint(ckpt)
+                trainer._check_budget_left(name)
                 trainer._resume_notes.insert(0, f"resuming {name} at step {trainer.step} of {trainer.t.max_iters}")
             if opened.writer is not None:
                 opened.writer.rewind(trainer.step if opened.resumed else -1)  # from step 0, its eval is redone too
@@ -135,6 +137,12 @@ class Trainer:
         header = {**shared["trainer"], "optimizer": shared["optimizer_meta"]}
         restore(self.progress, self.components, tensors, header)
         self.batch_rng.bit_generator.state = self.progress.batch_rng
+
+    def _check_budget_left(self, name: str) -> None:
+        t, spent = self.t, self.progress.elapsed
+        if t.max_time > 0 and spent >= t.max_time:
+            raise UserError(f"run {name!r} already spent its --max-time budget ({spent:.0f}s of {t.max_time:g}s); "
+                            "pass a larger --max-time to train it further")
 
     # ---- the run directory (rank 0 only) ----------------------------------------------
     def _write_config(self) -> None:
