@@ -23,6 +23,7 @@ from gptbench.errors import UserError
 COMMAND_MODULES = [
     "gptbench.commands.train",
     "gptbench.commands.runs",
+    "gptbench.commands.sweep",
     "gptbench.commands.sample",
     "gptbench.commands.chat",
     "gptbench.commands.convert",
