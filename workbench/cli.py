@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "gptbench.commands.train",
     "gptbench.commands.runs",
     "gptbench.commands.sweep",
+    "gptbench.commands.export_logs",
     "gptbench.commands.sample",
     "gptbench.commands.chat",
     "gptbench.commands.convert",
