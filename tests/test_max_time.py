@@ -154,3 +154,30 @@ def test_resume_continues_the_remaining_budget(runs_dir, corpus_file):
     assert clock.lrs == pytest.approx([_reference_lr(100.0 * (10 + k) / 30) for k in range(20)], rel=1e-12)
     elapsed = [r["elapsed"] for r in store.run("more").metrics() if r["type"] == "train"]
     assert elapsed == sorted(elapsed) and elapsed[-1] == pytest.approx(30.0)
+
+
+def test_two_processes_stop_together_at_the_budget(tmp_path, corpus_file):
+    """DDP: every rank stops at the same step (rank 0's clock decides) with one final checkpoint."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    runs = tmp_path / "runs"
+    env = {**os.environ, "GPTBENCH_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "gptbench", "--runs-dir", str(runs), "train", "--no-ui", "--nproc", "2",
+                          "--backend", "torch", "--device", "cpu", "--threads", "1", "--data", str(corpus_file), "--tokenizer", "char",
+                          "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
+                          "--max-iters", "1000000", "--eval-interval", "1000000", "--eval-iters", "2", "--log-interval", "1",
+                          "--sample-tokens", "0", "--max-time", "2s", "--name", "ddp"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    status = json.loads((runs / "ddp" / "status.json").read_text())
+    assert status["state"] == "finished" and status["world_size"] == 2
+    log = (runs / "ddp" / "log.txt").read_text()
+    assert f"time budget of 2s spent at step {status['step']}" in log
+    assert sorted(p.name for p in (runs / "ddp" / "checkpoints").glob("step-*.safetensors") if ".state." not in p.name) == \
+        [f"step-{status['step']}.safetensors"]
+    train = [json.loads(line) for line in (runs / "ddp" / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert train[-1]["step"] == status["step"] and 2.0 <= status["elapsed"]
+    assert train[-2]["elapsed"] < 2.0  # the step before the last started inside the budget
