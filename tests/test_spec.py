@@ -64,7 +64,7 @@ def test_every_setting_round_trips_through_the_command_line(tmp_path):
     hostfile = tmp_path / "hosts.json"
     hostfile.write_text("[]")
     changed = {"name": "r", "init_from": "gpt2", "data": "tinyshakespeare", "tokenizer": "byte", "runtime.backend": "torch",
-               "runtime.device": "cpu", "runtime.dtype": "float32", "runtime.compile": True, "runtime.threads": 3,
+               "runtime.device": "cpu", "runtime.dtype": "float32", "runtime.compile": True, "runtime.threads": 3, "runtime.log_to": "tensorboard",
                "parallel.strategy": "ddp", "parallel.activation_checkpointing": True, "parallel.hostfile": str(hostfile),
                "lora.rank": 2, "lora.alpha": 3.5, "lora.targets": "attn", "lora.dropout": 0.25,
                "model.norm": "rmsnorm", "model.mlp": "swiglu", "model.pos": "rope", "model.bias": False, "model.tie_embeddings": False,

@@ -23,6 +23,8 @@ from gptbench.errors import UserError
 COMMAND_MODULES = [
     "gptbench.commands.train",
     "gptbench.commands.runs",
+    "gptbench.commands.sweep",
+    "gptbench.commands.export_logs",
     "gptbench.commands.sample",
     "gptbench.commands.chat",
     "gptbench.commands.convert",

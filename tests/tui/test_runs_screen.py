@@ -684,3 +684,27 @@ async def test_v_serves_the_selected_run_and_shows_address_and_requests(trained_
         await pilot.press("v")
         await wait_for(pilot, lambda: any("stopped (exit 0)" in n for n in notifications(app)), timeout=60)
         assert server.proc.returncode == 0 and not status.display and screen.server is None
+
+
+async def test_m_on_a_sweep_trial_compares_all_its_trials_best_first(fixture_runs):
+    from gptbench.sweeps.record import SweepRecord, Trial, save
+
+    trials = [Trial(0, "baby-char", {"train.lr": 1e-3}, [], "finished", {"best_val_bpb": 2.1}),
+              Trial(1, "gpt2-wide", {"train.lr": 3e-3}, [], "finished", {"best_val_bpb": 1.9}),
+              Trial(2, "lr-too-high", {"train.lr": 1e-1}, [], "failed", {})]
+    save(fixture_runs, SweepRecord("sw", "tiny", [{"path": "train.lr", "kind": "grid", "values": [1e-3, 3e-3, 1e-1]}], "val_bpb", trials))
+    app = make_app(fixture_runs)
+    async with app.run_test(size=(140, 44)) as pilot:
+        await settle(pilot)
+        assert "sw" not in table_names(app)  # the sweep's record is no run
+        await select(pilot, "live-run")
+        await pilot.press("m")  # not a trial and nothing marked: a hint, no screen
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen)
+        assert any("Mark two or more runs" in n for n in notifications(app))
+        await select(pilot, "baby-char")
+        await pilot.press("m")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        assert [s.label for s in screen.query_one("#compare-train", MetricChart).series] == ["gpt2-wide", "baby-char", "lr-too-high"]

@@ -1,4 +1,10 @@
-"""`gptbench runs`: list runs as a table (fitted to the terminal) or as JSON."""
+"""`gptbench runs`: list runs as a table (fitted to the terminal) or as JSON, and a sweep's trials best-first.
+
+`--json` prints one object per run (schema version `JSON_SCHEMA`, documented in README:
+Experiments): the summary fields, `damaged_checkpoints`, `settings` (every setting's value
+by path, as `gptbench train` flags would set it; null for a run without a readable config)
+and `sweep` (the sweep it is a trial of, or null).
+"""
 
 from __future__ import annotations
 
@@ -30,13 +36,15 @@ COLUMNS: list[tuple[str, Callable[[RunSummary], str], bool]] = [
     ("device", lambda s: (s.device or "-") + (f" ×{s.world_size}" if s.world_size > 1 else ""), False),
     ("from", lambda s: s.init_from or "-", False),  # lineage: what a fine-tuned run started from
 ]
+JSON_SCHEMA = 1  # of `gptbench runs --json`: fields are only ever added; a removal or change bumps it
 CELL_PADDING = 3  # rich's box: one space each side plus a rule
 DAMAGED_MARK = " !"  # after the status of a run with a damaged checkpoint (explained under the table)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="list runs", description="List every run in the runs directory.")
-    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table (every run's settings and results)")
+    p.add_argument("--sweep", metavar="NAME", help="the trials of sweep NAME with their swept settings and results, best first")
     p.set_defaults(func=run_runs)
 
 
@@ -62,12 +70,47 @@ def damaged_checkpoints(store: RunStore, summaries: list[RunSummary]) -> dict[st
     return out
 
 
+def run_settings(run: Run) -> dict[str, object] | None:
+    """Every setting of a run by path (`train.lr`: 0.001); None when its config cannot be read."""
+    from gptbench.errors import UserError
+    from gptbench.runstore.specfile import read_spec
+    from gptbench.spec.resolve import value_at
+    from gptbench.spec.settings import BY_PATH
+
+    try:
+        spec = read_spec(run)
+    except UserError:
+        return None
+    return {path: value_at(spec, path) for path in BY_PATH}
+
+
+def print_sweep(store: RunStore, name: str, as_json: bool) -> int:
+    from gptbench.sweeps import record as rec
+    from gptbench.sweeps.results import ranked, summary_table
+
+    record = rec.load(store.root, name)
+    if as_json:
+        trials = [{"run": t.run, "settings": t.settings, "state": t.state, **t.result} for t in ranked(record)]
+        print(json.dumps({"schema": JSON_SCHEMA, "sweep": record.name, "metric": record.metric, "swept": record.swept,
+                          "trials": trials}, indent=2))
+    else:
+        print(summary_table(record))
+    return 0
+
+
 def run_runs(args: argparse.Namespace) -> int:
     store = RunStore(args.runs_dir)
+    if args.sweep:
+        return print_sweep(store, args.sweep, args.json)
     summaries = store.summaries()
     damaged = damaged_checkpoints(store, summaries)
     if args.json:
-        print(json.dumps([{**s.to_dict(), "damaged_checkpoints": damaged[s.name]} for s in summaries], indent=2))
+        from gptbench.sweeps.record import sweep_of_run
+
+        sweeps = sweep_of_run(store.root)
+        print(json.dumps([{"schema": JSON_SCHEMA, **s.to_dict(), "damaged_checkpoints": damaged[s.name],
+                           "settings": run_settings(Run(store.root / s.name)), "sweep": sweeps.get(s.name)}
+                          for s in summaries], indent=2))
         return 0
     if not summaries:
         print(f"no runs in {store.root}; start one with: gptbench train --no-ui")

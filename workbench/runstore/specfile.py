@@ -63,6 +63,8 @@ def config_document(spec: RunSpec, facts: RunFacts) -> dict[str, Any]:
     }
     if facts.parallel is not None:
         doc["parallel"] = facts.parallel
+    if spec.runtime.log_to:
+        doc["log_to"] = spec.runtime.log_to
     if facts.init_from:
         doc["init_from"] = facts.init_from
     if spec.lora is not None:
@@ -83,7 +85,7 @@ def spec_from_config(cfg: dict[str, Any], where: str = "config.json") -> RunSpec
             data=cfg["data"].get("spec"),
             tokenizer=cfg["tokenizer"].get("spec"),
             runtime=RuntimeSpec(backend=cfg["backend"], device=cfg.get("device_request") or "auto",
-                                dtype=cfg.get("dtype") or "auto", compile=cfg.get("compile")),
+                                dtype=cfg.get("dtype") or "auto", compile=cfg.get("compile"), log_to=cfg.get("log_to") or ""),
             parallel=ParallelSpec(nproc=world if isinstance(world, int) and world > 0 else 1,
                                   strategy=par.get("strategy") if par.get("strategy") in ("ddp", "fsdp") else "ddp",
                                   activation_checkpointing=par.get("activation_checkpointing") is True),

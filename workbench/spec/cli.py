@@ -45,7 +45,7 @@ def add_spec_arguments(p: argparse.ArgumentParser, data_help: str = "") -> None:
         if s.switch:
             p.add_argument(s.flag, dest=s.dest, action=argparse.BooleanOptionalAction, default=None, help=help_)
         else:
-            kind = finite_float if s.kind is float else s.kind
+            kind = s.parse or (finite_float if s.kind is float else s.kind)
             p.add_argument(s.flag, dest=s.dest, type=kind, default=None, metavar=s.metavar, help=help_)
     p.add_argument("--untied", dest="tie_embeddings", action="store_false", default=None, help="a separate LM head (= --no-tie-embeddings)")
 

@@ -127,7 +127,7 @@ def changes(before: RunSpec, after: RunSpec) -> list[tuple[str, Any, Any]]:
     return [(p, value_at(before, p), value_at(after, p)) for p in BY_PATH if value_at(before, p) != value_at(after, p)]
 
 
-RUNTIME_KEYS = ("backend", "device", "dtype", "compile", "threads")
+RUNTIME_KEYS = ("backend", "device", "dtype", "compile", "threads", "log_to")
 
 
 def spec_settings(model: Mapping[str, Any] | None = None, train: Mapping[str, Any] | None = None,

@@ -56,8 +56,14 @@ class RuntimeSpec:
     dtype: str = "auto"
     compile: bool | None = None
     threads: int | None = None
+    log_to: str = ""  # trackers that mirror the metrics, comma-separated (gptbench.trackers); "" = none
 
     def __post_init__(self) -> None:
+        from gptbench.trackers import parse_log_to
+
+        if not isinstance(self.log_to, str):
+            raise ConfigError(f"log-to must be a comma-separated list of trackers, got {self.log_to!r}")
+        object.__setattr__(self, "log_to", ",".join(parse_log_to(self.log_to)))
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("dtype", self.dtype, DTYPES)
         if not isinstance(self.device, str) or not self.device:

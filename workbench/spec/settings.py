@@ -8,7 +8,9 @@ and the README's flag table cannot drift from it or from the spec's dataclasses)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+from gptbench.spec.duration import duration_arg
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Setting:
     toml: str | None = None  # None: the same as `path`; "" = not settable from a file
     switch: bool = False  # a --flag / --no-flag pair
     metavar: str | None = None
+    parse: Callable[[str], Any] | None = None  # how the flag's (or a file's string) value is read; None: `kind`
 
     @property
     def dest(self) -> str:
@@ -60,6 +63,9 @@ RUNTIME_SETTINGS = [
     _s("runtime.dtype", "--dtype", str, "auto | float32 | bfloat16 | float16 (auto = bf16 autocast on CUDA)", toml="dtype"),
     _s("runtime.compile", "--compile", bool, "compile the training step with the framework's JIT (default: on for mlx, off for torch)",
        toml="compile", switch=True),
+    _s("runtime.log_to", "--log-to", str, "mirror the metrics, config and run name to trackers: tensorboard, trackio "
+       "(comma-separated; offline: TensorBoard event files in RUN/tensorboard, trackio's local store)", toml="log_to",
+       metavar="TRACKERS"),
     _s("runtime.threads", "--threads", int, "CPU threads for torch, fixed (default: adapted to the cores other processes leave free)",
        toml="threads"),
 ]
@@ -102,6 +108,9 @@ TRAIN_SETTINGS = [
     _s("train.batch_size", "--batch-size", int, "sequences per micro-batch"),
     _s("train.grad_accum", "--grad-accum", int, "micro-batches per optimizer step on each process (the step's total is this x --nproc)"),
     _s("train.max_iters", "--max-iters", int, "total optimizer steps"),
+    _s("train.max_time", "--max-time", float, "training-time budget (90s, 5m, 1h): stop there with a final evaluation and "
+       "checkpoint; the learning-rate schedule then runs over the budget (see README: Experiments) (default: none)",
+       parse=duration_arg, metavar="DURATION"),
     _s("train.lr", "--lr", float, "peak learning rate (AdamW's: with --optimizer muon, of embeddings, head, norms, biases)"),
     _s("train.min_lr", "--min-lr", float, "learning rate at the end of the cosine decay"),
     _s("train.warmup_iters", "--warmup-iters", int, "linear warmup steps"),

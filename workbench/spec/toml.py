@@ -8,12 +8,13 @@ what the flags can.
 
 from __future__ import annotations
 
+import argparse
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from gptbench.errors import UserError, reject_unknown_keys
-from gptbench.spec.settings import SETTINGS
+from gptbench.spec.settings import BY_PATH, SETTINGS
 
 TABLES = ("model", "train", "lora", "parallel")
 
@@ -41,7 +42,19 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             if not isinstance(value, dict):
                 raise UserError(f"{p}: [{key}] must be a table")
             reject_unknown_keys(f"[{key}]", value, {k.partition(".")[2] for k in keys if k.startswith(key + ".")})
-            out.update({keys[f"{key}.{k}"]: v for k, v in value.items()})
+            out.update({keys[f"{key}.{k}"]: _read(p, keys[f"{key}.{k}"], v) for k, v in value.items()})
         elif key != "preset":
-            out[keys[key]] = value
+            out[keys[key]] = _read(p, keys[key], value)
     return out
+
+
+def _read(p: Path, path: str, value: Any) -> Any:
+    """A file's value for setting `path`: a string goes through the setting's own parser
+    (a duration may be written `max_time = "5m"`)."""
+    parse = BY_PATH[path].parse
+    if parse is None or not isinstance(value, str):
+        return value
+    try:
+        return parse(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        raise UserError(f"{p}: {path.rpartition('.')[2]}: {exc}") from None

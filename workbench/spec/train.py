@@ -22,6 +22,7 @@ class TrainConfig:
     batch_size: int = 12
     grad_accum: int = 1
     max_iters: int = 2000
+    max_time: float = 0.0  # training-time budget in seconds (0 = none): see training.schedule
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_iters: int = 100
@@ -72,7 +73,7 @@ class TrainConfig:
         for name in ("lr", "muon_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)!r}")
-        for name in ("min_lr", "weight_decay", "muon_weight_decay", "muon_momentum_warmup", "grad_clip", "warmup_iters", "lr_decay_iters", "sample_tokens", "keep_last"):
+        for name in ("max_time", "min_lr", "weight_decay", "muon_weight_decay", "muon_momentum_warmup", "grad_clip", "warmup_iters", "lr_decay_iters", "sample_tokens", "keep_last"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)!r}")
         if self.min_lr > self.lr:

@@ -18,8 +18,9 @@ from gptbench.backends.parallel import Collectives
 from gptbench.backends.spec import GPTConfig
 from gptbench.errors import UserError
 from gptbench.runstore import HEARTBEAT_INTERVAL_S, RunState, TrainRecord
+from gptbench.spec.duration import format_duration
 from gptbench.spec.train import TrainConfig
-from gptbench.training.schedule import lr_at
+from gptbench.training.schedule import lr_now
 from gptbench.training.signals import StopFlag
 
 
@@ -66,11 +67,6 @@ def step_batches(trainer: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     return batches
 
 
-def stop_agreed(comm: Collectives, stop: StopFlag) -> bool:
-    """Whether to stop now: a request on any rank stops every rank at this step."""
-    return comm.any(stop.requested) if comm.world_size > 1 else stop.requested
-
-
 def global_numbers(trainer: Any, loss: float) -> float:
     """The step's loss averaged over ranks, and every rank's peak memory (one sum)."""
     world, rank = trainer.comm.world_size, trainer.comm.rank
@@ -94,32 +90,57 @@ def _adapt_threads(trainer: Any) -> None:
                      f"training on {threads} thread{'s' if threads > 1 else ''} now")
 
 
+def budget_spent(trainer: Any, stop: StopFlag) -> tuple[bool, bool]:
+    """(stop requested, time budget spent), agreed by every rank: with several processes
+    one sum carries the requests and rank 0's elapsed time, so all stop at the same step
+    and lay the schedule over the same clock."""
+    t, p, comm = trainer.t, trainer.progress, trainer.comm
+    if comm.world_size == 1:
+        return stop.requested, t.max_time > 0 and p.elapsed >= t.max_time
+    if t.max_time <= 0:
+        return comm.any(stop.requested), False
+    requested, elapsed = comm.sum([float(stop.requested), p.elapsed if comm.rank == 0 else 0.0])
+    p.elapsed = elapsed
+    return requested > 0, elapsed >= t.max_time
+
+
 def train_until_done(trainer: Any, stop: StopFlag) -> bool:
-    """Train until `max_iters`, or return True once every rank agreed to stop."""
-    t, p = trainer.t, trainer.progress
+    """Train until `max_iters` or the `max_time` budget (return False), or return True
+    once every rank agreed to stop. Elapsed time is counted on `trainer.clock` per step,
+    evaluations left out."""
+    t, p, clock = trainer.t, trainer.progress, trainer.clock
     tokens_per_step = t.tokens_per_step(trainer.model_cfg.block_size)
     resumed_at = p.step
-    window_t0, window_steps = time.perf_counter(), 0
+    last = window_t0 = clock()
+    window_steps = 0
     while p.step < t.max_iters:
+        requested, spent = budget_spent(trainer, stop)
+        if spent:
+            trainer._log(f"time budget of {format_duration(t.max_time)} spent at step {p.step}")
+            return False
         # (a resumed run already evaluated the step its checkpoint was taken at)
         if p.step % t.eval_interval == 0 and (p.step != resumed_at or p.step == 0):
             trainer.eval_and_checkpoint(save=p.step > 0)
-            window_t0, window_steps = time.perf_counter(), 0
-        if stop_agreed(trainer.comm, stop):
+            last = window_t0 = clock()
+            window_steps = 0
+        if requested or (trainer.comm.world_size == 1 and stop.requested):  # (several: agreed above)
             return True
-        lr = lr_at(p.step, t)
+        lr = lr_now(p.step, p.elapsed, t)
         result = trainer.backend.train_step(step_batches(trainer), lr)
         p.step += 1
         window_steps += 1
+        now = clock()
+        p.elapsed += now - last
+        last = now
         _adapt_threads(trainer)
         p.tokens_seen += tokens_per_step
         if p.step % t.log_interval == 0 or p.step == t.max_iters:
             loss = global_numbers(trainer, result.loss)  # the only host sync of the step, every log_interval
             if not math.isfinite(loss):
                 raise Diverged(f"loss became {loss} at step {p.step}; lower --lr or raise --warmup-iters, and resume from the last checkpoint")
-            now = time.perf_counter()
-            dt = now - window_t0
-            p.elapsed += dt
+            now = clock()
+            p.elapsed += now - last
+            dt, last = now - window_t0, now
             trainer.tokens_per_sec = window_steps * tokens_per_step / dt if dt > 0 else None
             window_t0, window_steps = now, 0
             trainer._record(TrainRecord(p.step, loss, lr, result.grad_norm, trainer.tokens_per_sec, p.elapsed, time.time()))

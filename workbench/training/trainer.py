@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from gptbench.training.reporting import QuietReporter, Reporter
 from gptbench.training.resuming import open_resumed
 from gptbench.training.loop import Diverged, optimizer_notes, parallel_lines, train_until_done
 from gptbench.training.signals import StopFlag
+from gptbench.trackers.base import metrics_of
 from gptbench.training.state import OptimizerState, Progress, RngState, collect, restore
 
 
@@ -77,6 +78,8 @@ class Trainer:
         self._last_beat = 0.0
         self._started = time.time()
         self._resume_notes: list[str] = list(opened.notes)
+        self.trackers: list[Any] = []  # gptbench.trackers, rank 0, opened once the run's config is written
+        self.clock: Callable[[], float] = time.perf_counter  # training time (tests inject their own)
         self.thread_policy: Any = None  # a gptbench.backends.cpu.ThreadPolicy, set by `gptbench train`
 
     @property
@@ -92,13 +95,16 @@ class Trainer:
     def new_run(cls, store: RunStore, spec: RunSpec, reporter: Reporter | None = None, comm: Collectives | None = None) -> "Trainer":
         """Claim the run's name, prepare data and the model, then write its config: the
         folder is a run only once everything needed to train it has been built."""
+        from gptbench.trackers import parse_log_to, require
+
         reporter, comm = reporter or QuietReporter(), comm or Collectives()
+        require(parse_log_to(spec.runtime.log_to))  # before anything is created
         opened = open_new(store, spec, reporter, comm)
         try:
             trainer = cls(opened, reporter, comm)
             if opened.writer is not None:
                 opened.writer.save_tokenizer(opened.data.tokenizer)
-                trainer._write_config()  # last: from here on the folder is a run
+                trainer._open_trackers(trainer._write_config())  # last: from here on the folder is a run
         except BaseException:
             if opened.writer is not None:
                 opened.writer.abandon()
@@ -116,10 +122,11 @@ class Trainer:
             trainer = cls(opened, reporter, comm)
             if opened.resumed:
                 trainer._install_checkpoint(ckpt)
+                trainer._check_budget_left(name)
                 trainer._resume_notes.insert(0, f"resuming {name} at step {trainer.step} of {trainer.t.max_iters}")
             if opened.writer is not None:
                 opened.writer.rewind(trainer.step if opened.resumed else -1)  # from step 0, its eval is redone too
-                trainer._write_config()
+                trainer._open_trackers(trainer._write_config())
         except BaseException:
             if opened.writer is not None:
                 opened.writer.close()
@@ -138,8 +145,14 @@ class Trainer:
         restore(self.progress, self.components, tensors, header)
         self.batch_rng.bit_generator.state = self.progress.batch_rng
 
+    def _check_budget_left(self, name: str) -> None:
+        t, spent = self.t, self.progress.elapsed
+        if t.max_time > 0 and spent >= t.max_time:
+            raise UserError(f"run {name!r} already spent its --max-time budget ({spent:.0f}s of {t.max_time:g}s); "
+                            "pass a larger --max-time to train it further")
+
     # ---- the run directory (rank 0 only) ----------------------------------------------
-    def _write_config(self) -> None:
+    def _write_config(self) -> dict[str, Any]:
         tok, par, lora = self.data.tokenizer, self.comm.parallel, self.backend.lora
         assert self.writer is not None
         facts = RunFacts(
@@ -151,7 +164,16 @@ class Trainer:
                       "grad_accum_per_process": self.local_accum, "activation_checkpointing": par.activation_checkpointing},
             init_from=self.init_from, trainable_params=lora.num_params(self.model_cfg) if lora else None,
         )
-        self.writer.write_config(config_document(self.spec, facts))
+        doc = config_document(self.spec, facts)
+        self.writer.write_config(doc)
+        return doc
+
+    def _open_trackers(self, config: dict[str, Any]) -> None:
+        """Rank 0's mirrors of the metrics (`--log-to`); a missing tracker stops the run
+        before it starts (the caller abandons the new run)."""
+        from gptbench.trackers import open_trackers, parse_log_to
+
+        self.trackers = open_trackers(parse_log_to(self.spec.runtime.log_to), self.run.path, self.run.name, config)
 
     def _status(self, state: RunState, **extra: Any) -> None:
         if self.writer is None:
@@ -172,7 +194,11 @@ class Trainer:
     def _record(self, record: TrainRecord | EvalRecord | SampleRecord) -> None:
         if self.writer is not None:
             self.writer.append_metric(record)
-        self.reporter.update(self.step, record_dict(record))
+        values = record_dict(record)
+        mirrored = metrics_of(values) if self.trackers else None
+        for tracker in self.trackers if mirrored else ():
+            tracker.log(*mirrored)
+        self.reporter.update(self.step, values)
 
     def _save_checkpoint(self, val_loss: float | None) -> None:
         """Collective: every rank helps gather the state; rank 0 writes it."""
@@ -215,6 +241,8 @@ class Trainer:
                 raise
             finally:
                 self.reporter.finish()
+                for tracker in self.trackers:
+                    tracker.close()
                 if self.writer is not None:
                     self.writer.close()
         return TrainOutcome(self.run, state.value, self.step, self.best_val_loss, self.evaluator.bpb(self.best_val_loss))

@@ -285,10 +285,27 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
 
     def action_compare(self) -> None:
         names = [s.name for s in self.visible_runs if s.name in self.marked]
+        if not names and self._sweep_trials():
+            self.gapp.open_compare(self._sweep_trials())
+            return
         if len(names) < 2:
             self.notify("Mark two or more runs with Space, then press m to compare them", severity="warning")
             return
         self.gapp.open_compare(names)
+
+    def _sweep_trials(self) -> list[str]:
+        """With nothing marked, `m` on a trial of a sweep compares all the sweep's trials,
+        best first by its metric ([] when the selected run is no trial)."""
+        from gptbench.errors import UserError
+        from gptbench.sweeps.record import load, sweep_of_run
+        from gptbench.sweeps.results import ranked
+
+        s = self.current_run
+        sweep = sweep_of_run(self.gapp.runs_dir).get(s.name) if s is not None else None
+        try:
+            return [t.run for t in ranked(load(self.gapp.runs_dir, sweep)) if (self.gapp.runs_dir / t.run).is_dir()] if sweep else []
+        except UserError:
+            return []
 
     def action_filter(self) -> None:
         self.query_one("#filter", Input).focus()

@@ -1,0 +1,124 @@
+"""`--log-to` and `gptbench export-logs`: the metrics mirrored to TensorBoard and trackio, read
+back with TensorBoard's own reader and trackio's own storage API, equal to metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import assert_one_line, run_cli_output
+
+TRAIN = ["--preset", "tiny", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "16", "--batch-size", "4",
+         "--max-iters", "20", "--eval-interval", "10", "--eval-iters", "2", "--log-interval", "5", "--sample-tokens", "8",
+         "--backend", "torch", "--device", "cpu", "--threads", "1"]
+READ_TRACKIO = """
+import json, sys
+from trackio.sqlite_storage import SQLiteStorage
+logs = SQLiteStorage.get_logs("gptbench", sys.argv[1])
+config = SQLiteStorage.get_run_config("gptbench", sys.argv[1])
+print(json.dumps({"logs": logs, "config": config}))
+"""
+
+
+def _expected(run_dir):
+    """metrics.jsonl as the trackers must show it: {metric: [(step, value), ...]}."""
+    from gptbench.runstore import iter_jsonl
+    from gptbench.trackers import metrics_of
+
+    out: dict[str, list] = {}
+    for record in iter_jsonl(run_dir / "metrics.jsonl"):
+        m = metrics_of(record)
+        if m is not None:
+            for name, value in m[1].items():
+                out.setdefault(name, []).append((m[0], value))
+    return out
+
+
+def _tensorboard(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    acc = EventAccumulator(str(logdir), size_guidance={"tensors": 0})
+    acc.Reload()
+    values = {tag: [(e.step, tensor_util.make_ndarray(e.tensor_proto).item()) for e in acc.Tensors(tag)]
+              for tag in acc.Tags()["tensors"]}
+    return values
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    from helpers import FIXTURE_TEXT
+
+    root = tmp_path_factory.mktemp("tracked")
+    corpus = root / "play.txt"
+    corpus.write_text(FIXTURE_TEXT)
+    env = {**os.environ, "TRACKIO_DIR": str(root / "trackio"), "GPTBENCH_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "gptbench", "--runs-dir", str(root / "runs"), "train", "--no-ui", *TRAIN,
+                          "--data", str(corpus), "--log-to", "tensorboard,trackio", "--name", "t"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return root, env
+
+
+def test_tensorboard_event_files_hold_exactly_the_metrics(tracked_run):
+    root, _ = tracked_run
+    run_dir = root / "runs" / "t"
+    expected = _expected(run_dir)
+    assert {"train/loss", "train/lr", "val/loss", "val/bpb"} <= set(expected)
+    assert [s for s, _ in expected["val/loss"]] == [0, 10, 20]
+    got = _tensorboard(run_dir / "tensorboard")
+    config = json.loads(got.pop("config")[0][1])
+    assert config["name"] == "t" and config["train"]["max_iters"] == 20 and config["log_to"] == "tensorboard,trackio"
+    assert got == expected
+
+
+def test_trackio_local_store_holds_exactly_the_metrics(tracked_run):
+    root, env = tracked_run
+    expected = _expected(root / "runs" / "t")
+    out = subprocess.run([sys.executable, "-c", READ_TRACKIO, "t"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    stored = json.loads(out.stdout)
+    got: dict[str, list] = {}
+    for row in stored["logs"]:
+        for name, value in row.items():
+            if name not in ("step", "timestamp"):
+                got.setdefault(name, []).append((row["step"], value))
+    assert got == expected
+    assert stored["config"]["name"] == "t" and stored["config"]["train.lr"] == json.loads((root / "runs" / "t" / "config.json").read_text())["train"]["lr"]
+
+
+def test_export_logs_writes_a_finished_run_to_tensorboard(tracked_run, tmp_path, capsys):
+    root, _ = tracked_run
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    shutil.rmtree(runs / "t" / "tensorboard")
+    rc, out, err = run_cli_output(capsys, "--runs-dir", runs, "export-logs", "t", "--to", "tensorboard")
+    assert rc == 0, err
+    assert out.startswith("exported ") and "to tensorboard" in out
+    got = _tensorboard(runs / "t" / "tensorboard")
+    got.pop("config")
+    assert got == _expected(runs / "t")
+    rc, _, _ = run_cli_output(capsys, "--runs-dir", runs, "export-logs", "t", "--to", "tensorboard")  # again: replaced, not doubled
+    assert rc == 0 and len(list((runs / "t" / "tensorboard").iterdir())) == 1
+
+
+def test_an_unknown_or_missing_tracker_is_one_line_and_creates_nothing(capsys, runs_dir, corpus_file, monkeypatch):
+    import importlib.util
+
+    rc, _, err = run_cli_output(capsys, "--runs-dir", runs_dir, "train", "--no-ui", *TRAIN, "--data", corpus_file, "--log-to", "neptune")
+    assert rc == 2
+    assert_one_line(err, "unknown tracker 'neptune'", "tensorboard, trackio")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else find_spec(name, *a))
+    rc, _, err = run_cli_output(capsys, "--runs-dir", runs_dir, "train", "--no-ui", *TRAIN, "--data", corpus_file, "--log-to", "trackio")
+    assert rc == 2
+    assert_one_line(err, 'pip install "gptbench[trackio]"')
+    assert list(runs_dir.iterdir()) == []
+    rc, _, err = run_cli_output(capsys, "--runs-dir", runs_dir, "export-logs", "nosuch", "--to", "trackio")
+    assert rc == 2
+    assert_one_line(err, 'pip install "gptbench[trackio]"')
