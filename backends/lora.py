@@ -8,7 +8,7 @@ A targeted Linear `W [out, in]` keeps its weights frozen and gains two trainable
 `A` starts uniform in ±1/sqrt(in) (kaiming-uniform with a=sqrt(5), what the paper's
 reference code, peft, litgpt and mlx-lm use) and `B` at zero, so training starts from the
 base model exactly. The adapters are drawn here, in numpy, from the run's seed, so both
-backends start from the same numbers; the model files (`LoRALinear`, `apply_lora`) only
+backends start from the same numbers; the lora files (`LoRALinear`, `apply_lora`) only
 compute. Adapter tensors are named after their Linear: `h.0.attn.c_attn.lora_a`. Merging
 folds the update into the base: `W' = W + (alpha / r) · B @ A` (computed in float64).
 Embeddings, norms and the LM head are never adapted.

@@ -144,7 +144,7 @@ def test_sample_and_chat_work_on_the_unmerged_run(lora_run, tmp_path, capsys, mo
     from gptbench.backends.registry import create_backend
     from gptbench.backends.generate import generate
     from gptbench.backends.sampling import SamplingParams
-    from gptbench.sources import load_checkpoint
+    from gptbench.modelweights import load_checkpoint
     from gptbench.tokenizers.registry import load_tokenizer
 
     ck = max((lora_run / "checkpoints").glob("step-*[0-9].safetensors"), key=lambda p: int(p.stem.split("-")[1]))

@@ -129,7 +129,7 @@ def test_growing_the_vocabulary_keeps_old_rows_bit_identical(name, tied):
     from helpers import tiny_model_config
     from reference_model import perturbed_weights
     from gptbench.backends.registry import create_backend
-    from gptbench.sources import fit_tensors
+    from gptbench.modelweights import fit_tensors
 
     src = tiny_model_config(tie_embeddings=tied)
     w = perturbed_weights(src, seed=5)

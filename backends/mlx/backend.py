@@ -20,7 +20,8 @@ rather than silently ignored.
 from __future__ import annotations
 
 # the model first: it may preload a faster CBLAS, which must happen before mlx.core loads.
-from gptbench.backends.mlx.model import BLAS, GPT, LoRAKeys, ModelCache, apply_lora, cross_entropy, target_logprobs  # isort: skip
+from gptbench.backends.mlx.model import BLAS, GPT, ModelCache, cross_entropy, target_logprobs  # isort: skip
+from gptbench.backends.mlx.lora import LoRAKeys, apply_lora  # isort: skip
 
 import sys
 from typing import Any, Sequence

@@ -28,7 +28,8 @@ from gptbench.backends.parallel import Collectives, Parallel, rank_seed
 from gptbench.backends.sampling import SamplingParams
 from gptbench.backends.spec import GPTConfig
 from gptbench.backends.torch import decode, parallel as ranks  # `parallel` is the Parallel argument
-from gptbench.backends.torch.model import GPT, ModelCache, apply_lora, cross_entropy, target_logprobs
+from gptbench.backends.torch.lora import apply_lora
+from gptbench.backends.torch.model import GPT, ModelCache, cross_entropy, target_logprobs
 from gptbench.backends.torch.optim import Muon, adamw
 from gptbench.backends.torch.sampling import make_generator, sample_tokens
 from gptbench.errors import UserError

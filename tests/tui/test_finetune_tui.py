@@ -121,7 +121,7 @@ async def test_chat_talks_to_an_unmerged_lora_run(lora_runs):
     from gptbench.backends.registry import create_backend
     from gptbench.backends.generate import generate
     from gptbench.backends.sampling import SamplingParams
-    from gptbench.sources import load_checkpoint
+    from gptbench.modelweights import load_checkpoint
     from gptbench.runstore import Run
     from gptbench.tui.screens.chat import ChatScreen
 

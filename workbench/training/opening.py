@@ -131,7 +131,7 @@ def open_new(store: RunStore, spec: RunSpec, reporter: Reporter, comm: Collectiv
 
 def _install_source(opened: Opened, source: Any) -> None:
     """A new fine-tune's starting weights (rank 0's source; collective), then its adapters."""
-    from gptbench.sources import fit_tensors
+    from gptbench.modelweights import fit_tensors
 
     spec, backend = opened.spec, opened.backend
     backend.set_weights(fit_tensors(source.model.merged(), source.config, spec.model, source.label) if source is not None else {})

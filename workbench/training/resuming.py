@@ -18,7 +18,7 @@ from gptbench.backends.registry import resolve_backend_name
 from gptbench.backends.lora import LORA_ONE_PROCESS
 from gptbench.backends.weights import WeightsError
 from gptbench.errors import ConfigError, UserError
-from gptbench.sources import ModelWeights, load_checkpoint
+from gptbench.modelweights import ModelWeights, load_checkpoint
 from gptbench.runstore import CorruptRunError, Run, RunStore, RunWriter
 from gptbench.runstore.specfile import read_config
 from gptbench.spec.resolve import changes, value_at, with_overrides
@@ -86,7 +86,7 @@ def _stored_weights(run: Run, spec: RunSpec, saved: RunSpec, ckpt: Any, init_fro
             raise CorruptRunError(f"{ckpt.path} holds a different model than {run.config_path} describes")
         return stored
     if init_from:  # killed before its first checkpoint: start again from its source
-        from gptbench.sources import fit_tensors, load_reference
+        from gptbench.modelweights import fit_tensors, load_reference
 
         origin = load_reference(init_from, f"run {spec.name!r}")
         return ModelWeights(spec.model, fit_tensors(origin.merged(), origin.config, spec.model, str(init_from.get("label"))), spec.lora)
