@@ -16,7 +16,7 @@ from helpers import REPO
 
 BACKENDS = REPO / "backends"
 FRAMEWORKS = ("torch", "mlx")
-JOBS = ("model.py", "optim.py", "parallel.py", "decode.py", "sampling.py", "backend.py")
+JOBS = ("model.py", "lora.py", "optim.py", "parallel.py", "decode.py", "sampling.py", "backend.py")
 
 
 def top_level_names(path: Path) -> list[str]:

@@ -55,8 +55,9 @@ def test_chat_takes_samples_model_and_sampling_flags():
     sampling = documented_flags(text[text.index("Sampling flags, shared with `chat`"):])
     model = {"--run", "--checkpoint", "--weights", "--tokenizer", "--backend", "--device", "--strict"}
     assert model <= documented_flags(text)
-    assert all(f"`{flag}`" in section("### `gptbench chat --run NAME`") for flag in model)
-    assert accepted_flags("chat") == model | sampling
+    own = {"--system", "--message", "--json"}  # a chat run's conversation, answered once
+    assert all(f"`{flag}`" in section("### `gptbench chat --run NAME`") for flag in model | own)
+    assert accepted_flags("chat") == model | sampling | own
 
 
 def _valid_keys(tmp_path, capsys, toml_text: str, section_name: str) -> set[str]:
