@@ -102,6 +102,16 @@ def test_chat_strict_is_refused_before_the_session(damaged_run, capsys):
     assert_one_line(err, DAMAGED, "--strict")
 
 
+def test_chat_message_answers_from_the_newest_intact_checkpoint_and_says_so_once(damaged_run, capsys):
+    rc, out, err = run_cli_output(capsys, "chat", "--runs-dir", damaged_run, "--run", "b", "--checkpoint", "last",
+                                  "--message", "hi", "--json", "--max-new-tokens", "3", "--temperature", "0", "--device", "cpu")
+    assert rc == 0, err
+    assert json.loads(out)["finish_reason"] == "length"
+    [line] = warning_lines(err)
+    assert line.startswith("gptbench: warning: ")
+    assert "using step-10" in line
+
+
 def test_convert_exports_step_10_says_so_and_records_it(damaged_run, tmp_path, capsys):
     from gptbench.backends.weights import read_header
 
