@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import Any
 
 from gptbench.data.sources import data_help
 from gptbench.errors import UserError
 from gptbench.spec.cli import add_spec_arguments, overrides_from_args
+from gptbench.spec.run import default_run_name
 
 EPILOG = """examples:
   gptbench sweep --preset modern --grid lr=1e-3,3e-3 --grid n_layer=4,6 --max-time 2m --name lr-depth
@@ -90,7 +90,7 @@ def plan_sweep(args: argparse.Namespace, root: Path) -> Any:
     from gptbench.sweeps.space import parse_grid, parse_random, plan_trials
 
     overrides = overrides_from_args(args)
-    name = validate_run_name(overrides.pop("name", None) or time.strftime("sweep-%Y%m%d-%H%M%S"))
+    name = validate_run_name(overrides.pop("name", None) or default_run_name("sweep"))
     grid, rand = [parse_grid(g) for g in args.grid], [parse_random(r) for r in args.random]
     toml = load_toml(args.config) if args.config else None
     base = resolve_spec(args.preset, toml, overrides)
