@@ -1,5 +1,7 @@
-"""`--log-to` and `gptbench export-logs`: the metrics mirrored to TensorBoard and trackio, read
-back with TensorBoard's own reader and trackio's own storage API, equal to metrics.jsonl."""
+"""`--log-to` and `gptbench export-logs`: the metrics mirrored to TensorBoard, W&B and trackio,
+read back with TensorBoard's own reader, wandb's own reader of its offline run files (`wandb
+leet inspect --json`) and trackio's own storage API, equal to metrics.jsonl. W&B never goes
+online here: WANDB_MODE=offline, and its settings, cache and data folders in the test's tmp."""
 
 from __future__ import annotations
 
@@ -39,6 +41,33 @@ def _expected(run_dir):
     return out
 
 
+def _wandb_env(root):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return {**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(root / "wandb-dir"),
+            "WANDB_CONFIG_DIR": str(root / "wandb-config"), "WANDB_CACHE_DIR": str(root / "wandb-cache"),
+            "WANDB_DATA_DIR": str(root / "wandb-data")}
+
+
+def _wandb(run_dir, env):
+    """The W&B offline run in RUN/wandb as wandb itself reads it: {metric: [(step, value)]},
+    the run's config and name, and its id."""
+    [log] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    values: dict[str, list] = {}
+    for r in records:
+        if r["type"] == "history":
+            item = r["history"]["item"]
+            for name, value in item.items():
+                if not name.startswith("_"):
+                    values.setdefault(name, []).append((item["_step"], value))
+    [run] = [r["run"] for r in records if r["type"] == "run"]
+    config = {k: v for k, v in run["config"]["update"].items() if k != "_wandb"}  # wandb's own bookkeeping
+    return values, config, run["display_name"], run["run_id"]
+
+
 def _tensorboard(logdir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.util import tensor_util
@@ -57,9 +86,9 @@ def tracked_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracked")
     corpus = root / "play.txt"
     corpus.write_text(FIXTURE_TEXT)
-    env = {**os.environ, "TRACKIO_DIR": str(root / "trackio"), "GPTBENCH_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1"}
+    env = {**_wandb_env(root), "TRACKIO_DIR": str(root / "trackio"), "GPTBENCH_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-m", "gptbench", "--runs-dir", str(root / "runs"), "train", "--no-ui", *TRAIN,
-                          "--data", str(corpus), "--log-to", "tensorboard,trackio", "--name", "t"],
+                          "--data", str(corpus), "--log-to", "tensorboard,wandb,trackio", "--name", "t"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     return root, env
@@ -73,8 +102,34 @@ def test_tensorboard_event_files_hold_exactly_the_metrics(tracked_run):
     assert [s for s, _ in expected["val/loss"]] == [0, 10, 20]
     got = _tensorboard(run_dir / "tensorboard")
     config = json.loads(got.pop("config")[0][1])
-    assert config["name"] == "t" and config["train"]["max_iters"] == 20 and config["log_to"] == "tensorboard,trackio"
+    assert config["name"] == "t" and config["train"]["max_iters"] == 20 and config["log_to"] == "tensorboard,wandb,trackio"
     assert got == expected
+
+
+def test_wandb_offline_run_holds_exactly_the_metrics(tracked_run):
+    root, env = tracked_run
+    run_dir = root / "runs" / "t"
+    expected = _expected(run_dir)
+    got, config, name, _ = _wandb(run_dir, env)
+    assert got == expected
+    assert name == "t" and config == json.loads((run_dir / "config.json").read_text())
+    assert not (root / "wandb-dir").exists()  # everything of the run is in the run's folder
+
+
+def test_wandb_is_offline_unless_the_users_settings_say_otherwise(tmp_path, monkeypatch):
+    import wandb
+
+    from gptbench.trackers.wandb_offline import user_mode
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    assert user_mode(wandb) == "offline"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "settings").write_text("[default]\nmode = online\n")  # what `wandb online` writes
+    assert user_mode(wandb) == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert user_mode(wandb) == "disabled"
 
 
 def test_trackio_local_store_holds_exactly_the_metrics(tracked_run):
@@ -107,17 +162,39 @@ def test_export_logs_writes_a_finished_run_to_tensorboard(tracked_run, tmp_path,
     assert rc == 0 and len(list((runs / "t" / "tensorboard").iterdir())) == 1
 
 
+def test_export_logs_writes_a_finished_run_to_wandb_under_its_id(tracked_run, tmp_path):
+    root, env = tracked_run
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    _, _, _, run_id = _wandb(runs / "t", env)
+    shutil.rmtree(runs / "t" / "wandb")
+    (runs / "t" / "wandb").mkdir()
+    (runs / "t" / "wandb" / "gptbench-run-id").write_text(run_id + "\n")
+    for _ in range(2):  # again: replaced, not doubled
+        out = subprocess.run([sys.executable, "-m", "gptbench", "--runs-dir", str(runs), "export-logs", "t", "--to", "wandb"],
+                             capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("exported ") and "to wandb" in out.stdout
+        got, _, name, new_id = _wandb(runs / "t", env)
+        assert got == _expected(runs / "t") and name == "t" and new_id == run_id
+    assert [p.name for p in runs.iterdir()] == ["t"]  # no staging folder left behind
+
+
 def test_an_unknown_or_missing_tracker_is_one_line_and_creates_nothing(capsys, runs_dir, corpus_file, monkeypatch):
     import importlib.util
 
     rc, _, err = run_cli_output(capsys, "--runs-dir", runs_dir, "train", "--no-ui", *TRAIN, "--data", corpus_file, "--log-to", "neptune")
     assert rc == 2
-    assert_one_line(err, "unknown tracker 'neptune'", "tensorboard, trackio")
+    assert_one_line(err, "unknown tracker 'neptune'", "tensorboard, wandb, trackio")
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("trackio", "wandb") else find_spec(name, *a))
     rc, _, err = run_cli_output(capsys, "--runs-dir", runs_dir, "train", "--no-ui", *TRAIN, "--data", corpus_file, "--log-to", "trackio")
     assert rc == 2
     assert_one_line(err, 'pip install "gptbench[trackio]"')
+    assert list(runs_dir.iterdir()) == []
+    rc, _, err = run_cli_output(capsys, "--runs-dir", runs_dir, "train", "--no-ui", *TRAIN, "--data", corpus_file, "--log-to", "wandb")
+    assert rc == 2
+    assert_one_line(err, 'pip install "gptbench[wandb]"')
     assert list(runs_dir.iterdir()) == []
     rc, _, err = run_cli_output(capsys, "--runs-dir", runs_dir, "export-logs", "nosuch", "--to", "trackio")
     assert rc == 2

@@ -63,8 +63,8 @@ RUNTIME_SETTINGS = [
     _s("runtime.dtype", "--dtype", str, "auto | float32 | bfloat16 | float16 (auto = bf16 autocast on CUDA)", toml="dtype"),
     _s("runtime.compile", "--compile", bool, "compile the training step with the framework's JIT (default: on for mlx, off for torch)",
        toml="compile", switch=True),
-    _s("runtime.log_to", "--log-to", str, "mirror the metrics, config and run name to trackers: tensorboard, trackio "
-       "(comma-separated; offline: TensorBoard event files in RUN/tensorboard, trackio's local store)", toml="log_to",
+    _s("runtime.log_to", "--log-to", str, "mirror the metrics, config and run name to trackers: tensorboard, wandb, trackio "
+       "(comma-separated; offline: TensorBoard event files in RUN/tensorboard, a W&B offline run in RUN/wandb, trackio's local store)", toml="log_to",
        metavar="TRACKERS"),
     _s("runtime.threads", "--threads", int, "CPU threads for torch, fixed (default: adapted to the cores other processes leave free)",
        toml="threads"),

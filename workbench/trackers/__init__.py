@@ -1,4 +1,4 @@
-"""Trackers: a run's metrics mirrored where users already look (TensorBoard, trackio), offline.
+"""Trackers: a run's metrics mirrored where users already look (TensorBoard, W&B, trackio), offline.
 
 `open_trackers(names, ...)` opens the trackers `--log-to` names; each is an optional extra,
 imported only when asked for (a missing one is a one-line `UserError` with its install
@@ -16,13 +16,13 @@ from typing import Any
 from gptbench.errors import UserError
 from gptbench.trackers.base import Tracker, metrics_of, missing
 
-TRACKERS = ("tensorboard", "trackio")
+TRACKERS = ("tensorboard", "wandb", "trackio")
 
 __all__ = ["TRACKERS", "Tracker", "metrics_of", "open_trackers", "parse_log_to", "require"]
 
 
 def parse_log_to(text: str) -> tuple[str, ...]:
-    """`tensorboard,trackio` -> its names, checked (an empty string: none)."""
+    """`tensorboard,wandb` -> its names, checked (an empty string: none)."""
     names = tuple(n.strip() for n in text.split(",") if n.strip()) if text else ()
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
@@ -49,6 +49,10 @@ def open_trackers(names: tuple[str, ...], run_dir: Path, run_name: str, config: 
                 from gptbench.trackers.tensorboard_events import TensorBoardTracker
 
                 opened.append(TensorBoardTracker(run_dir, run_name, config))
+            elif name == "wandb":
+                from gptbench.trackers.wandb_offline import WandbTracker
+
+                opened.append(WandbTracker(run_dir, run_name, config))
             elif name == "trackio":
                 from gptbench.trackers.trackio_store import TrackioTracker
 

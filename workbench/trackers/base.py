@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 from gptbench.errors import UserError
 
-EXTRAS = {"tensorboard": "tensorboard", "trackio": "trackio"}  # tracker -> the gptbench extra that installs it
+EXTRAS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}  # tracker -> the gptbench extra that installs it
 
 # metrics.jsonl field -> tracker metric name, per record type
 NAMES = {
