@@ -686,25 +686,62 @@ async def test_v_serves_the_selected_run_and_shows_address_and_requests(trained_
         assert server.proc.returncode == 0 and not status.display and screen.server is None
 
 
-async def test_m_on_a_sweep_trial_compares_all_its_trials_best_first(fixture_runs):
+async def test_a_sweep_is_one_row_that_opens_onto_its_trials_and_compares_them_best_first(fixture_runs):
+    """A sweep's trials are one collapsed row (best val among them, trials done); Enter
+    expands it, x collapses it; m on the sweep or a trial opens compare on all its trials,
+    best first, the swept settings as columns; Space on the sweep marks all its trials."""
     from gptbench.sweeps.record import SweepRecord, Trial, save
 
-    trials = [Trial(0, "baby-char", {"train.lr": 1e-3}, [], "finished", {"best_val_bpb": 2.1}),
-              Trial(1, "gpt2-wide", {"train.lr": 3e-3}, [], "finished", {"best_val_bpb": 1.9}),
+    trials = [Trial(0, "baby-char", {"train.lr": 1e-3}, [], "finished", {"best_val_bpb": 2.1, "step": 200}),
+              Trial(1, "gpt2-wide", {"train.lr": 3e-3}, [], "finished", {"best_val_bpb": 1.9, "step": 120}),
               Trial(2, "lr-too-high", {"train.lr": 1e-1}, [], "failed", {})]
     save(fixture_runs, SweepRecord("sw", "tiny", [{"path": "train.lr", "kind": "grid", "values": [1e-3, 3e-3, 1e-1]}], "val_bpb", trials))
     app = make_app(fixture_runs)
-    async with app.run_test(size=(140, 44)) as pilot:
-        await settle(pilot)
-        assert "sw" not in table_names(app)  # the sweep's record is no run
+    async with app.run_test(size=(160, 44)) as pilot:
+        await wait_for(pilot, lambda: "sweep/sw" in table_names(app), what="the sweep's row")
+        assert table_names(app) == ["live-run", "sweep/sw", "broken-run"]  # collapsed: no trial rows
+        row = row_text(app, "sweep/sw")
+        assert "▸ sw · 3 trials" in row and "3/3 done" in row
+        best = min(s.best_val_loss for s in app.summaries if s.name in ("baby-char", "gpt2-wide", "lr-too-high") and s.best_val_loss)
+        assert f"{best:.4f}" in row
         await select(pilot, "live-run")
-        await pilot.press("m")  # not a trial and nothing marked: a hint, no screen
+        await pilot.press("m")  # not a sweep and nothing marked: a hint, no screen
         await settle(pilot)
         assert isinstance(app.screen, RunsScreen)
         assert any("Mark two or more runs" in n for n in notifications(app))
+        await select(pilot, "sweep/sw")
+        assert "sweep sw" in region_text(app, "#details")  # its summary table in the details panel
+        await pilot.press("enter")  # expands, no dashboard
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen)
+        names = table_names(app)
+        assert set(names) == {"live-run", "sweep/sw", "broken-run", "baby-char", "gpt2-wide", "lr-too-high"}
+        assert names.index("sweep/sw") < min(names.index(n) for n in ("baby-char", "gpt2-wide", "lr-too-high")) < names.index("broken-run")
+        assert "▾ sw" in row_text(app, "sweep/sw") and "└ baby-char" in row_text(app, "baby-char")
         await select(pilot, "baby-char")
-        await pilot.press("m")
+        await pilot.press("m")  # a trial, nothing marked: the whole sweep
         await settle(pilot)
         screen = app.screen
         assert isinstance(screen, CompareScreen)
         assert [s.label for s in screen.query_one("#compare-train", MetricChart).series] == ["gpt2-wide", "baby-char", "lr-too-high"]
+        table = screen.query_one("#compare-diff")
+        await wait_for(pilot, lambda: table.row_count == 3, what="the trials table")
+        assert [str(c.label) for c in table.ordered_columns] == ["#", "run", "lr", "best val bpb", "state", "step"]
+        assert [str(r.key.value) for r in table.ordered_rows] == ["gpt2-wide", "baby-char", "lr-too-high"]
+        assert [str(c) for c in table.get_row("gpt2-wide")] == ["1", "gpt2-wide", "0.003", "1.9000", "finished", "120"]
+        assert "best first by best val bpb" in screen_text(app)
+        await pilot.press("escape")
+        await settle(pilot)
+        await pilot.press("x")  # on a trial: collapses its sweep, the cursor on the sweep's row
+        await settle(pilot)
+        assert table_names(app) == ["live-run", "sweep/sw", "broken-run"]
+        assert app.screen.query_one(RunTable).current_name == "sweep/sw"
+        await pilot.press("m")  # on the sweep's row: the same
+        await settle(pilot)
+        assert isinstance(app.screen, CompareScreen) and app.screen.sweep == "sw"
+        await pilot.press("escape")
+        await settle(pilot)
+        await pilot.press("space")
+        await settle(pilot)
+        assert app.screen.marked == {"baby-char", "gpt2-wide", "lr-too-high"}
+        assert "◆ ▸ sw" in row_text(app, "sweep/sw")

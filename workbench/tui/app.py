@@ -195,10 +195,10 @@ class GPTBenchApp(App[None]):
         else:
             self.push_screen(screen)
 
-    def open_compare(self, names: list[str]) -> None:
+    def open_compare(self, names: list[str], sweep: str | None = None) -> None:
         from gptbench.tui.screens.compare import CompareScreen
 
-        self.push_screen(CompareScreen(names, self.runs_dir, self.clock))
+        self.push_screen(CompareScreen(names, self.runs_dir, self.clock, sweep=sweep))
 
     def _chat_mode_screen(self) -> Screen:
         return self._chat(None)

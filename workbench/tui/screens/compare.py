@@ -4,11 +4,16 @@ every run's column fitted to the screen.
 
 Losses of runs with different tokenizers are in different units (nats per token of
 different tokens); bits per byte of raw text is tokenizer-independent, so the val chart
-shows it when the runs' tokenizers differ (`b` switches)."""
+shows it when the runs' tokenizers differ (`b` switches).
+
+Opened on a sweep, the table below the charts is the sweep's instead: one row per trial,
+best first by the sweep's metric, with the swept settings, the result, state and step as
+columns (from the sweep's record, re-read as the sweep goes on)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 from textual import work
@@ -64,10 +69,12 @@ differ), **l** toggles a log scale, **+**/**-** change the smoothing of the trai
         Binding("minus", "smooth(-1)", "Smooth less", show=False),
     ]
 
-    def __init__(self, names: list[str], runs_dir: Path, clock: Clock) -> None:
+    def __init__(self, names: list[str], runs_dir: Path, clock: Clock, sweep: str | None = None) -> None:
         super().__init__()
         self.names = names
-        self.sub_title = "Compare · " + ", ".join(names)
+        self.runs_dir, self.sweep = runs_dir, sweep
+        self.record: Any = None  # the sweep's gptbench.sweeps.record.SweepRecord, once read
+        self.sub_title = f"Compare · sweep {sweep} · {len(names)} trials" if sweep else "Compare · " + ", ".join(names)
         self.watchers = [RunWatcher(Run(runs_dir / n), clock) for n in names]
         self.snaps: dict[str, WatchSnapshot] = {}
         self._poller: Timer | None = None
@@ -99,18 +106,28 @@ differ), **l** toggles a log scale, **+**/**-** change the smoothing of the trai
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def load(self) -> None:
         snaps = {}
-        changed = False
         for w in self.watchers:
             snap = w.poll()
             if snap is not None:
-                changed = True
                 snaps[w.run.name] = snap
-        if changed:
-            self.app.call_from_thread(self._show, snaps)
+        record = self._read_record()
+        if snaps or record != self.record:
+            self.app.call_from_thread(self._show, snaps, record)
 
-    def _show(self, snaps: dict[str, WatchSnapshot]) -> None:
+    def _read_record(self) -> Any:
+        from gptbench.errors import UserError
+        from gptbench.sweeps.record import load
+
+        try:
+            return load(self.runs_dir, self.sweep) if self.sweep else None
+        except UserError:
+            return self.record
+
+    def _show(self, snaps: dict[str, WatchSnapshot], record: Any = None) -> None:
         config_changed = any(n not in self.snaps or self.snaps[n].config is not s.config for n, s in snaps.items())
+        config_changed |= record != self.record
         self.snaps.update(snaps)
+        self.record = record
         if self.show_bpb is None and all(self.snaps.get(n) is not None and self.snaps[n].config for n in self.names):
             self.show_bpb = len({_tokenizer(self.snaps[n].config) for n in self.names}) > 1
         self._show_curves()
@@ -133,6 +150,9 @@ differ), **l** toggles a log scale, **+**/**-** change the smoothing of the trai
         val_chart.set_series(val)
 
     def _show_diff(self) -> None:
+        if self.record is not None:
+            self._show_trials()
+            return
         table = self.query_one("#compare-diff", DataTable)
         configs = {n: (self.snaps[n].config if n in self.snaps else None) for n in self.names}
         results = self._results()
@@ -153,6 +173,26 @@ differ), **l** toggles a log scale, **+**/**-** change the smoothing of the trai
         differ = len(rows) - len(results)
         title = (f"best results and config diff: {differ} key{'s differ' if differ != 1 else ' differs'}" if differ
                  else "best results and config diff: the configs are identical")
+        self.query_one("#compare-diff-title", Static).update(Text(title, style="bold"))
+
+    def _show_trials(self) -> None:
+        """A sweep's trials, best first, one column per swept setting (each run's name in
+        its curve's colour)."""
+        from gptbench.sweeps.results import METRIC_LABEL, table_rows
+        from gptbench.sweeps.space import short_key
+
+        table = self.query_one("#compare-diff", DataTable)
+        header, rows = table_rows(self.record)
+        rows = [r for r in rows if r[1] in self.names]
+        colour = {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(self.names)}
+        table.clear(columns=True)
+        for i, title in enumerate(header):
+            table.add_column(title, key=f"col{i}")
+        for r in rows:
+            table.add_row(*(Text(c, style=f"bold rgb{colour[c]}") if i == 1 else Text(c) for i, c in enumerate(r)), key=r[1])
+        self._diff_width = table.size.width
+        swept = ", ".join(short_key(p) for p in self.record.swept)
+        title = f"sweep {self.record.name}: {len(rows)} trials, best first by {METRIC_LABEL[self.record.metric]} · swept: {swept}"
         self.query_one("#compare-diff-title", Static).update(Text(title, style="bold"))
 
     def _results(self) -> list[tuple[str, list[object]]]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
-
-import subprocess
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -13,12 +12,12 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from gptbench.errors import UserError
 from gptbench.runstore import RunSummary
-from gptbench.tui.launcher import LAUNCH_DIR
-from gptbench.tui.screens.modals import ConfirmScreen, rename_screen
+from gptbench.tui.screens.runedits import delete_run, rename_run
+from gptbench.tui.sweeprows import BrowserRow, SweepInfo, browser_rows, read_sweeps, row_texts, sweep_key, sweep_of_key
 from gptbench.tui.widgets.rundetails import RunDetails
-from gptbench.tui.widgets.runtable import COLUMNS, SORT_KEYS, RunTable, matches, row_cells, state_text
+from gptbench.tui.widgets.runtable import COLUMNS, SORT_KEYS, RunTable, matches, state_text
+from gptbench.tui.widgets.servestatus import ServeStatus
 
 if TYPE_CHECKING:
     from gptbench.tui.host import WorkbenchHost
@@ -31,11 +30,10 @@ class RunsScreen(Screen):
     SUB_TITLE = "Runs"
     AUTO_FOCUS = "#runs-table"
     HELP = """\
-**Enter** opens the selected run's live dashboard. **Space** marks the selected run for
-comparison (◆ before its name) and moves to the next row, so Space Space marks two runs in
-a row; press it again on a marked run to unmark it. **m** compares the marked runs.
-**Home**/**End** go to the first/last run, **/** filters (every word must match a name,
-status, backend, tokenizer or corpus), **o** cycles the sort column and **O** reverses it.
+**Enter** opens the selected run's dashboard, or shows a sweep's trials (its ▸ row; **x** too).
+**Space** marks the selected run for comparison (◆; a sweep: all its trials) and moves to the
+next row; again unmarks it. **m** compares the marked runs, or the selected sweep's trials.
+**Home**/**End** first/last run, **/** filters (name, status, backend, tokenizer, corpus), **o**/**O** sort.
 """
     # The footer shows the first keys a newcomer needs; every key is in F1 help and Ctrl+P.
     BINDINGS = [
@@ -52,6 +50,7 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         Binding("O", "reverse_sort", "Reverse sort", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("v", "serve", "Serve", show=False),
+        Binding("x", "toggle_sweep", "Expand/collapse sweep", show=False),
     ]
 
     def __init__(self) -> None:
@@ -62,9 +61,15 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         self.sort_key = "created"
         self.sort_reverse = True
         self.marked: set[str] = set()
+        self.sweeps: dict[str, SweepInfo] = {}
+        self.expanded: set[str] = set()  # sweeps shown with their trials
+        self.rows: list[BrowserRow] = []
         self._suspended = False
         self._stale = False
-        self.server: "ServeProcess | None" = None
+
+    @property
+    def server(self) -> "ServeProcess | None":
+        return self.query_one(ServeStatus).server
 
     @property
     def gapp(self) -> "WorkbenchHost":
@@ -75,7 +80,7 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         with Horizontal(id="runs-toolbar"):
             yield Input(placeholder="/ filter: name, status, backend, tokenizer, corpus…", id="filter")
             yield Static("", id="runs-count")
-            yield Static("", id="serve-status")
+            yield ServeStatus(id="serve-status")
         with Vertical(id="runs-body"):
             yield RunTable(id="runs-table")
             yield Static("", id="runs-empty")
@@ -90,7 +95,6 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         self.gapp.runs_signal.subscribe(self, self.set_summaries, immediate=True)
         self.set_summaries(self.gapp.summaries)
         self._spinner = self.set_interval(0.5, self._tick_spinner)
-        self.query_one("#serve-status", Static).display = False
 
     def on_screen_suspend(self) -> None:
         # no wakeups or details reloads while another screen is on top: a watched run's
@@ -114,19 +118,38 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         names = {s.name for s in summaries}
         self.marked &= names
         self.refresh_rows()
+        self._read_sweeps(self.gapp.runs_dir)
         current = self.current_run
         if current is not None and current.name == self.details.name_shown and current.state in ("running", "starting", "new"):
             self.details.load(self.gapp.runs_dir, current.name, self.gapp.clock)  # a live run: refresh its details
 
+    @work(thread=True, exclusive=True, group="sweeps", exit_on_error=False)
+    def _read_sweeps(self, root: Path) -> None:
+        sweeps = read_sweeps(root)
+        self.app.call_from_thread(self._set_sweeps, sweeps)
+
+    def _set_sweeps(self, sweeps: dict[str, SweepInfo]) -> None:
+        if sweeps != self.sweeps:
+            self.sweeps = sweeps
+            self.expanded &= set(sweeps)
+            self.refresh_rows()
+
+    def _trials_of(self, sweep: str) -> list[str]:
+        info = self.sweeps.get(sweep)
+        names = {s.name for s in self.summaries}
+        return [r for r in info.runs if r in names] if info else []
+
     def refresh_rows(self) -> None:
         table = self.query_one(RunTable)
-        rows = [s for s in self.summaries if matches(s, self.query_text)] if self.query_text else list(self.summaries)
-        rows.sort(key=SORT_KEYS[self.sort_key], reverse=self.sort_reverse)
-        self.visible_runs = rows
+        keep = (lambda s: matches(s, self.query_text)) if self.query_text else (lambda s: True)
+        self.rows = rows = browser_rows(self.summaries, self.sweeps, self.expanded, keep, SORT_KEYS[self.sort_key], self.sort_reverse)
+        self.visible_runs = [r.summary for r in rows if r.kind != "sweep"]
         now, frame = self.gapp.clock(), self.gapp.frame()
-        table.show([(s.name, row_cells(s, marked=s.name in self.marked, now=now, frame=frame)) for s in rows])
+        table.show([(r.key, row_texts(r, expanded=r.sweep in self.expanded, now=now, frame=frame,
+                                      marked=r.key in self.marked or (r.kind == "sweep" and self._all_marked(r.sweep))))
+                    for r in rows])
         header = dict((k, h) for k, h, _ in COLUMNS)[self.sort_key]
-        n, total = len(rows), len(self.summaries)
+        n, total = len(self.visible_runs) + sum(r.trials for r in rows if r.kind == "sweep" and r.sweep not in self.expanded), len(self.summaries)
         count = f"{n} of {total} runs" if self.query_text else f"{total} run{'s' if total != 1 else ''}"
         marks = f" · {len(self.marked)} marked" if self.marked else ""
         self.query_one("#runs-count", Static).update(f"{count}{marks} · by {header.lower()} {'▼' if self.sort_reverse else '▲'}")
@@ -148,14 +171,18 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         elif self.details.name_shown != table.current_name:
             self._select(table.current_name)
 
+    def _all_marked(self, sweep: str) -> bool:
+        trials = self._trials_of(sweep)
+        return bool(trials) and all(t in self.marked for t in trials)
+
     def _tick_spinner(self) -> None:
-        if not any(s.state == "running" for s in self.visible_runs):
+        if not any(r.summary.state == "running" for r in self.rows):
             return
         table = self.query_one(RunTable)
         frame = self.gapp.frame()
-        for s in self.visible_runs:
-            if s.state == "running":
-                table.update_cell(s.name, "status", state_text("running", frame))
+        for r in self.rows:
+            if r.summary.state == "running":
+                table.update_cell(r.key, "status", state_text("running", frame))
         if self.details.snap is not None and self.current_run and self.current_run.state == "running":
             self.details.render_summary()
 
@@ -164,9 +191,16 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         name = self.query_one(RunTable).current_name
         return next((s for s in self.summaries if s.name == name), None)
 
+    @property
+    def current_sweep(self) -> str | None:
+        """The sweep whose row is selected (None on a run's row)."""
+        return sweep_of_key(self.query_one(RunTable).current_name)
+
     def _require(self) -> RunSummary | None:
         s = self.current_run
-        if s is None:
+        if s is None and self.current_sweep is not None:
+            self.notify(f"{self.current_sweep} is a sweep: Enter shows its trials, m compares them", severity="warning")
+        elif s is None:
             self.notify("No run selected", severity="warning")
         return s
 
@@ -176,6 +210,13 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         self._select(str(event.row_key.value) if event.row_key is not None else None)
 
     def _select(self, name: str | None) -> None:
+        sweep = sweep_of_key(name)
+        if sweep is not None:
+            if self.details.name_shown != name and sweep in self.sweeps:
+                from gptbench.sweeps.results import summary_table
+
+                self.details.show_text(name, f"sweep {sweep}", summary_table(self.sweeps[sweep].record))
+            return
         if not self.details.show(name) or name is None:
             return
         self.details.render_summary()
@@ -184,7 +225,21 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
     # ---- actions ---------------------------------------------------------------------------
     @on(DataTable.RowSelected, "#runs-table")
     def _row_selected(self, event: DataTable.RowSelected) -> None:
-        self.action_open_dashboard()
+        if self.current_sweep is not None:
+            self.action_toggle_sweep()
+        else:
+            self.action_open_dashboard()
+
+    def action_toggle_sweep(self) -> None:
+        """Expand the selected sweep onto its trials, or collapse it (from its row or a trial's)."""
+        key = self.query_one(RunTable).current_name
+        row = next((r for r in self.rows if r.key == key), None)
+        if row is None or not row.sweep:
+            self.notify("Not a sweep: x expands or collapses a sweep's row", severity="warning")
+            return
+        self.expanded.symmetric_difference_update({row.sweep})
+        self.refresh_rows()
+        self.query_one(RunTable).select_name(sweep_key(row.sweep))
 
     def action_open_dashboard(self) -> None:
         s = self._require()
@@ -225,59 +280,26 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
 
     def action_rename(self) -> None:
         s = self._require()
-        if s is None:
-            return
-        if s.state in ("running", "starting"):
-            self.notify(f"{s.name} is training; stop it before renaming it", severity="warning")
-            return
-
-        def done(new: str | None) -> None:
-            if not new or new == s.name:
-                return
-            try:
-                self.gapp.store.rename(s.name, new)
-            except (UserError, OSError) as exc:
-                self.notify(str(exc), title="Rename failed", severity="error")
-                return
-            self.marked.discard(s.name)
-            self.details.forget(s.name)
-            self.notify(f"Renamed {s.name} → {new}")
-            self.gapp.after_scan(lambda: self.query_one(RunTable).select_name(new))
-
-        self.app.push_screen(rename_screen(s.name, {x.name for x in self.summaries}), done)
+        if s is not None:
+            rename_run(self, s)
 
     def action_delete(self) -> None:
         s = self._require()
-        if s is None:
-            return
-        if s.state in ("running", "starting"):
-            self.notify(f"{s.name} is training; stop it before deleting it", severity="warning")
-            return
-
-        def done(yes: bool | None) -> None:
-            if not yes:
-                return
-            try:
-                self.gapp.store.delete(s.name)
-            except (UserError, OSError) as exc:
-                self.notify(str(exc), title="Delete failed", severity="error")
-                return
-            self.marked.discard(s.name)
-            self.details.forget(s.name)
-            self.gapp.launcher.forget(s.name)
-            (self.gapp.runs_dir / LAUNCH_DIR / f"{s.name}.out").unlink(missing_ok=True)  # its trainer output, if we started it
-            self.notify(f"Deleted {s.name}")
-            self.gapp.request_scan()
-
-        msg = f"Delete run [b]{s.name}[/b] and all its checkpoints?\n{self.gapp.runs_dir_label}/{s.name}\n\nThis cannot be undone."
-        self.app.push_screen(ConfirmScreen("Delete run", msg, "Delete", danger=True), done)
+        if s is not None:
+            delete_run(self, s)
 
     def action_mark(self) -> None:
-        """Mark (or unmark) the selected run for comparison and move to the next row."""
-        s = self._require()
-        if s is None:
+        """Mark (or unmark) the selected run, or all of a sweep's trials, for comparison and move to the next row."""
+        sweep = self.current_sweep
+        s = self.current_run if sweep is None else None
+        if sweep is not None:
+            trials = set(self._trials_of(sweep))
+            self.marked = self.marked - trials if self._all_marked(sweep) else self.marked | trials
+        elif s is None:
+            self._require()
             return
-        self.marked.symmetric_difference_update({s.name})
+        else:
+            self.marked.symmetric_difference_update({s.name})
         self.refresh_rows()
         table = self.query_one(RunTable)
         if table.cursor_row < table.row_count - 1:
@@ -285,27 +307,30 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
 
     def action_compare(self) -> None:
         names = [s.name for s in self.visible_runs if s.name in self.marked]
+        if not names:
+            names = [s.name for s in self.summaries if s.name in self.marked]  # marked trials of a collapsed sweep
         if not names and self._sweep_trials():
-            self.gapp.open_compare(self._sweep_trials())
+            self.gapp.open_compare(self._sweep_trials(), sweep=self._selected_sweep())
             return
         if len(names) < 2:
             self.notify("Mark two or more runs with Space, then press m to compare them", severity="warning")
             return
         self.gapp.open_compare(names)
 
+    def _selected_sweep(self) -> str | None:
+        """The sweep of the selected row: a sweep's row or one of its trials."""
+        key = self.query_one(RunTable).current_name
+        row = next((r for r in self.rows if r.key == key), None)
+        return row.sweep or None if row is not None else None
+
     def _sweep_trials(self) -> list[str]:
-        """With nothing marked, `m` on a trial of a sweep compares all the sweep's trials,
-        best first by its metric ([] when the selected run is no trial)."""
-        from gptbench.errors import UserError
-        from gptbench.sweeps.record import load, sweep_of_run
+        """With nothing marked, `m` on a sweep or one of its trials compares all the
+        sweep's trials, best first by its metric ([] when the selected row is no sweep's)."""
         from gptbench.sweeps.results import ranked
 
-        s = self.current_run
-        sweep = sweep_of_run(self.gapp.runs_dir).get(s.name) if s is not None else None
-        try:
-            return [t.run for t in ranked(load(self.gapp.runs_dir, sweep)) if (self.gapp.runs_dir / t.run).is_dir()] if sweep else []
-        except UserError:
-            return []
+        sweep = self._selected_sweep()
+        names = set(self._trials_of(sweep)) if sweep else set()
+        return [t.run for t in ranked(self.sweeps[sweep].record) if t.run in names] if sweep else []
 
     def action_filter(self) -> None:
         self.query_one("#filter", Input).focus()
@@ -346,8 +371,9 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
 
     # ---- serving ------------------------------------------------------------------------------
     def action_serve(self) -> None:
-        if self.server is not None and self.server.running:
-            self._stop_server()
+        serve = self.query_one(ServeStatus)
+        if serve.serving:
+            serve.stop()
             return
         s = self._require()
         if s is None:
@@ -355,46 +381,4 @@ status, backend, tokenizer or corpus), **o** cycles the sort column and **O** re
         if s.state == "corrupt":
             self.notify(f"{s.name} is corrupt: {s.error}", severity="error")
             return
-        from gptbench.tui.serving import ServeProcess
-
-        self.server = ServeProcess(self.gapp.runs_dir, s.name)
-        self._show_server(f"starting a server for {s.name}…")
-        self._watch_server(self.server)
-
-    def _stop_server(self) -> None:
-        server, self.server = self.server, None
-        assert server is not None
-        self._show_server(f"stopping the server for {server.run}…")
-        self._end_server(server)
-
-    def _show_server(self, text: str | None) -> None:
-        status = self.query_one("#serve-status", Static)
-        status.update(text or "")
-        status.display = bool(text)
-
-    @work(thread=True, group="serve")
-    def _end_server(self, server: "ServeProcess") -> None:
-        rc = server.stop()
-        self.app.call_from_thread(self._show_server, None)
-        self.app.call_from_thread(self.notify, f"server for {server.run} stopped (exit {rc})")
-
-    @work(thread=True, group="serve")
-    def _watch_server(self, server: "ServeProcess") -> None:
-        """Wait for its address, then show it with the request count until it ends."""
-        server.ready.wait()
-        while self.server is server and server.running:
-            n = server.requests()
-            count = "" if n is None else f" · {n} request{'s' if n != 1 else ''}"
-            self.app.call_from_thread(self._show_server, f"serving {server.run} at {server.address}{count} · v stops")
-            try:
-                server.proc.wait(1.0)  # a second between counts, or at once when it exits
-            except subprocess.TimeoutExpired:
-                pass
-        if self.server is server:  # it ended by itself (a bad run, a busy port)
-            self.server = None
-            self.app.call_from_thread(self._show_server, None)
-            self.app.call_from_thread(self.notify, f"server for {server.run} exited: {server.error or 'no output'}", severity="error")
-
-    def on_unmount(self) -> None:
-        if self.server is not None:
-            self.server.stop()
+        serve.start(self.gapp.runs_dir, s.name)
