@@ -27,17 +27,21 @@ print(json.dumps({"logs": logs, "config": config}))
 """
 
 
+ITEMS = [{"context": "ROMEO: the", "choices": [" cat.", " king."], "answer": 1},  # fits the 16-token context
+         {"context": "JULIET: so", "choices": [" king.", " sun."], "answer": 0}]
+
+
 def _expected(run_dir):
-    """metrics.jsonl as the trackers must show it: {metric: [(step, value), ...]}."""
+    """metrics.jsonl and evals.jsonl as the trackers must show them: {metric: [(step, value), ...]}."""
     from gptbench.runstore import iter_jsonl
-    from gptbench.trackers import metrics_of
+    from gptbench.trackers import run_metrics
 
     out: dict[str, list] = {}
-    for record in iter_jsonl(run_dir / "metrics.jsonl"):
-        m = metrics_of(record)
-        if m is not None:
-            for name, value in m[1].items():
-                out.setdefault(name, []).append((m[0], value))
+    for step, values in run_metrics(run_dir, iter_jsonl(run_dir / "metrics.jsonl")):
+        for name, value in values.items():
+            out.setdefault(name, []).append((step, value))
+    scores = [json.loads(line) for line in (run_dir / "evals.jsonl").read_text().splitlines()]
+    assert out["score/items/acc"] == [(r["step"], r["acc"]) for r in scores] and len(scores) == 3  # the --eval-task scores
     return out
 
 
@@ -86,9 +90,12 @@ def tracked_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tracked")
     corpus = root / "play.txt"
     corpus.write_text(FIXTURE_TEXT)
+    items = root / "items.jsonl"
+    items.write_text("".join(json.dumps(x) + "\n" for x in ITEMS))
     env = {**_wandb_env(root), "TRACKIO_DIR": str(root / "trackio"), "GPTBENCH_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-m", "gptbench", "--runs-dir", str(root / "runs"), "train", "--no-ui", *TRAIN,
-                          "--data", str(corpus), "--log-to", "tensorboard,wandb,trackio", "--name", "t"],
+                          "--data", str(corpus), "--log-to", "tensorboard,wandb,trackio", "--name", "t",
+                          "--eval-task", f"mc:{items}"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     return root, env

@@ -8,7 +8,7 @@ import shutil
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-logs", help="write a run's metrics to TensorBoard, W&B or trackio",
-                       description="Replay a run's metrics.jsonl (train and eval records), config and name into trackers, "
+                       description="Replay a run's metrics.jsonl (train and eval records), task scores (evals.jsonl), config and name into trackers, "
                                    "offline: TensorBoard event files in RUN/tensorboard (replaced), a W&B offline run in "
                                    "RUN/wandb (replaced; the same W&B run id), trackio's local store.")
     p.add_argument("run", metavar="RUN", help="the run's name")
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_export_logs(args: argparse.Namespace) -> int:
     from gptbench.runstore import RunStore
     from gptbench.trackers import TRACKERS, open_trackers, parse_log_to, require
-    from gptbench.trackers.base import metrics_of
+    from gptbench.trackers.base import run_metrics
 
     names = parse_log_to(args.to)
     if not names:
@@ -31,7 +31,7 @@ def run_export_logs(args: argparse.Namespace) -> int:
     run = store.existing(args.run)
     with store.writer(args.run):  # the run's lock: not while it trains
         config = run.config()
-        steps = [m for m in map(metrics_of, run.metrics()) if m is not None]
+        steps = run_metrics(run.path, run.metrics())
         for name in names:
             if name == "tensorboard":
                 where = _tensorboard(run, config, steps)

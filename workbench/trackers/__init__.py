@@ -3,8 +3,8 @@
 `open_trackers(names, ...)` opens the trackers `--log-to` names; each is an optional extra,
 imported only when asked for (a missing one is a one-line `UserError` with its install
 command). The trainer mirrors every record it appends to metrics.jsonl (train and eval;
-samples are text and stay in the run), and `gptbench export-logs` replays a finished
-run's metrics.jsonl through the same code. Weights & Biases is not offered: its library
+samples are text and stay in the run) and its `--eval-task` scores, and `gptbench
+export-logs` replays a finished run's metrics.jsonl and evals.jsonl through the same code. Weights & Biases is not offered: its library
 no longer ships a reader for its offline run files, so a mirror could not be verified here.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from gptbench.errors import UserError
-from gptbench.trackers.base import Tracker, metrics_of, missing
+from gptbench.trackers.base import Tracker, metrics_of, missing, run_metrics, scores_of
 
 TRACKERS = ("tensorboard", "wandb", "trackio")
 
-__all__ = ["TRACKERS", "Tracker", "metrics_of", "open_trackers", "parse_log_to", "require"]
+__all__ = ["TRACKERS", "Tracker", "metrics_of", "open_trackers", "parse_log_to", "require", "run_metrics", "scores_of"]
 
 
 def parse_log_to(text: str) -> tuple[str, ...]:

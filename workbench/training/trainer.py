@@ -40,7 +40,7 @@ from gptbench.training.reporting import QuietReporter, Reporter
 from gptbench.training.resuming import open_resumed
 from gptbench.training.loop import Diverged, optimizer_notes, parallel_lines, train_until_done
 from gptbench.training.signals import StopFlag
-from gptbench.trackers.base import metrics_of
+from gptbench.trackers.base import metrics_of, scores_of
 from gptbench.training.state import OptimizerState, Progress, RngState, collect, restore
 
 
@@ -195,10 +195,12 @@ class Trainer:
         if self.writer is not None:
             self.writer.append_metric(record)
         values = record_dict(record)
-        mirrored = metrics_of(values) if self.trackers else None
-        for tracker in self.trackers if mirrored else ():
-            tracker.log(*mirrored)
+        self._mirror(metrics_of(values) if self.trackers else None)
         self.reporter.update(self.step, values)
+
+    def _mirror(self, metrics: tuple[int, dict[str, float]] | None) -> None:
+        for tracker in self.trackers if metrics else ():
+            tracker.log(*metrics)  # type: ignore[misc]
 
     def _save_checkpoint(self, val_loss: float | None) -> None:
         """Collective: every rank helps gather the state; rank 0 writes it."""
@@ -288,6 +290,7 @@ class Trainer:
         results = self.scorer.score()  # type: ignore[union-attr]
         if self.writer is not None:
             self._log(TaskScorer.record(self.run.path, self.run.name, self.step, results))
+            self._mirror(scores_of(self.step, results) if self.trackers else None)
 
     def _fail(self, exc: BaseException) -> None:
         """Record why the run ended early in status.json and log.txt (rank 0). Never
