@@ -125,3 +125,22 @@ def row_texts(row: BrowserRow, *, expanded: bool, marked: bool, now: float, fram
     elif row.kind == "trial":
         cells[0] = Text(("◆ " if marked else "  ") + "  └ " + row.summary.name, style="bold" if marked else "")
     return tuple(cells)
+
+
+def sweep_details(record: Any) -> Any:
+    """The details panel of a sweep's row: its trials best first, each with its swept
+    settings, result and state, one line each (a rich Table)."""
+    from rich.table import Table
+
+    from gptbench.sweeps.results import METRIC_LABEL, metric_value, ranked, settings_text
+
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_column(no_wrap=True, overflow="ellipsis")
+    grid.add_column(justify="right", no_wrap=True)
+    grid.add_column(style="dim", no_wrap=True)
+    grid.add_row("", f"best first by {METRIC_LABEL[record.metric]}", "", "")
+    for i, t in enumerate(ranked(record), 1):
+        v = metric_value(t, record.metric)
+        grid.add_row(str(i), f"{t.run} {settings_text(t)}", f"{v:.4f}" if v is not None else "-", t.state)
+    return grid

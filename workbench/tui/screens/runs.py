@@ -14,7 +14,8 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from gptbench.runstore import RunSummary
 from gptbench.tui.screens.runedits import delete_run, rename_run
-from gptbench.tui.sweeprows import BrowserRow, SweepInfo, browser_rows, read_sweeps, row_texts, sweep_key, sweep_of_key
+from gptbench.tui.sweeprows import (BrowserRow, SweepInfo, browser_rows, read_sweeps, row_texts, sweep_details, sweep_key,
+                                    sweep_of_key)
 from gptbench.tui.widgets.rundetails import RunDetails
 from gptbench.tui.widgets.runtable import COLUMNS, SORT_KEYS, RunTable, matches, state_text
 from gptbench.tui.widgets.servestatus import ServeStatus
@@ -213,9 +214,7 @@ next row; again unmarks it. **m** compares the marked runs, or the selected swee
         sweep = sweep_of_key(name)
         if sweep is not None:
             if self.details.name_shown != name and sweep in self.sweeps:
-                from gptbench.sweeps.results import summary_table
-
-                self.details.show_text(name, f"sweep {sweep}", summary_table(self.sweeps[sweep].record))
+                self.details.show_text(name, f"sweep {sweep} · {len(self.sweeps[sweep].runs)} trials", sweep_details(self.sweeps[sweep].record))
             return
         if not self.details.show(name) or name is None:
             return

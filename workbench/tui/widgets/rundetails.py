@@ -156,12 +156,12 @@ class RunDetails(Horizontal):
         self.query_one("#details-chart", MetricChart).set_series([])
         self.query_one("#details-config", Tree).clear()
 
-    def show_text(self, key: str, title: str, body: str) -> None:
-        """A row that is no run (a sweep's): a title and a text in place of a run's details."""
+    def show_text(self, key: str, title: str, body: Any) -> None:
+        """A row that is no run (a sweep's): a title and a renderable in place of a run's details."""
         self.clear()
         self.name_shown = key
         self.query_one("#details-title", Static).update(Text(title, style="bold"))
-        self.query_one("#details-summary", Static).update(Text(body, no_wrap=True, overflow="ellipsis"))
+        self.query_one("#details-summary", Static).update(body)
 
     def forget(self, name: str) -> None:
         """A run renamed or deleted: drop its watcher (and show it afresh next time)."""
