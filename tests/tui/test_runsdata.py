@@ -225,3 +225,29 @@ def test_launcher_reports_the_trainers_error_line(tmp_path):
     assert not (tmp_path / "runs" / "bad").exists()
     assert launcher.reap() == []
     assert os.path.isdir(tmp_path / "runs")
+
+
+def test_browser_rows_group_a_sweeps_trials_under_one_row():
+    """A sweep is one row among the runs (sorted by its summary), its trials after it only
+    when expanded; a filter keeps the sweep when its name or a trial matches."""
+    from gptbench.runstore import RunSummary
+    from gptbench.tui.sweeprows import SweepInfo, browser_rows
+
+    runs = [RunSummary("solo", "finished", best_val_loss=2.0, created=5.0),
+            RunSummary("sw-000", "finished", best_val_loss=1.5, created=1.0, backend="torch"),
+            RunSummary("sw-001", "running", best_val_loss=1.2, created=2.0, backend="torch")]
+    sweeps = {"sw": SweepInfo("sw", ("sw-000", "sw-001", "sw-002"), ("finished", "running", "pending"))}
+    by_created = (lambda s: s.created)
+
+    def keys(expanded=(), query=""):
+        keep = (lambda s: query in s.name) if query else (lambda s: True)
+        return [r.key for r in browser_rows(runs, sweeps, set(expanded), keep, by_created, True)]
+
+    assert keys() == ["solo", "sweep/sw"]
+    assert keys(["sw"]) == ["solo", "sweep/sw", "sw-001", "sw-000"]
+    assert keys(["sw"], "001") == ["sweep/sw", "sw-001"]
+    assert keys(["sw"], "sw") == ["sweep/sw", "sw-001", "sw-000"]
+    assert keys(["sw"], "solo") == ["solo"]
+    [row] = [r for r in browser_rows(runs, sweeps, set(), lambda s: True, by_created, True) if r.kind == "sweep"]
+    s = row.summary
+    assert (s.state, s.step, s.max_iters, s.best_val_loss, s.backend, s.created, row.trials) == ("running", 1, 3, 1.2, "torch", 1.0, 2)
