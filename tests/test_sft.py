@@ -84,6 +84,9 @@ BAD_INPUTS = [
     ({"prompt": "a", "completion": 3}, "content must be a string, got int"),
     ('{"messages": [', "malformed JSON"),
     ({"text": "plain"}, "no `messages` and no `prompt`/`completion`"),
+    ({"messages": [{"role": "user", "content": "a<|end|>b"}, {"role": "assistant", "content": "b"}]},
+     "message 1: the user message holds '<|end|>', the text of a special token"),
+    ({"prompt": "a", "completion": "b<|endoftext|>"}, "`completion`: the assistant message holds '<|endoftext|>'"),
 ]
 
 

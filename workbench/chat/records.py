@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from gptbench.errors import UserError
-from gptbench.tokenizers.chat import ROLES, Message
+from gptbench.tokenizers.chat import ROLES, Message, refuse_special_text
 
 Conversation = list[Message]
 
@@ -63,7 +63,9 @@ def _message(m: Any, where: str) -> Message:
         raise UserError(f"{where}: content must be a string, got {'nothing' if content is None else type(content).__name__}")
     if not content.strip():
         raise UserError(f"{where}: empty {role} message; give it some text or drop the record")
-    return Message(role, content)
+    message = Message(role, content)
+    refuse_special_text(message, where)  # why refused, not encoded: gptbench.tokenizers.chat
+    return message
 
 
 def read_jsonl(path: Path, shown: str) -> Iterator[Conversation]:
