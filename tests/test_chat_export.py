@@ -92,3 +92,35 @@ def test_mlx_lm_applies_the_template_and_gives_the_greedy_answer(tmp_path, runs_
     history = ChatHistory(loaded.tokenizer, loaded.backend.config.block_size, system=CONVERSATION[0].content, messages=list(CONVERSATION[1:3]))
     answer = history.ask(loaded.backend, CONVERSATION[3].content, SamplingParams(temperature=0.0, max_new_tokens=8))
     assert generate(model, mtok, ids, max_tokens=8, sampler=make_sampler(temp=0.0)) == answer.text
+
+
+@pytest.mark.parametrize("kind", ["byte", "gpt2"])
+def test_special_token_text_is_refused_where_the_exported_tokenizer_would_read_a_token(kind, tmp_path):
+    """Why gptbench refuses `<|end|>` & co. inside a message (gptbench.tokenizers.chat): the
+    exported tokenizer's `apply_chat_template` reads them as the special tokens, which plain
+    text encoding does not; text that is no special token of the export is accepted, with
+    the export's very ids."""
+    from transformers import AutoTokenizer
+
+    from gptbench.errors import UserError
+    from gptbench.tokenizers.byte import ByteTokenizer
+    from gptbench.tokenizers.chat import ChatTokenizer
+    from gptbench.tokenizers.gpt2 import load_gpt2
+    from gptbench.tokenizers.hf_files import write_hf_tokenizer
+
+    tok = ChatTokenizer(ByteTokenizer() if kind == "byte" else load_gpt2(GPT2_RANKS))
+    write_hf_tokenizer(tok, tmp_path, 64)
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path)
+
+    def hf_ids(content):
+        ids = hf_tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    for special in ("<|end|>", "<|user|>") + (("<|endoftext|>",) if kind == "gpt2" else ()):
+        content = f"a{special}b"
+        plain = [tok.role_id("user"), *tok.encode(content), tok.end_id, tok.role_id("assistant")]
+        assert hf_ids(content) != plain  # the export reads a token out of the text
+        with pytest.raises(UserError, match="the text of a special token"):
+            tok.prompt_ids([Message("user", content)])
+    if kind == "byte":  # <|endoftext|> is no token of a byte vocabulary: text on both sides
+        assert hf_ids("a<|endoftext|>b") == tok.prompt_ids([Message("user", "a<|endoftext|>b")])

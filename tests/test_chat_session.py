@@ -85,6 +85,23 @@ def test_ask_reports_trimming_and_regenerate_asks_again():
     assert again.text == "zzzz" and [m.content for m in h.messages] == ["and again you", "zzzz"]
 
 
+def test_special_token_text_in_a_message_or_the_system_prompt_is_refused_and_the_history_kept():
+    from gptbench.tokenizers.byte import ByteTokenizer
+
+    tok = ChatTokenizer(ByteTokenizer())
+    h = ChatHistory(tok, 64, messages=[Message("user", "hi"), Message("assistant", "yo")])
+    with pytest.raises(UserError) as e:
+        h.ask(None, "a<|end|>b", GREEDY)  # refused before any generation
+    assert str(e.value) == ("the user message holds '<|end|>', the text of a special token, which Hugging Face's chat template "
+                            "would read as that token; remove or rewrite it")
+    assert h.messages == [Message("user", "hi"), Message("assistant", "yo")]
+    h.system = "be <|user|> brief"
+    with pytest.raises(UserError, match=r"the system message holds '<\|user\|>'"):
+        h.ask(None, "ok", GREEDY)
+    # no special token of a byte vocabulary: plain text, as the exported tokenizer reads it too (test_chat_export)
+    assert tok.prompt_ids([Message("user", "x<|endoftext|>y")])[1:-2] == tok.encode("x<|endoftext|>y")
+
+
 @pytest.fixture
 def chat_files(tmp_path):
     cfg, w = _model(TOK.encode("k")[0])

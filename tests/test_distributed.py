@@ -338,3 +338,33 @@ def test_runs_listing_shows_the_world_size(dist_runs):
     train("ddp2", "--backend", "torch", "--nproc", "2")
     summary = read_summary(RunStore(runs).existing("ddp2"))
     assert (summary.world_size, summary.strategy) == (2, "ddp")
+
+
+# ---- chat SFT on two processes ------------------------------------------------------------------
+def test_sft_from_a_trained_bpe_run_on_two_processes_equals_one(tmp_path):
+    """Conversations are not cached: rank 0 sends the tokenizer it took from the source (a
+    `bpe:N` vocabulary trained on another corpus, which the chat data could not rebuild)
+    along with the plan, and both ranks train on the very rows one process trains on."""
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    (tmp_path / "play.txt").write_text(FIXTURE_TEXT, encoding="utf-8")
+    out = gptbench(runs, cache, "--data", str(tmp_path / "play.txt"), "--tokenizer", "bpe:300", *TINY[:6], "--block-size", "32", "--max-iters", "2",
+                   "--eval-iters", "1", "--sample-tokens", "0", "--device", "cpu", "--threads", "1", "--name", "base")
+    assert out.returncode == 0, out.stderr[-3000:]
+    words = ["king", "queen", "cat", "dog", "sun", "moon"]
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"the {words[i % 6]} and the {words[(i + 2) % 6]}"},
+                                                      {"role": "assistant", "content": words[(i + 1) % 6]}]}) + "\n" for i in range(24)))
+    sft = ["--sft", "--data", str(chats), "--init-from", str(runs / "base"), "--batch-size", "2", "--max-iters", "4",
+           "--eval-interval", "2", "--eval-iters", "2", "--log-interval", "1", "--sample-tokens", "0", "--device", "cpu", "--threads", "1"]
+    one = gptbench(runs, cache, *sft, "--grad-accum", "4", "--name", "sft1")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = gptbench(runs, cache, *sft, "--nproc", "2", "--grad-accum", "2", "--name", "sft2")  # 2 per process: 4 a step
+    assert two.returncode == 0, two.stderr[-3000:]
+    (t1, e1), (t2, e2) = metrics(runs, "sft1"), metrics(runs, "sft2")
+    assert [r["step"] for r in t2] == [r["step"] for r in t1] == [1, 2, 3, 4]
+    np.testing.assert_allclose([r["loss"] for r in t2], [r["loss"] for r in t1], rtol=0, atol=TOL)
+    np.testing.assert_allclose([r["grad_norm"] for r in t2], [r["grad_norm"] for r in t1], rtol=TOL, atol=0)
+    np.testing.assert_allclose([r["val_loss"] for r in e2], [r["val_loss"] for r in e1], rtol=0, atol=TOL)
+    assert status(runs, "sft2")["world_size"] == 2
+    tok = [json.loads((runs / n / "config.json").read_text())["tokenizer"] for n in ("base", "sft2")]
+    assert tok[1]["vocab_size"] == tok[0]["vocab_size"] + 4  # the source's BPE plus the turn tokens

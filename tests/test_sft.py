@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import GPT2_RANKS, assert_one_line, run_cli, tree_snapshot
+from helpers import GPT2_RANKS, assert_one_line, run_cli, run_cli_output, tree_snapshot
 from gptbench.chat.records import load_chat_corpus
 from gptbench.chat.sft import pack_rows, prepare_sft_data
 from gptbench.errors import UserError
@@ -84,6 +84,9 @@ BAD_INPUTS = [
     ({"prompt": "a", "completion": 3}, "content must be a string, got int"),
     ('{"messages": [', "malformed JSON"),
     ({"text": "plain"}, "no `messages` and no `prompt`/`completion`"),
+    ({"messages": [{"role": "user", "content": "a<|end|>b"}, {"role": "assistant", "content": "b"}]},
+     "message 1: the user message holds '<|end|>', the text of a special token"),
+    ({"prompt": "a", "completion": "b<|endoftext|>"}, "`completion`: the assistant message holds '<|endoftext|>'"),
 ]
 
 
@@ -210,3 +213,87 @@ def test_sft_with_lora_trains_adapters_and_resumes(trained_run, tmp_path, runs_d
     assert rc == 0, err
     run = RunStore(runs_dir).existing("c")
     assert run.config()["lora"]["rank"] == 2 and [c.step for c in run.checkpoints()][-1] == 4
+
+
+# ---- Hugging Face chat datasets (a local JSON file stands in for the hub set) ----------------------
+HUB_ROWS = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"the {w}"},
+                          {"role": "assistant", "content": w[::-1]}], "id": i}
+            for i, w in enumerate(["king", "queen", "cat", "dog", "sun", "moon"] * 2)]
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """`datasets.load_dataset` answering hub set `fake/chats` with the real JSON builder over a
+    local file (streamed, as the hub is read); any other name is not on the hub."""
+    import datasets
+
+    import gptbench.data.hub as hub_mod
+
+    local = tmp_path / "hub-chats.json"
+    local.write_text(json.dumps(HUB_ROWS))
+    real, calls = datasets.load_dataset, []
+
+    def load_dataset(name, config=None, *, split, streaming=False, **kw):
+        calls.append((name, config, split, streaming))
+        if name != "fake/chats":
+            raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
+        return real("json", data_files=str(local), split=split, streaming=streaming)
+
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_mod, "_probe_hub", lambda where, timeout=5.0: None)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_a_hub_chat_dataset_gives_the_rows_of_the_same_conversations_in_jsonl(fake_hub, tmp_path, runs_dir, capsys):
+    jsonl = _write(tmp_path / "same.jsonl", [{"messages": r["messages"]} for r in HUB_ROWS])
+    hub = prepare_sft_data("hf:fake/chats", "byte", block_size=32, val_fraction=0.25)
+    assert fake_hub == [("fake/chats", None, "train", True)]
+    ref = prepare_sft_data(str(jsonl), "byte", block_size=32, val_fraction=0.25)
+    for split in ("train", "val"):
+        a, b = getattr(hub, split), getattr(ref, split)
+        assert np.array_equal(a.ids, b.ids) and np.array_equal(a.targets, b.targets)
+    tok = hub.tokenizer  # the loss covers each answer and its <|end|>, nothing of the system or user turns
+    answers = [tok.decode(row[row >= 0].tolist()) for row in hub.train.targets]
+    assert answers == [f"{r['messages'][2]['content']}<|end|>" for r in HUB_ROWS[:9]]
+    assert hub.info["spec"] == "hf:fake/chats:train" and hub.info["sha256"] == ref.info["sha256"]
+
+    rc, out, err = run_cli_output(capsys, "train", "--no-ui", "--sft", "--data", "hf:fake/chats", "--tokenizer", "byte",
+                                  "--runs-dir", str(runs_dir), "--name", "hub", "--threads", "1", *SMALL)
+    assert rc == 0, err
+    from gptbench.runstore import RunStore
+
+    run = RunStore(runs_dir).existing("hub")
+    assert (run.config()["data"]["spec"], run.config()["data"]["sha256"]) == ("hf:fake/chats", ref.info["sha256"])
+    share = (len(hub.train) + len(hub.val)) / hub.info["tokens"]
+    assert f"chat data fake/chats: 12 conversations, {hub.info['tokens']} tokens, {share:.1%} trained (assistant tokens)" in out + err
+
+
+def test_a_hub_chat_dataset_field_and_bad_records_are_one_line(fake_hub):
+    with pytest.raises(UserError) as e:
+        load_chat_corpus("hf:fake/chats#conversation")
+    assert str(e.value) == "hf:fake/chats:train record 1 has no field 'conversation' (fields: messages, id); pick the messages column with #FIELD"
+    with pytest.raises(UserError) as e:
+        load_chat_corpus("hf:fake/missing")
+    assert str(e.value) == "Hugging Face dataset 'fake/missing' not found (or gated/private); check the name on huggingface.co/datasets"
+
+
+def test_a_hub_chat_dataset_offline_and_not_cached_is_one_line(tmp_path, runs_dir, monkeypatch, capsys):
+    import socket
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty-datasets"))
+
+    def no_network(sock, address):
+        raise AssertionError(f"offline, yet a connection to {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    before = tree_snapshot(runs_dir)
+    rc, err = run_cli(capsys, "train", "--no-ui", "--sft", "--data", "hf:someone/no-such-chats", "--runs-dir", str(runs_dir),
+                      "--name", "c", "--max-iters", "1")
+    assert rc == 2
+    assert_one_line(err, "someone/no-such-chats")
+    assert "--data PATH" in err or "huggingface.co/datasets" in err
+    assert tree_snapshot(runs_dir) == before

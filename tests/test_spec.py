@@ -122,11 +122,14 @@ def test_toml_nan_and_unknown_keys_are_refused(tmp_path):
 
 def test_tui_form_fields_are_settings():
     from gptbench.tui.screens.train import LORA_FIELDS, NUMBER_FIELDS
+    from gptbench.tui.screens.train_fields import SFT_CHOICES, SFT_SETTINGS
 
     for f in NUMBER_FIELDS:
         assert f.path in BY_PATH
         assert f.kind in (int, float)
     assert {lf.path for lf in LORA_FIELDS} == {s.path for s in SETTINGS if s.section == "lora"}
+    assert {v for _, v in SFT_CHOICES} == set(SFT_SETTINGS)
+    assert {p for settings in SFT_SETTINGS.values() for p in settings} == {"train.sft", "train.train_on_prompt"} <= set(BY_PATH)
 
 
 def test_readme_flag_table_is_the_settings():

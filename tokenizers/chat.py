@@ -11,6 +11,18 @@ vocabulary needs no role names or newlines). The same format is written once as 
 string in Hugging Face's `chat_template` form (`CHAT_TEMPLATE`), stored with the run in
 tokenizer.json and exported to tokenizer_config.json, so `apply_chat_template` in any
 client gives exactly these ids. Special tokens are never produced from text.
+
+Special-token text inside a message (`<|end|>`, `<|user|>`, ..., or `<|endoftext|>`) is
+refused, one line naming the message, rather than encoded. The alternatives disagree:
+Hugging Face's `apply_chat_template` renders the template to text and its tokenizer then
+reads every added special token out of that text, so `a<|end|>b` in a message becomes a
+real end of turn there (a prompt injection, and a training row whose mask no longer follows
+the turns), while encoding contents as plain text, as gptbench does, gives other ids. Neither
+can be made to match the other for every client (transformers, mlx_lm, llama.cpp all split
+specials by default), so such content has no single meaning; refusing it keeps gptbench's
+ids and the exported tokenizer's equal for everything accepted. Data files are checked
+against the four turn tokens and `<|endoftext|>` whatever the tokenizer (a file means the
+same to every run); a chat prompt against its own tokenizer's special tokens.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from gptbench.tokenizers.base import Tokenizer
 
 SYSTEM, USER, ASSISTANT, END = "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"
 CHAT_TOKENS = (SYSTEM, USER, ASSISTANT, END)
+RESERVED_TEXT = (*CHAT_TOKENS, "<|endoftext|>")  # refused inside a message of a data file
 ROLES = ("system", "user", "assistant")
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -41,6 +54,14 @@ class Message:
     content: str
 
 
+def refuse_special_text(message: Message, where: str, reserved: Sequence[str] = RESERVED_TEXT) -> None:
+    """UserError if `message` holds the text of one of the `reserved` special tokens."""
+    found = next((t for t in reserved if t in message.content), None)
+    if found is not None:
+        raise UserError(f"{where + ': ' if where else ''}the {message.role} message holds {found!r}, the text of a special token, "
+                        f"which Hugging Face's chat template would read as that token; remove or rewrite it")
+
+
 class ChatTokenizer(Tokenizer):
     """A base tokenizer plus the four turn tokens; `kind` and `spec` are the base's."""
 
@@ -52,6 +73,7 @@ class ChatTokenizer(Tokenizer):
         self.template = template
         self.special = {tok: base.vocab_size + i for i, tok in enumerate(CHAT_TOKENS)}
         self._names = {i: tok for tok, i in self.special.items()}
+        self._reserved: tuple[str, ...] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -69,6 +91,15 @@ class ChatTokenizer(Tokenizer):
     @property
     def special_ids(self) -> tuple[int, ...]:
         return tuple(self.special.values())
+
+    @property
+    def reserved_text(self) -> tuple[str, ...]:
+        """The special tokens an exported tokenizer reads out of text: the turn tokens and
+        the base's own (`<|endoftext|>` of GPT-2 and trained BPE)."""
+        if self._reserved is None:
+            base = self.base.to_json().get("special_tokens") or {}
+            self._reserved = (*CHAT_TOKENS, *sorted(t for t in base if isinstance(t, str)))
+        return self._reserved
 
     def role_id(self, role: str) -> int:
         return self.special[f"<|{role}|>"]
@@ -107,7 +138,8 @@ class ChatTokenizer(Tokenizer):
         `train_on_prompt`). Returns (ids int64 [N], trained bool [N])."""
         ids: list[int] = []
         trained: list[bool] = []
-        for m in messages:
+        for i, m in enumerate(messages):
+            refuse_special_text(m, f"message {i + 1}", self.reserved_text)
             piece = self.encode_message(m)
             ids.extend(piece)
             train = train_on_prompt or m.role == "assistant"
@@ -133,9 +165,12 @@ class ChatTokenizer(Tokenizer):
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         """The ids of `messages` through the stored template, ending with `<|assistant|>`:
-        the rendered text split at the special tokens, the rest encoded as plain text."""
+        the rendered text split at the special tokens, the rest encoded as plain text.
+        UserError if a message holds a special token's text (see the module's docstring)."""
         import re
 
+        for m in messages:
+            refuse_special_text(m, "", self.reserved_text)
         text = self.render(messages, add_generation_prompt=True)
         ids: list[int] = []
         for part in re.split("(" + "|".join(re.escape(t) for t in CHAT_TOKENS) + ")", text):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tui_fixtures import copy_trained_run, frozen_clock, screen_text, settle, squash, wait_for
+from tui_fixtures import copy_trained_run, frozen_clock, region_text, screen_text, settle, squash, wait_for
 
 from gptbench.backends.sampling import SamplingParams
 from gptbench.chat.session import ChatHistory
@@ -84,3 +84,60 @@ async def test_a_chat_run_is_answered_through_its_template_and_a_base_run_is_com
         lm.backend, "the cat", SamplingParams(temperature=0, max_new_tokens=12))
     assert first == want.text
     assert reason == ("eos" if want.finish_reason == "stop" else want.finish_reason)
+
+
+async def test_the_train_form_sets_chat_sft_and_it_travels_to_the_run_and_its_resume(tmp_path, capsys):
+    """Form -> RunSpec -> the launcher's `gptbench train --no-ui` argv -> config.json -> a
+    resume: `--sft` and `--train-on-prompt` arrive at each step (the trainer runs in-process
+    on the very argv the launcher would start)."""
+    from helpers import run_cli
+
+    from gptbench.tui.launcher import resume_request, train_command
+    from gptbench.tui.screens.train import TrainScreen
+
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"prompt": f"the {w}", "completion": w[::-1]}) + "\n" for w in WORDS * 2))
+    root = tmp_path / "runs"
+    app = create_app(root, "torch", device="cpu", clock=frozen_clock, poll_interval=0.2)
+    async with app.run_test(size=(120, 60)) as pilot:
+        await settle(pilot)
+        await pilot.press("f3")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, TrainScreen)
+        assert screen.query_one("#finetune").collapsed  # folded until used
+        form = {w.id: w for w in screen.query("Input")}
+        sft, preset = screen.query_one("#sft"), screen.query_one("#preset")
+        sft.value = "on"
+        await settle(pilot)
+        assert preset.value == "sft" and not screen.query_one("#finetune").collapsed  # the default preset follows, as --sft's
+        assert "chat SFT trains on conversations" in squash(screen_text(app)) and screen.query_one("#start").disabled
+        form["data"].value = str(chats)
+        for key, value in {"name": "form-chat", "max_iters": "2", "batch_size": "2", "eval_interval": "2", "sample_tokens": "0",
+                           "block_size": "32", "n_layer": "1", "n_head": "2", "n_embd": "16"}.items():
+            form[key].value = value
+        sft.value = "prompt"
+        await settle(pilot)
+        preview = region_text(app, "#command-preview")
+        assert "--train-on-prompt" in preview and "--preset sft" in preview, preview  # the sft preset is --sft's
+        sft.value = "off"
+        await settle(pilot)
+        assert preset.value == "tiny" and "sft" not in region_text(app, "#command-preview")
+        preset.value = "sft"  # picking the preset turns chat SFT on
+        await settle(pilot)
+        assert sft.value == "on"
+        sft.value = "prompt"
+        screen.query_one("#backend").value = "torch"
+        await settle(pilot)
+        spec = screen.validate_form()
+        assert spec is not None and spec.train.sft and spec.train.train_on_prompt and spec.preset == "sft"
+    argv = train_command(root, spec)  # what Start launches
+    rc, err = run_cli(capsys, *argv[argv.index("gptbench") + 1:], "--threads", "1")
+    assert rc == 0, err
+    run = RunStore(root).existing("form-chat")
+    assert (run.config()["train"]["sft"], run.config()["train"]["train_on_prompt"]) == (True, True)
+    argv = train_command(root, resume_request(run.path, 4))  # the run browser's resume
+    rc, err = run_cli(capsys, *argv[argv.index("gptbench") + 1:], "--threads", "1")
+    assert rc == 0, err
+    assert (run.config()["train"]["sft"], run.config()["train"]["train_on_prompt"]) == (True, True)
+    assert [c.step for c in run.checkpoints()][-1] == 4

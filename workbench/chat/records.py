@@ -3,8 +3,8 @@
 Three forms, one record each:
   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}   (multi-turn)
   {"prompt": "...", "completion": "..."}     (one user turn, one assistant turn)
-  the same records in a `.json` file or a Hugging Face dataset (`hf:NAME[:CONFIG][:SPLIT]`,
-  a `messages` column) read through `datasets`.
+  the same records in a `.json`/`.parquet` file or a Hugging Face dataset
+  (`hf:NAME[:CONFIG][:SPLIT][#FIELD]`, a `messages` column or FIELD) read through `datasets`.
 A `.jsonl` file is read line by line here, so a bad record is named by its line; through
 `datasets` by its record number. Every problem is one UserError naming the place.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from gptbench.errors import UserError
-from gptbench.tokenizers.chat import ROLES, Message
+from gptbench.tokenizers.chat import ROLES, Message, refuse_special_text
 
 Conversation = list[Message]
 
@@ -63,7 +63,9 @@ def _message(m: Any, where: str) -> Message:
         raise UserError(f"{where}: content must be a string, got {'nothing' if content is None else type(content).__name__}")
     if not content.strip():
         raise UserError(f"{where}: empty {role} message; give it some text or drop the record")
-    return Message(role, content)
+    message = Message(role, content)
+    refuse_special_text(message, where)  # why refused, not encoded: gptbench.tokenizers.chat
+    return message
 
 
 def read_jsonl(path: Path, shown: str) -> Iterator[Conversation]:
@@ -84,42 +86,41 @@ def read_jsonl(path: Path, shown: str) -> Iterator[Conversation]:
         yield conversation(record, f"{shown} line {lineno}")
 
 
-def read_dataset(open_dataset: Any, shown: str) -> Iterator[Conversation]:
-    """Conversations of a `datasets` dataset (a local .json/.parquet file or a hub set)."""
-    try:
-        records: Iterable[Any] = open_dataset()
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - datasets/pyarrow raise many kinds
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UserError(f"cannot read {shown}: {first}") from None
+def read_records(records: Iterable[Any], shown: str, field: str = "messages") -> Iterator[Conversation]:
+    """Conversations of dataset records (through `datasets`), named by record number; with a
+    `field` other than `messages`, that column holds each record's messages."""
     for i, record in enumerate(records, 1):
-        yield conversation(record, f"{shown} record {i}")
+        where = f"{shown} record {i}"
+        if field != "messages" and isinstance(record, dict):
+            if field not in record:
+                fields = ", ".join(map(str, record)) or "none"
+                raise UserError(f"{where} has no field {field!r} (fields: {fields}); pick the messages column with #FIELD")
+            record = {"messages": record[field]}
+        yield conversation(record, where)
 
 
-def _local_dataset(path: Path) -> Any:
-    import datasets
-
-    datasets.disable_progress_bars()
-    builder = "parquet" if path.suffix == ".parquet" else "json"
-    return lambda: datasets.load_dataset(builder, data_files=str(path), split="train")
-
-
-def _hub_dataset(spec: str) -> tuple[str, Any]:
-    from gptbench.data.hub import parse_hf_spec
-
-    name, config, split, _ = parse_hf_spec(spec)
+def _local_records(path: Path, shown: str) -> Iterator[Any]:
+    from gptbench.data.hub import import_datasets, iter_dataset
 
     def open_dataset() -> Any:
-        import datasets
-
+        datasets = import_datasets(shown)
         datasets.disable_progress_bars()
-        try:
-            return datasets.load_dataset(name, config, split=split)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"cannot load {spec} (offline, or not a dataset?): {(str(exc).splitlines() or [''])[0][:160]}") from None
+        builder = "parquet" if path.suffix == ".parquet" else "json"
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
 
-    return name, open_dataset
+    return iter_dataset(open_dataset, shown)
+
+
+def _hub_records(spec: str) -> tuple[str, str, Iterator[Conversation]]:
+    """(name, the spec as shown, conversations) of `hf:NAME[:CONFIG][:SPLIT][#FIELD]`: the
+    hub set's `messages` column (or FIELD), through the text corpora's hub access (offline
+    mode, a quick reachability check, a bounded first answer, one line per failure)."""
+    from gptbench.data.hub import hub_records, parse_hf_spec
+
+    name, config, split, field = parse_hf_spec(spec)
+    field = field if "#" in spec else "messages"
+    shown = f"hf:{name}" + (f":{config}" if config else "") + f":{split}"
+    return name, shown, read_records(hub_records(shown, name, config, split), shown, field)
 
 
 def load_chat_corpus(spec: str | None, max_conversations: int | None = None) -> ChatCorpus:
@@ -128,15 +129,14 @@ def load_chat_corpus(spec: str | None, max_conversations: int | None = None) -> 
     if not s:
         raise UserError("--sft needs --data: a .jsonl file of conversations (`messages` or `prompt`/`completion`), or hf:NAME")
     if s.startswith("hf:"):
-        name, opener = _hub_dataset(s)
-        convs = read_dataset(opener, s)
+        name, s, convs = _hub_records(s)
     else:
         path = Path(s).expanduser()
         name = path.name
         if not path.is_file():
             raise UserError(f"{s} is not a file; --sft reads conversations from a .jsonl/.json/.parquet file or hf:NAME")
         if path.suffix in (".json", ".parquet"):
-            convs = read_dataset(_local_dataset(path), s)
+            convs = read_records(_local_records(path, s), s)
         else:
             convs = read_jsonl(path, s)
     out = []

@@ -39,10 +39,9 @@ def _record_text(rec: dict[str, Any], text_field: str, where: str) -> str | None
     return value or None
 
 
-def _iter_records(
-    open_dataset: Callable[[], Any], text_field: str, where: str, max_docs: int | None, first_timeout: float | None = None
-) -> Iterator[str]:
-    """Documents from a streamed dataset: mapped errors, skipped empty texts, `max_docs`."""
+def iter_dataset(open_dataset: Callable[[], Any], where: str, first_timeout: float | None = None) -> Iterator[Any]:
+    """The records of a dataset `open_dataset` opens: every failure one UserError naming
+    `where`, the first answer bounded by `first_timeout` seconds (hub sets)."""
     import logging
 
     ds_logger = logging.getLogger("datasets")
@@ -51,22 +50,36 @@ def _iter_records(
     try:
         ds = _with_timeout(open_dataset, first_timeout, where) if first_timeout else open_dataset()
         it = iter(ds)
-        n = 0
-        while max_docs is None or n < max_docs:
+        first = True
+        while True:
             try:
-                rec = _with_timeout(lambda: next(it), first_timeout, where) if (first_timeout and n == 0) else next(it)
+                rec = _with_timeout(lambda: next(it), first_timeout, where) if (first_timeout and first) else next(it)
             except StopIteration:
                 return
-            text = _record_text(rec, text_field, where)
-            if text is not None:
-                n += 1
-                yield text
+            first = False
+            yield rec
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - datasets/pyarrow raise many kinds
         raise UserError(f"cannot read {where}: {_first_line(exc)}") from None
     finally:
         ds_logger.setLevel(level)
+
+
+def _iter_records(
+    open_dataset: Callable[[], Any], text_field: str, where: str, max_docs: int | None, first_timeout: float | None = None
+) -> Iterator[str]:
+    """Documents from a streamed dataset: mapped errors, skipped empty texts, `max_docs`."""
+    if max_docs is not None and max_docs <= 0:
+        return
+    n = 0
+    for rec in iter_dataset(open_dataset, where, first_timeout):
+        text = _record_text(rec, text_field, where)
+        if text is not None:
+            n += 1
+            yield text
+            if max_docs is not None and n >= max_docs:
+                return
 
 
 def records_corpus(spec: str, name: str, files: list[Path], builder: str, text_field: str, max_docs: int | None) -> Corpus:
@@ -160,15 +173,12 @@ def _with_timeout(fn: Callable[[], Any], timeout: float | None, where: str) -> A
     return box["value"]
 
 
-def hf_corpus(spec: str, max_docs: int | None) -> Corpus:
-    name, config, split, text_field = parse_hf_spec(spec)
-    canonical = f"hf:{name}" + (f":{config}" if config else "") + f":{split}#{text_field}"
-    key = hashlib.sha256(f"hf:{canonical}:{max_docs}".encode()).hexdigest()
-    timeout = float(paths.env(paths.HF_TIMEOUT) or HF_TIMEOUT_S)
+def hub_opener(name: str, config: str | None, split: str, where: str) -> Callable[[], Any]:
+    """Opens hub set `name` (streamed; from the Hugging Face cache alone when the hub is
+    off), every failure one UserError naming `where`."""
 
     def open_dataset():
-        import datasets
-
+        datasets = import_datasets(where)
         datasets.disable_progress_bars()
         try:
             if _hf_offline():  # only the Hugging Face cache: no streaming, no network
@@ -180,10 +190,38 @@ def hf_corpus(spec: str, max_docs: int | None) -> Corpus:
                 raise UserError(f"Hugging Face dataset {name!r} not found (or gated/private); check the name on huggingface.co/datasets") from None
             if _hf_offline() or "ConnectionError" in cls or "offline" in str(exc).lower():
                 raise UserError(
-                    f"{canonical} is not in the Hugging Face cache and the hub is off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE); "
+                    f"{where} is not in the Hugging Face cache and the hub is off (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE); "
                     f"unset it to download, or pass a local file with --data PATH"
                 ) from None
-            raise UserError(f"cannot load {canonical}: {_first_line(exc)}") from None
+            raise UserError(f"cannot load {where}: {_first_line(exc)}") from None
+
+    return open_dataset
+
+
+def import_datasets(where: str) -> Any:
+    """The `datasets` module, or one line saying how to get it."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f'{where} is read through the `datasets` package; pip install "gptbench[data]"') from None
+    return datasets
+
+
+def hub_records(where: str, name: str, config: str | None, split: str) -> Iterator[Any]:
+    """The records of a hub set, after a quick check that the hub answers at all (unless
+    it is off), the first one within `$GPTBENCH_HF_TIMEOUT` seconds."""
+    if not _hf_offline():
+        _probe_hub(where)
+    timeout = float(paths.env(paths.HF_TIMEOUT) or HF_TIMEOUT_S)
+    return iter_dataset(hub_opener(name, config, split, where), where, first_timeout=timeout)
+
+
+def hf_corpus(spec: str, max_docs: int | None) -> Corpus:
+    name, config, split, text_field = parse_hf_spec(spec)
+    canonical = f"hf:{name}" + (f":{config}" if config else "") + f":{split}#{text_field}"
+    key = hashlib.sha256(f"hf:{canonical}:{max_docs}".encode()).hexdigest()
+    timeout = float(paths.env(paths.HF_TIMEOUT) or HF_TIMEOUT_S)
+    open_dataset = hub_opener(name, config, split, canonical)
 
     def stream() -> Iterator[str]:
         if not _hf_offline():

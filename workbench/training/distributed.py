@@ -2,8 +2,11 @@
 
 Rank 0 alone claims or opens the run, prepares the data and writes the run directory; it
 then broadcasts the resolved spec (or its error), and the other ranks take the same corpus
-from the token cache. A step's `grad_accum` micro-batches (the spec's count is global)
-must split evenly over the ranks.
+from the token cache. Conversations (`--sft`) are not cached: every rank reads them, with
+the tokenizer rank 0 built sent along in the plan (its files), so a vocabulary trained on
+the corpus (`bpe:N`) or taken from an `--init-from` source is the same on every rank and
+machine without being trained again. A step's `grad_accum` micro-batches (the spec's
+count is global) must split evenly over the ranks.
 """
 
 from __future__ import annotations
@@ -51,8 +54,35 @@ def from_rank0(comm: Collectives, produce: Callable[[], tuple[Any, Any]]) -> tup
 
 
 def data_plan(data: Any) -> dict[str, Any]:
-    """What the other ranks need to load the corpus rank 0 prepared, and to check it."""
-    return {"cache": data.info.get("cache"), "sha256": data.info.get("sha256"), "fingerprint": data.tokenizer.fingerprint()}
+    """What the other ranks need to load the corpus rank 0 prepared, and to check it (with
+    conversations, the tokenizer's files themselves)."""
+    plan = {"cache": data.info.get("cache"), "sha256": data.info.get("sha256"), "fingerprint": data.tokenizer.fingerprint()}
+    if data.info.get("format") == "chat":
+        plan["tokenizer_files"] = tokenizer_files(data.tokenizer)
+    return plan
+
+
+def tokenizer_files(tokenizer: Any) -> dict[str, str]:
+    """A tokenizer's saved files (tokenizer.json and any side file), base64, by name."""
+    import base64
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gptbench-tok-") as tmp:
+        tokenizer.save(Path(tmp))
+        return {f.name: base64.b64encode(f.read_bytes()).decode("ascii") for f in sorted(Path(tmp).iterdir()) if f.is_file()}
+
+
+def tokenizer_from_files(files: dict[str, str]) -> Any:
+    """The tokenizer `tokenizer_files` described, rebuilt from its files."""
+    import base64
+    import tempfile
+
+    from gptbench.tokenizers.registry import load_tokenizer
+
+    with tempfile.TemporaryDirectory(prefix="gptbench-tok-") as tmp:
+        for name, blob in files.items():
+            (Path(tmp) / Path(name).name).write_bytes(base64.b64decode(blob))
+        return load_tokenizer(Path(tmp))
 
 
 def shared_data(comm: Collectives, spec: RunSpec, block_size: int, data: Any, plan: dict[str, Any]) -> Any:
@@ -82,8 +112,8 @@ def peer_data(spec: RunSpec, block_size: int, plan: dict[str, Any]) -> Any:
             tokenizer = None
         if tokenizer is not None and tokenizer.fingerprint() != plan["fingerprint"]:
             tokenizer = None
-    if spec.train.sft:  # conversations are not cached: every rank reads them (the fingerprint checks the vocabulary)
-        tokenizer = None
+    if plan.get("tokenizer_files"):  # conversations are not cached: every rank reads them with rank 0's tokenizer
+        tokenizer = tokenizer_from_files(plan["tokenizer_files"])
     data = prepare_run_data(spec, block_size=block_size, tokenizer=tokenizer)
     if data.tokenizer.fingerprint() != plan["fingerprint"]:
         raise UserError(f"this rank built a different {spec.tokenizer} tokenizer than rank 0 from {spec.data or 'the default corpus'}; give every machine the same corpus and tokenizer files")

@@ -5,13 +5,16 @@ fields make a run specification through the same `resolve_spec` the command line
 
 Fine-tuning: a source in "Init from" (a hub name, a Hugging Face folder, a weights file or
 RUN[:CHECKPOINT]) makes the model shape and the tokenizer come from it, so those fields are
-disabled, and the preset switches to `finetune`; a LoRA rank trains adapters only."""
+disabled, and the preset switches to `finetune`; a LoRA rank trains adapters only.
+
+Chat SFT (in the same folded section) trains on conversations (`--sft`: the corpus is a .jsonl/.json/.parquet
+file of `messages` or `prompt`/`completion` records, or hf:NAME), with the loss on the
+assistant's tokens or, `--train-on-prompt`, on every token; the untouched default preset
+follows it to `sft`."""
 
 from __future__ import annotations
 
-import glob
-import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,142 +25,23 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.suggester import SuggestFromList
-from textual.validation import Integer, Number, ValidationResult, Validator
+from textual.validation import Integer
 from textual.widgets import Button, Collapsible, Footer, Header, Input, Select, Static
 
+from gptbench.errors import UserError
 from gptbench.spec import FINETUNE_PRESET, PRESETS, RunSpec, default_run_name, resolve_spec
 from gptbench.spec.cli import spec_to_argv
-from gptbench.spec.resolve import value_at
+from gptbench.spec.presets import DEFAULT_PRESET, SFT_PRESET
 from gptbench.spec.settings import BY_PATH
-from gptbench.errors import UserError
-from gptbench.runstore import validate_run_name
+from gptbench.tui.screens.train_fields import (LORA_FIELDS, NAMED_CORPORA, NUMBER_FIELDS, SFT_CHOICES, SFT_SETTINGS, SOURCE_SHAPE,
+                                               CorpusValidator, InitFromValidator, RunNameValidator, TokenizerValidator,
+                                               preset_value, validators)
 from gptbench.tui.widgets.form import Field, input_error
 
 if TYPE_CHECKING:
     from gptbench.tui.host import WorkbenchHost
 
-NAMED_CORPORA = ("default", "tinyshakespeare")
-TOKENIZER_RE = re.compile(r"^(char|byte|gpt2(:.+)?|bpe:.+)$")
-
-
-class RunNameValidator(Validator):
-    def validate(self, value: str) -> ValidationResult:
-        if not value:
-            return self.success()  # blank = automatic name
-        try:
-            validate_run_name(value)
-        except UserError:
-            return self.failure("letters, digits, '.', '_' or '-'; starts with a letter or digit")
-        return self.success()
-
-
-class CorpusValidator(Validator):
-    """A named corpus, `hf:...`, a glob, or an existing file or folder."""
-
-    def validate(self, value: str) -> ValidationResult:
-        v = value.strip()
-        if not v or v in NAMED_CORPORA or v.startswith("hf:"):
-            return self.success()
-        if any(c in v for c in "*?["):
-            return self.success() if glob.glob(str(Path(v).expanduser())) else self.failure(f"no file matches {v}")
-        return self.success() if Path(v).expanduser().exists() else self.failure(f"no such file or folder: {v}")
-
-
-class InitFromValidator(Validator):
-    """Blank (from scratch), an existing file or folder, a run in the runs directory
-    (RUN[:CHECKPOINT]), or a hub name that is cached or can be downloaded. Only cheap checks
-    of the file system: the trainer reads the source itself and reports anything else."""
-
-    def __init__(self, runs_dir: Path) -> None:
-        super().__init__()
-        self.runs_dir = Path(runs_dir)
-
-    def validate(self, value: str) -> ValidationResult:
-        from gptbench.hfcache import find_cached, is_hub_name, offline_reason
-
-        v = value.strip()
-        if not v or Path(v).expanduser().exists() or (self.runs_dir / v.partition(":")[0] / "config.json").is_file():
-            return self.success()
-        name = v[3:] if v.startswith("hf:") else v
-        if is_hub_name(name):
-            if find_cached(name.partition("@")[0], name.partition("@")[2] or None) is None and offline_reason():
-                return self.failure(f"{name} is not in the Hugging Face cache and downloads are off ({offline_reason()})")
-            return self.success()
-        return self.failure("not a folder, a weights file, a run or a Hugging Face name (gpt2, …)")
-
-
-class TokenizerValidator(Validator):
-    def validate(self, value: str) -> ValidationResult:
-        v = value.strip()
-        return self.success() if not v or TOKENIZER_RE.match(v) else self.failure("char | byte | gpt2[:RANKS] | bpe:PATH | bpe:VOCAB_SIZE")
-
-
-@dataclass(frozen=True)
-class NumberField:
-    path: str  # a setting of the run spec (gptbench.spec.settings), e.g. train.lr
-    label: str
-    minimum: float | None = None
-    maximum: float | None = None
-
-    @property
-    def key(self) -> str:
-        return self.path.rpartition(".")[2]
-
-    @property
-    def section(self) -> str:
-        return self.path.partition(".")[0]
-
-    @property
-    def kind(self) -> type:
-        return BY_PATH[self.path].kind
-
-
-NUMBER_FIELDS = [
-    NumberField("train.max_iters", "Max iters", 1),
-    NumberField("train.batch_size", "Batch size", 1),
-    NumberField("train.lr", "Learning rate", 0.0),
-    NumberField("train.eval_interval", "Eval every", 1),
-    NumberField("train.sample_tokens", "Sample length", 0),
-    NumberField("model.block_size", "Context", 1),
-    NumberField("model.n_layer", "Layers", 1),
-    NumberField("model.n_head", "Heads", 1),
-    NumberField("model.n_embd", "Width", 1),
-    NumberField("model.dropout", "Dropout", 0.0, 1.0),
-    NumberField("train.seed", "Seed", 0),
-]
-
-
-SOURCE_SHAPE = ("n_layer", "n_head", "n_embd")  # fixed by an init-from source (context may shrink, dropout is free)
-
-
-@dataclass(frozen=True)
-class LoraField:
-    key: str  # lora_rank: the setting lora.rank (--lora-rank)
-    label: str
-    placeholder: str
-    validators: tuple[Validator, ...] = ()
-
-    @property
-    def path(self) -> str:
-        return "lora." + self.key.removeprefix("lora_")
-
-
-LORA_FIELDS = [
-    LoraField("lora_rank", "LoRA rank", "off", (Integer(minimum=1, failure_description="LoRA rank must be an integer ≥ 1"),)),
-    LoraField("lora_alpha", "LoRA alpha", "2 × rank", (Number(minimum=0.0, failure_description="LoRA alpha must be a positive number"),)),
-    LoraField("lora_targets", "LoRA targets", "attn,mlp"),
-    LoraField("lora_dropout", "LoRA dropout", "0", (Number(minimum=0.0, maximum=0.999, failure_description="LoRA dropout must be in [0, 1)"),)),
-]
-
-
-def _validators(f: NumberField) -> list[Validator]:
-    if f.kind is int:
-        return [Integer(minimum=f.minimum, maximum=f.maximum, failure_description=f"{f.label.lower()} must be an integer ≥ {f.minimum:g}")]
-    return [Number(minimum=f.minimum, maximum=f.maximum, failure_description=f"{f.label.lower()} must be a number ≥ {f.minimum:g}")]
-
-
-def _preset_value(preset: str, f: NumberField) -> Any:
-    return value_at(PRESETS[preset], f.path)
+__all__ = ["LORA_FIELDS", "NUMBER_FIELDS", "TrainScreen"]
 
 
 def _absolute(value: str) -> str:
@@ -205,14 +89,14 @@ class TrainScreen(Screen):
             yield Static("Hyperparameters (blank = preset default)", classes="section-title")
             with Grid(classes="form-grid"):
                 for f in NUMBER_FIELDS:
-                    yield Field(f.label, Input(id=f.key, compact=True, validators=_validators(f), valid_empty=True), f.key)
+                    yield Field(f.label, Input(id=f.key, compact=True, validators=validators(f), valid_empty=True), f.key)
             yield Static("Processes (more than 1: torchrun, or mlx.launch for mlx)", classes="section-title")
             with Grid(classes="form-grid"):
                 yield Field("Processes", Input("1", id="nproc", compact=True, validators=[Integer(minimum=1, failure_description="processes must be an integer ≥ 1")]), "nproc")
                 yield Field("Strategy", Select([("ddp", "ddp"), ("fsdp (torch)", "fsdp")], value="ddp", allow_blank=False, id="strategy", compact=True), "strategy")
             # after the hyperparameters, so the keyboard order of the fields before it never
             # changes; folded until used, so the form (and its command line) still fits a screen
-            with Collapsible(title="Fine-tuning: start from pretrained weights, LoRA (blank = train from scratch)",
+            with Collapsible(title="Fine-tuning: pretrained weights, LoRA, chat SFT (blank = from scratch, plain text)",
                              collapsed=True, id="finetune", classes="form-section"), Grid(classes="form-grid"):
                 yield Field(
                     "Init from",
@@ -222,6 +106,7 @@ class TrainScreen(Screen):
                 )
                 for lf in LORA_FIELDS:
                     yield Field(lf.label, Input(placeholder=lf.placeholder, id=lf.key, compact=True, validators=list(lf.validators), valid_empty=True), lf.key)
+                yield Field("Chat SFT", Select(SFT_CHOICES, value="off", allow_blank=False, id="sft", compact=True), "sft")
             yield Static("", id="form-error")
             yield Static("", id="command-preview")
             with Horizontal(id="form-buttons"):
@@ -263,7 +148,7 @@ class TrainScreen(Screen):
             if fine_tuning and f.section == "model":
                 w.placeholder = "0" if f.key == "dropout" else "source"  # the shape comes from the source
             else:
-                w.placeholder = f"{_preset_value(preset, f):g}" if f.kind is float else str(_preset_value(preset, f))
+                w.placeholder = f"{preset_value(preset, f):g}" if f.kind is float else str(preset_value(preset, f))
             w.disabled = fine_tuning and f.key in SOURCE_SHAPE
         tok = self.query_one("#tokenizer", Input)
         tok.disabled = fine_tuning  # it follows the source
@@ -286,16 +171,29 @@ class TrainScreen(Screen):
             self._tokenizer_value, tok.value = tok.value, ""
         elif not fine_tuning and tok.disabled:
             tok.value = getattr(self, "_tokenizer_value", "char")
-        if fine_tuning and preset.value == "tiny":
-            preset.value = FINETUNE_PRESET
-        elif not fine_tuning and preset.value == FINETUNE_PRESET:
-            preset.value = "tiny"
+        self._follow_defaults()
+
+    def _follow_defaults(self) -> None:
+        """An untouched default preset follows the form as the command line's would: `sft`
+        with chat SFT, else `finetune` with a source, else `tiny`."""
+        preset = self.query_one("#preset", Select)
+        if preset.value in (DEFAULT_PRESET, FINETUNE_PRESET, SFT_PRESET):
+            sft = self.query_one("#sft", Select).value != "off"
+            fine_tuning = bool(self.query_one("#init_from", Input).value.strip())
+            preset.value = SFT_PRESET if sft else FINETUNE_PRESET if fine_tuning else DEFAULT_PRESET
         self._update_placeholders()
 
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "preset":
+            sft = self.query_one("#sft", Select)
+            if event.value == SFT_PRESET and sft.value == "off":
+                sft.value = "on"  # the preset trains on conversations
             self._update_placeholders()
+        elif event.select.id == "sft":
+            if event.value != "off":
+                self.query_one("#finetune", Collapsible).collapsed = False  # e.g. filled in from `--sft`
+            self._follow_defaults()
         self.validate_form()
 
     def _values(self) -> dict[str, Any]:
@@ -344,6 +242,10 @@ class TrainScreen(Screen):
             data = v["data"]
             glob_or_file = data not in NAMED_CORPORA and not data.startswith("hf:")
             out["data"] = _absolute(data) if glob_or_file else data  # the trainer's cwd may differ
+        sft = SFT_SETTINGS[v.get("sft") or "off"]
+        if sft and (not v.get("data") or v["data"] in NAMED_CORPORA):
+            raise UserError("chat SFT trains on conversations: set Corpus to a .jsonl/.json/.parquet file of messages, or hf:NAME")
+        out.update(sft)
         nproc = int(v.get("nproc") or 1)
         if nproc > 1:  # several processes: torchrun, or mlx.launch for mlx
             out.update({"parallel.nproc": nproc, "parallel.strategy": v.get("strategy") or "ddp"})
@@ -378,7 +280,7 @@ class TrainScreen(Screen):
         self.query_one("#data", Input).value = ""
         self.query_one("#tokenizer", Input).value = "char"
         self.query_one("#nproc", Input).value = "1"
-        for sid, default in (("preset", "tiny"), ("backend", "auto"), ("device", "auto"), ("strategy", "ddp")):
+        for sid, default in (("preset", "tiny"), ("backend", "auto"), ("device", "auto"), ("strategy", "ddp"), ("sft", "off")):
             self.query_one(f"#{sid}", Select).value = default
         self.validate_form()
 
