@@ -11,13 +11,13 @@ shape by default; `--shape tiny` for a quick look), torch on CPU:
 * `mlx_lm.server` (dev extra `mlx-lm`; `--no-mlx-lm` skips it) on the same weights exported
   by `convert --to mlx-lm`, on 127.0.0.1 and a free port, decoding up to 16 requests
   together, at the same loads (both on CPU here);
-* a bounded load run (`--load-requests`, default 2000, 32 concurrent, `--load-max-tokens` 8):
+* a bounded load run (`--load-requests`, default 2000, 32 concurrent, `--load-max-tokens` 4):
   errors (must be 0) and this process's resident memory (server and clients) at the start,
   after the first tenth (warm) and at the end (flat: end ≈ warm).
 
 Target: 16 clients ≥ 4× the aggregate tokens/s of 1 client at the 124M shape.
 
-    python benchmarks/serve.py                     # full: 124M shape (a few minutes)
+    python benchmarks/serve.py                     # full: 124M shape, 32 tokens a request (about 8 min on 2 cores)
     python benchmarks/serve.py --quick             # a smoke run: tiny shape, few requests
 """
 
@@ -238,15 +238,15 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny shape, few requests (same code path)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default=None)
-    ap.add_argument("--max-tokens", type=int, default=None, help="completion tokens per request (default 64; quick 16)")
-    ap.add_argument("--per-client", type=int, default=None, help="requests per client at each concurrency (default 2; quick 1)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="completion tokens per request (default 32; quick 16)")
+    ap.add_argument("--per-client", type=int, default=None, help="requests per client at each concurrency (default 1)")
     ap.add_argument("--load-requests", type=int, default=None, help="requests in the load run (default 2000; quick 64)")
-    ap.add_argument("--load-max-tokens", type=int, default=8, help="completion tokens per load-run request (default 8)")
+    ap.add_argument("--load-max-tokens", type=int, default=4, help="completion tokens per load-run request (default 4)")
     ap.add_argument("--no-mlx-lm", dest="mlx_lm", action="store_false", help="skip mlx_lm.server")
     args = ap.parse_args()
     args.shape = args.shape or ("tiny" if args.quick else "gpt2")
-    args.max_tokens = args.max_tokens or (16 if args.quick else 64)
-    args.per_client = args.per_client or (1 if args.quick else 2)
+    args.max_tokens = args.max_tokens or (16 if args.quick else 32)
+    args.per_client = args.per_client or 1
     args.load_requests = args.load_requests if args.load_requests is not None else (64 if args.quick else 2000)
     if args.mlx_lm:
         try:
