@@ -7,6 +7,8 @@ continuations are far from ties, or `--run NAME`) is exported with
 
 * llama.cpp's tokenization of the prompt must equal gptbench's;
 * f32: llama.cpp's greedy tokens must equal `gptbench sample --temperature 0`'s;
+* a chat model (turn tokens): its template text tokenizes to the same ids, `<|end|>` is
+  llama.cpp's end-of-turn token, and greedy tokens are equal;
 * q8_0: the share of greedy tokens that agree (up to the first difference and overall);
   "most tokens" (>= 50% overall) passes.
 
@@ -109,6 +111,45 @@ def compare(ours, llm, q: str, tokens: int) -> list[dict]:
     return rows
 
 
+def chat_check(tmp: Path, extra_bufts: bool, tokens: int) -> dict:
+    """A chat model (random weights, byte vocabulary plus the four turn tokens): llama.cpp
+    reads the turn tokens from the prompt's text as gptbench's template ids, calls `<|end|>`
+    its end-of-turn token, and greedy-decodes the answer to a chat prompt as gptbench does."""
+    from gptbench.backends.generate import generate
+    from gptbench.backends.sampling import SamplingParams
+    from gptbench.backends.spec import GPTConfig
+    from gptbench.backends.weights import save_weights
+    from gptbench.cli import main as cli
+    from gptbench.loading import load_model
+    from gptbench.runstore import RunStore
+    from gptbench.tokenizers.byte import ByteTokenizer
+    from gptbench.tokenizers.chat import ChatTokenizer, Message
+
+    tok = ChatTokenizer(ByteTokenizer())
+    (tmp / "chat-tok").mkdir()
+    tok.save(tmp / "chat-tok")
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=256, bias=True, tie_embeddings=True, **SHAPES["tiny"])
+    rng = np.random.default_rng(1)
+    save_weights(tmp / "chat.safetensors", cfg, {k: (rng.standard_normal(s) * 0.3).astype(np.float32)
+                                                 for k, s in cfg.canonical_shapes().items()})
+    runs = tmp / "chat-runs"
+    assert cli(["--runs-dir", str(runs), "convert", str(tmp / "chat.safetensors"), "chat", "--to", "torch", "--tokenizer",
+                str(tmp / "chat-tok")]) == 0
+    assert cli(["--runs-dir", str(runs), "convert", "chat", str(tmp / "chat.gguf"), "--to", "gguf"]) == 0
+    ours = load_model(RunStore(runs), run="chat", backend="torch", device="cpu")
+    conv = [Message("system", "Be brief."), Message("user", "Hello there")]
+    ids = ours.tokenizer.prompt_ids(conv)
+    text = "".join(f"<|{m.role}|>{m.content}<|end|>" for m in conv) + "<|assistant|>"
+    want = generate(ours.backend, ours.tokenizer, ids, SamplingParams(temperature=0, max_new_tokens=tokens)).tokens
+    llm = open_llama(tmp / "chat.gguf", 256, extra_bufts)
+    try:
+        theirs = list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        return {"tokenization_equal": theirs == ids, "end_of_turn": int(llm._model.token_eot()) == tok.end_id,
+                "equal": llama_greedy(llm, ids, len(want)) == want, "tokens": len(want)}
+    finally:
+        llm.close()
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny shape, 16 tokens per prompt")
@@ -148,17 +189,20 @@ def main() -> int:
                 rows += compare(ours, llm, q, args.tokens)
             finally:
                 llm.close()
+        chat = chat_check(tmp, args.extra_bufts, args.tokens)
     print(f"{'type':5} {'tokenize':>8} {'equal':>6} {'prefix':>6} {'share':>6}  prompt")
     for r in rows:
         print(f"{r['type']:5} {str(r['tokenization_equal']):>8} {str(r['equal']):>6} {r['agree_prefix']:>6} {r['agree_share']:>6}  {r['prompt']!r}")
-    f32_ok = all(r["equal"] and r["tokenization_equal"] for r in rows if r["type"] == "f32")
+    print(f"chat model (turn tokens, f32): tokenization of the template {chat['tokenization_equal']}, <|end|> is llama.cpp's "
+          f"end-of-turn {chat['end_of_turn']}, greedy tokens equal {chat['equal']} ({chat['tokens']} tokens)")
+    f32_ok = all(r["equal"] and r["tokenization_equal"] for r in rows if r["type"] == "f32") and all(chat.values())
     q8 = float(np.mean([r["agree_share"] for r in rows if r["type"] == "q8_0"]))
     print(f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), {args.run or args.shape}, {args.tokens} greedy tokens per prompt: "
           f"f32 {'EQUAL to' if f32_ok else 'DIFFERS FROM'} gptbench's tokens; q8_0 agrees on {q8:.0%} of tokens "
           f"({'most' if q8 >= 0.5 else 'NOT most'})")
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / ("gguf_check-quick.json" if args.quick else "gguf_check.json"),
-                      {"shape": args.run or args.shape, "tokens": args.tokens, "rows": rows, "f32_equal": f32_ok, "q8_0_share": q8})
+                      {"shape": args.run or args.shape, "tokens": args.tokens, "rows": rows, "f32_equal": f32_ok, "q8_0_share": q8, "chat": chat})
     return 0 if f32_ok and q8 >= 0.5 else 1
 
 
