@@ -158,6 +158,24 @@ def test_modern_recipes_are_refused_with_what_llama_cpp_lacks(tmp_path, capsys, 
     assert not list(tmp_path.glob("*.gguf*"))
 
 
+def test_a_chat_tokenizer_adds_its_turn_tokens_template_and_end_of_turn(tmp_path, capsys):
+    from gptbench.tokenizers.byte import ByteTokenizer
+    from gptbench.tokenizers.chat import CHAT_TEMPLATE, CHAT_TOKENS, ChatTokenizer
+
+    tok = ChatTokenizer(ByteTokenizer())
+    (tmp_path / "tok").mkdir()
+    tok.save(tmp_path / "tok")
+    _, src = weights_file(tmp_path, vocab_size=tok.vocab_size)
+    rc, _, err = cli(capsys, src, tmp_path / "c.gguf", "--to", "gguf", "--tokenizer", str(tmp_path / "tok"))
+    assert rc == 0, err
+    reader, _ = read(tmp_path / "c.gguf")
+    tokens, types = field(reader, "tokenizer.ggml.tokens"), field(reader, "tokenizer.ggml.token_type")
+    assert tokens[256:] == list(CHAT_TOKENS) and set(types[256:]) == {gguf.TokenType.CONTROL}
+    assert set(types[:256]) == {gguf.TokenType.NORMAL}
+    assert field(reader, "tokenizer.chat_template") == CHAT_TEMPLATE
+    assert field(reader, "tokenizer.ggml.eot_token_id") == tok.end_id == 259
+
+
 def test_char_tokenizer_and_bad_dtype_are_refused(tmp_path, capsys, trained_run):
     runs = trained_run.path.parent
     rc = main(["--runs-dir", str(runs), "convert", trained_run.name, str(tmp_path / "c.gguf"), "--to", "gguf"])

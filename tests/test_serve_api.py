@@ -27,7 +27,7 @@ from gptbench.backends.weights import save_weights
 from gptbench.cli import main
 from gptbench.loading import load_model
 from gptbench.runstore import RunStore
-from gptbench.serving.app import ServeState, create_app
+from gptbench.serving.app import ChatFormat, ServeState, create_app
 from gptbench.serving.protocol import Limits
 from gptbench.serving.scheduler import Scheduler
 from gptbench.serving.server import BackgroundServer
@@ -313,24 +313,30 @@ def test_serve_command_refuses_bad_flags_in_one_line(served_runs, capsys):
     assert_one_line(err, "--port")
 
 
-def test_chat_completions_with_a_template_stream_and_whole(loaded):
-    """The chat endpoint over a run's template (a stand-in template here until runs carry one)."""
-    def template(messages):
-        return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
-
-    srv, _ = start(loaded, chat_template=template)
+def test_chat_completions_through_a_chat_format_stop_at_its_end_ids(loaded):
+    """The chat endpoint over a ChatFormat (a stand-in here; tests/test_serve_chat.py serves a real
+    --sft run): its prompt ids, its end-of-turn ids ending the answer, stream and whole alike."""
+    prompt = list(b"user: hi\nassistant:")
+    full = generate(loaded.backend, loaded.tokenizer, prompt, SamplingParams(temperature=0, max_new_tokens=15)).tokens
+    end = full[5]  # the answer's sixth token plays the end-of-turn token
+    fmt = ChatFormat(lambda messages: list("".join(f"{m.role}: {m.content}\n" for m in messages).encode()) + list(b"assistant:"),
+                     (end,))
+    srv, _ = start(loaded, chat=fmt)
     try:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-        msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-        want = alone(loaded, "system: be brief\nuser: hi\nassistant:", max_new_tokens=15)
+        msgs = [{"role": "user", "content": "hi"}]
+        want_ids = full[: full.index(end)]
+        want = generate(loaded.backend, loaded.tokenizer, prompt,
+                        SamplingParams(temperature=0, max_new_tokens=15, stop_token_ids=(end,))).text
+        assert want == loaded.tokenizer.decode(want_ids)
         r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=15, temperature=0, logprobs=True, top_logprobs=2)
-        assert r.choices[0].message.content == want and r.choices[0].message.role == "assistant"
-        assert r.object == "chat.completion" and len(r.choices[0].logprobs.content) == 15
-        assert r.usage.prompt_tokens == len("system: be brief\nuser: hi\nassistant:")
+        assert r.choices[0].message.content == want and r.choices[0].finish_reason == "stop"
+        assert r.object == "chat.completion" and len(r.choices[0].logprobs.content) == len(want_ids) + 1
+        assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(prompt), len(want_ids) + 1)
         chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=15, temperature=0, stream=True,
                                                      stream_options={"include_usage": True}))
         assert chunks[0].choices[0].delta.role == "assistant"
         assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == want
-        assert chunks[-1].usage.completion_tokens == 15 and not chunks[-1].choices
+        assert chunks[-1].usage.completion_tokens == len(want_ids) + 1 and not chunks[-1].choices
     finally:
         srv.stop()

@@ -8,12 +8,15 @@ import sys
 from gptbench.errors import UserError
 
 EPILOG = """\
-endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (runs with a chat
-template; a base run answers 400 and is served through /v1/completions), GET /health.
+endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (runs trained with
+--sft: the run's chat template, answers end at <|end|>; a base run answers 400
+no_chat_template and is served through /v1/completions), GET /health.
 
 examples:
   gptbench serve --run baby                                # http://127.0.0.1:8000
   curl localhost:8000/v1/completions -d '{"model": "baby", "prompt": "ROMEO:", "max_tokens": 32}'
+  gptbench serve --run baby-chat --port 8001              # a chat run: /v1/chat/completions too
+  curl -N localhost:8001/v1/chat/completions -d '{"messages": [{"role": "user", "content": "hi"}], "stream": true}'
   gptbench serve --run baby --host 0.0.0.0 --api-key "$KEY"  # reachable from other machines
 """
 
@@ -56,7 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import_uvicorn()
     from gptbench.loading import load_model
     from gptbench.runstore import RunStore
-    from gptbench.serving.app import ServeState, create_app
+    from gptbench.serving.app import ServeState, chat_format, create_app
     from gptbench.serving.protocol import Limits
     from gptbench.serving.scheduler import Scheduler
 
@@ -72,8 +75,10 @@ def run_serve(args: argparse.Namespace) -> int:
     state = ServeState(
         Scheduler(loaded.backend, loaded.tokenizer, max_batch=args.max_batch, max_queue=args.max_queue), loaded.tokenizer,
         args.run, cfg.block_size, cfg.vocab_size, Limits(args.max_body_bytes, None, args.max_tokens, args.max_n), args.api_key,
+        chat_format(loaded.tokenizer),
     )
-    print(f"serving {loaded.source} ({loaded.backend.describe()}) at {address(sock)}/v1  (Ctrl+C stops)", flush=True)
+    mode = "completions and chat" if state.chat else "completions (a base run: no chat template)"
+    print(f"serving {loaded.source} ({loaded.backend.describe()}) at {address(sock)}/v1  [{mode}]  (Ctrl+C stops)", flush=True)
     rc = serve_foreground(create_app(state), sock)
     print(f"stopped after {state.requests} requests", flush=True)
     return rc

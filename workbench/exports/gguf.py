@@ -129,12 +129,23 @@ class GGUFVocab:
     merges: list[str]
     pre: str
     eot_id: int | None
+    chat_template: str | None = None  # a chat run's (Jinja, Hugging Face's form)
+    end_of_turn_id: int | None = None  # a chat run's <|end|>
 
 
 def gguf_vocab(tok: "Tokenizer", vocab_size: int) -> GGUFVocab:
     """Byte-level spelled tokens by id (padded to the model's vocabulary with unused
     `[PADn]` entries), their types and the BPE merges; refused for what llama.cpp cannot
-    represent."""
+    represent. A chat run's turn tokens are control tokens after its base vocabulary, its
+    template is `tokenizer.chat_template`, and `<|end|>` is the end-of-turn token."""
+    from gptbench.tokenizers.chat import is_chat
+
+    if is_chat(tok):
+        base = gguf_vocab(tok.base, vocab_size)  # type: ignore[attr-defined]
+        tokens, types = list(base.tokens), list(base.types)
+        for text, i in tok.special.items():  # type: ignore[attr-defined]
+            tokens[i], types[i] = text, int(import_gguf().TokenType.CONTROL)
+        return GGUFVocab(tokens, types, base.merges, base.pre, base.eot_id, tok.template, tok.end_id)  # type: ignore[attr-defined]
     gguf = import_gguf()
     from gptbench.tokenizers.bpe import bytes_to_unicode
     from gptbench.tokenizers.hf_files import merges_from_ranks
@@ -214,6 +225,9 @@ def write_gguf(path: Path, config: GPTConfig, tensors: Mapping[str, np.ndarray],
             w.add_bos_token_id(vocab.eot_id)
             w.add_eos_token_id(vocab.eot_id)
         w.add_add_bos_token(False)
+        if vocab.chat_template is not None:
+            w.add_chat_template(vocab.chat_template)
+            w.add_eot_token_id(vocab.end_of_turn_id)
     for tname, arr in gguf_tensors(config, tensors).items():
         ttype = _tensor_type(gguf, tname, arr, qtype)
         data = arr if ttype == gguf.GGMLQuantizationType.F32 else gguf.quants.quantize(arr, ttype)

@@ -22,7 +22,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gptbench.backends.sampling import SamplingParams
-from gptbench.serving.protocol import ApiError, CompletionRequest, Limits, parse_chat, parse_completion
+from gptbench.errors import UserError
+from gptbench.serving.protocol import ApiError, ChatMessage, CompletionRequest, Limits, parse_chat, parse_completion
 from gptbench.serving.responses import (
     Choice, Envelope, chat_choice, completion_choice, stream_choice, usage,
 )
@@ -32,6 +33,30 @@ if TYPE_CHECKING:
     from gptbench.tokenizers.base import Tokenizer
 
 RETRY_AFTER_SECONDS = 1
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """A chat run's template as the server applies it: messages -> prompt ids ending with the
+    assistant's turn (`ChatTokenizer.prompt_ids`, as `gptbench chat` builds them), and the
+    end-of-turn token ids where an answer stops."""
+
+    prompt_ids: Callable[[list[ChatMessage]], list[int]]
+    end_ids: tuple[int, ...]
+
+
+def chat_format(tokenizer: "Tokenizer") -> ChatFormat | None:
+    """The run's chat format, or None for a base run (a tokenizer without turn tokens).
+    OpenAI's `developer` role is the template's `system`."""
+    from gptbench.tokenizers.chat import Message, is_chat
+
+    if not is_chat(tokenizer):
+        return None
+
+    def prompt_ids(messages: list[ChatMessage]) -> list[int]:
+        return tokenizer.prompt_ids([Message("system" if m.role == "developer" else m.role, m.content) for m in messages])
+
+    return ChatFormat(prompt_ids, (tokenizer.end_id,))
 
 
 @dataclass
@@ -45,7 +70,7 @@ class ServeState:
     vocab_size: int
     limits: Limits = field(default_factory=Limits)
     api_key: str | None = None
-    chat_template: Callable[[list], str] | None = None  # the run's chat template, when it has one
+    chat: ChatFormat | None = None  # the run's chat template (chat_format), when it has one
     requests: int = 0  # completions accepted
 
 
@@ -89,6 +114,10 @@ def _prompt_ids(req: CompletionRequest, state: ServeState, prompt: str | list[in
         ids = encode_prompt(state.tokenizer, prompt)
     except Exception as exc:  # a character outside a char vocabulary, an empty prompt without end-of-text
         raise ApiError(400, f"cannot tokenize the prompt: {exc}", "prompt") from None
+    return _check_length(req, state, ids)
+
+
+def _check_length(req: CompletionRequest, state: ServeState, ids: list[int]) -> list[int]:
     cap = state.limits.max_prompt_tokens or state.block_size
     if len(ids) > cap:
         raise ApiError(400, f"the prompt has {len(ids)} tokens; this server takes at most {cap}", "prompt")
@@ -99,14 +128,16 @@ def _prompt_ids(req: CompletionRequest, state: ServeState, prompt: str | list[in
     return ids
 
 
-def _jobs(req: CompletionRequest, prompts: list[list[int]], emit: Callable[[int, Event], None], echo: bool) -> list[Job]:
-    """Choice `p * n + i` is prompt p's i-th sample (OpenAI's order)."""
+def _jobs(req: CompletionRequest, prompts: list[list[int]], emit: Callable[[int, Event], None], echo: bool,
+          end_ids: tuple[int, ...] = ()) -> list[Job]:
+    """Choice `p * n + i` is prompt p's i-th sample (OpenAI's order); `end_ids` end a row as
+    end-of-text does (a chat answer's end of turn)."""
     jobs = []
     for p, ids in enumerate(prompts):
         for i in range(req.n):
             seed = None if req.seed is None else req.seed + i  # n choices from one seed differ, reproducibly
             params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_new_tokens=req.max_tokens,
-                                    stop=req.stop, seed=seed)
+                                    stop=req.stop, seed=seed, stop_token_ids=end_ids)
             k = p * req.n + i
             jobs.append(Job(ids, params, lambda ev, k=k: emit(k, ev), logprobs=req.logprobs,
                             echo_logprobs=echo and req.logprobs is not None))
@@ -118,11 +149,12 @@ async def _wait_disconnect(request: Request) -> None:
         pass
 
 
-async def _generate(request: Request, state: ServeState, req: CompletionRequest, prompts: list[list[int]], kind: str) -> Response:
+async def _generate(request: Request, state: ServeState, req: CompletionRequest, prompts: list[list[int]], kind: str,
+                    end_ids: tuple[int, ...] = ()) -> Response:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
     echo = kind == "text_completion" and req.echo
-    jobs = _jobs(req, prompts, lambda i, ev: loop.call_soon_threadsafe(queue.put_nowait, (i, ev)), echo)
+    jobs = _jobs(req, prompts, lambda i, ev: loop.call_soon_threadsafe(queue.put_nowait, (i, ev)), echo, end_ids)
     if not state.scheduler.submit(jobs):
         raise ApiError(429, "the server is busy (its queue is full); retry shortly", kind="rate_limit_error",
                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
@@ -220,11 +252,15 @@ async def chat_completions(request: Request) -> Response:
     _check_key(request, state)
     messages, req = parse_chat(await _read_json(request, state.limits.max_body_bytes), state.limits)
     _check_model(req, state)
-    if state.chat_template is None:
+    if state.chat is None:
         raise ApiError(400, f"'{state.model}' has no chat template (a base model): use /v1/completions with a prompt, "
-                       "or serve a run that has one", "messages", code="no_chat_template")
-    ids = _prompt_ids(req, state, state.chat_template(messages))
-    return await _generate(request, state, req, [ids], "chat.completion")
+                       "or serve a run trained with --sft", "messages", code="no_chat_template")
+    try:
+        ids = state.chat.prompt_ids(messages)
+    except UserError as exc:  # a character outside a char vocabulary, a broken stored template
+        raise ApiError(400, f"cannot apply the chat template: {exc}", "messages") from None
+    _check_length(req, state, ids)
+    return await _generate(request, state, req, [ids], "chat.completion", state.chat.end_ids)
 
 
 async def health(request: Request) -> Response:
