@@ -93,10 +93,12 @@ def tracked_run(tmp_path_factory):
     items = root / "items.jsonl"
     items.write_text("".join(json.dumps(x) + "\n" for x in ITEMS))
     env = {**_wandb_env(root), "TRACKIO_DIR": str(root / "trackio"), "GPTBENCH_CACHE_DIR": str(root / "cache"), "HF_HUB_OFFLINE": "1"}
+    trainer_env = {k: v for k, v in env.items() if k not in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR")}  # wandb's defaults
+    trainer_env.update(HOME=str(root / "home"), XDG_CACHE_HOME=str(root / "home" / ".cache"))
     out = subprocess.run([sys.executable, "-m", "gptbench", "--runs-dir", str(root / "runs"), "train", "--no-ui", *TRAIN,
                           "--data", str(corpus), "--log-to", "tensorboard,wandb,trackio", "--name", "t",
                           "--eval-task", f"mc:{items}"],
-                         capture_output=True, text=True, env=env, timeout=600)
+                         capture_output=True, text=True, env=trainer_env, timeout=600)
     assert out.returncode == 0, out.stderr
     return root, env
 
@@ -120,7 +122,8 @@ def test_wandb_offline_run_holds_exactly_the_metrics(tracked_run):
     got, config, name, _ = _wandb(run_dir, env)
     assert got == expected
     assert name == "t" and config == json.loads((run_dir / "config.json").read_text())
-    assert not (root / "wandb-dir").exists()  # everything of the run is in the run's folder
+    assert not (root / "wandb-dir").exists()  # everything of the run is in the run's folder,
+    assert not (root / "home" / ".cache" / "wandb").exists() and (run_dir / "wandb" / "cache").is_dir()  # its logs too
 
 
 def test_wandb_is_offline_unless_the_users_settings_say_otherwise(tmp_path, monkeypatch):

@@ -5,7 +5,9 @@ The mode is `offline` unless the user's own W&B settings say otherwise (`WANDB_M
 uploaded later with `wandb sync RUN/wandb/offline-run-*`, and `wandb leet RUN/wandb` shows
 it in the terminal. The W&B run id is kept in `RUN/wandb/gptbench-run-id`, so a resumed run
 continues the same W&B run. Console capture, system metrics, git and code saving are off:
-the mirror holds the metrics, the config and the run name, nothing else.
+the mirror holds the metrics, the config and the run name, nothing else. wandb's own
+debug logs and caches go under `RUN/wandb/cache` unless the user set `WANDB_CACHE_DIR` or
+`WANDB_DATA_DIR`: nothing is written outside the run directory.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class WandbTracker:
         root = Path(root) if root is not None else Path(run_dir)
         self.folder = root / FOLDER
         self.mode = user_mode(wandb)
+        for variable in ("WANDB_CACHE_DIR", "WANDB_DATA_DIR"):  # its own logs and caches: in the run, not ~/.cache
+            os.environ.setdefault(variable, str(self.folder / "cache"))
         settings = wandb.Settings(console="off", silent=True, quiet=True, x_disable_stats=True, x_disable_meta=True,
                                   disable_git=True, save_code=False, x_save_requirements=False)
         with contextlib.redirect_stdout(io.StringIO()):  # its banner would break the progress display
