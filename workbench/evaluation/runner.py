@@ -24,7 +24,8 @@ class EvalOptions:
     shots: int = 0
     seed: int = 1234  # lm-evaluation-harness's default few-shot seed
     limit: int | None = None
-    max_rows: int = 32  # rows (choices) per forward pass
+    max_rows: int = 32  # rows per forward pass (an item's choices share one row where they can)
+    share_context: bool = True  # pack an item's choices after one context where the backend can
 
 
 def token_budget(vocab_size: int, block_size: int) -> int:
@@ -79,7 +80,8 @@ def evaluate(model, tokenizer, task: Task | Prepared, options: EvalOptions = Eva
         except UserError as exc:
             raise UserError(f"task {task.name}: {exc}") from None
     flat = [r for reqs in prepared.requests for r in reqs]
-    scored = score_requests(model.token_logprobs, flat, block, max_rows=options.max_rows, max_tokens=budget)
+    share = options.share_context and getattr(model, "shares_context", False)
+    scored = score_requests(model.token_logprobs, flat, block, max_rows=options.max_rows, max_tokens=budget, share=share)
     items, k = [], 0
     for i, (item, reqs) in enumerate(zip(task.items, prepared.requests)):
         got = scored[k: k + len(reqs)]
