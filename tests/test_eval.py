@@ -261,3 +261,21 @@ def test_core_centres_each_task_on_chance():
     assert four.acc == 0.5 and four.centered == pytest.approx((0.5 - 0.25) / 0.75)
     assert two.centered == 1.0
     assert core_score([four, two, TaskResult("t", "bpb", 10, bpb=1.0)]) == pytest.approx(((0.5 - 0.25) / 0.75 + 1.0) / 2)
+
+
+def test_a_hub_task_offline_is_one_line_naming_the_pinned_dataset(tmp_path, monkeypatch):
+    """Offline with nothing cached: the dataset, its pinned revision and the way out, in one line."""
+    import datasets
+
+    from gptbench.errors import UserError
+    from gptbench.evaluation.hub import HUB_TASKS, load_hub_items
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError) as err:
+        load_hub_items("arc_easy")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "allenai/ai2_arc (ARC-Easy) at revision 210d026" in message and "mc:FILE.jsonl" in message
+    assert all(len(t.revision) == 40 for t in HUB_TASKS.values())  # every dataset pinned to a commit
