@@ -136,6 +136,9 @@ class TrainingBackend(ABC):
         Distributed: collective; rank 0's tensors are installed on every rank (the other
         ranks pass an empty dict)."""
 
+    # True where `token_logprobs` scores packed rows (a context shared by its continuations)
+    shares_context: bool = False
+
     @abstractmethod
     def forward_logits(self, idx: np.ndarray) -> np.ndarray:
         """Logits of every position, in eval mode (no dropout), without a cache.
@@ -143,14 +146,23 @@ class TrainingBackend(ABC):
         Args: `idx` int [B, T] with T <= block_size. Returns: float32 numpy [B, T, V].
         Distributed: collective under FSDP."""
 
-    def token_logprobs(self, idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    def token_logprobs(self, idx: np.ndarray, targets: np.ndarray, positions: np.ndarray | None = None,
+                       segments: np.ndarray | None = None) -> np.ndarray:
         """log p(targets[b, t] | idx[b, :t + 1]) at every position, in eval mode, without a
         cache: what log-likelihood scoring (`gptbench.evaluation`) reads, computed where the
         logits are so [B, T, V] never crosses to numpy. A row may be right-padded: causal
         attention keeps padding from changing the positions before it.
 
-        Args: `idx`, `targets` int [B, T], T <= block_size; a target of -1 gives 0.
-        Returns: float32 numpy [B, T]. This default goes through `forward_logits`."""
+        Packed rows (only where `shares_context`): `positions` int [B, T] gives each token's
+        position (each below block_size; T itself may exceed it) and `segments` int [B, T]
+        what it attends to: the tokens before it in segment 0 or in its own segment. One
+        context (segment 0) then serves several continuations (segments 1, 2, ...) in one row.
+
+        Args: `idx`, `targets` int [B, T], T <= block_size unless packed; a target of -1
+        gives 0. Returns: float32 numpy [B, T]. This default goes through `forward_logits`
+        and does not pack."""
+        if segments is not None:
+            raise NotImplementedError(f"{type(self).__name__} does not score packed rows (shares_context is False)")
         logits = self.forward_logits(idx).astype(np.float64)
         top = logits.max(axis=-1, keepdims=True)
         logp = logits - (top + np.log(np.exp(logits - top).sum(axis=-1, keepdims=True)))

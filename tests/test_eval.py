@@ -60,12 +60,12 @@ def make_task(items=ITEMS, name="mc:test"):
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])
-@pytest.mark.parametrize("max_rows", [1, 3, 32])
-def test_logliks_match_a_float64_reference(models, backend, max_rows):
+@pytest.mark.parametrize("max_rows, share", [(1, True), (3, True), (32, True), (32, False)])
+def test_logliks_match_a_float64_reference(models, backend, max_rows, share):
     from gptbench.evaluation.runner import EvalOptions, evaluate
 
     bes, weights, cfg, tok = models
-    result = evaluate(bes[backend], tok, make_task(), EvalOptions(max_rows=max_rows))
+    result = evaluate(bes[backend], tok, make_task(), EvalOptions(max_rows=max_rows, share_context=share))
     truncated = 0
     for item, score in zip(ITEMS, result.items):
         refs = [reference_loglik(cfg, weights, tok, item["context"], c) for c in item["choices"]]
@@ -77,6 +77,46 @@ def test_logliks_match_a_float64_reference(models, backend, max_rows):
     norm = [int(np.argmax(np.array(s.logliks) / [len(c) for c in it["choices"]])) for s, it in zip(result.items, ITEMS)]
     assert result.acc == ref_acc
     assert result.acc_norm == np.mean([p == it["answer"] for p, it in zip(norm, ITEMS)])
+
+
+def test_an_items_choices_share_one_row_after_its_context(models):
+    """The plan: one packed row per untruncated item (the context once), a plain row per
+    choice of the item that needs a cut; packing off, one row per choice."""
+    from gptbench.evaluation.runner import encode_task
+    from gptbench.evaluation.scoring import plan_rows
+
+    _, _, cfg, tok = models
+    requests = [r for reqs in encode_task(make_task(), tok, 0, 0, cfg.block_size) for r in reqs]
+    shared = plan_rows(requests, cfg.block_size, share=True)
+    assert [len(r.spans) for r in shared] == [1, 1, 3, 2, 2]  # item 4 is cut: its choices alone
+    assert sorted(i for r in shared for i, _, _ in r.spans) == list(range(len(requests)))
+    unshared = plan_rows(requests, cfg.block_size, share=False)
+    assert len(unshared) == len(requests)
+    assert sum(len(r.tokens) for r in shared) < sum(len(r.tokens) for r in unshared)
+    ctx = requests[0].context  # "the cat sat on the": its tokens appear once in the packed row
+    row = next(r for r in shared if len(r.spans) == 3)
+    assert row.tokens[: len(ctx) - 1] == ctx[:-1] and row.tokens.count(ctx[-1]) >= 3
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_packed_rows_equal_unshared_rows(backend, pos):
+    """Several continuations after one context in one row give each continuation the
+    log-probabilities of its own unshared row (learned and rotary positions)."""
+    from gptbench.backends.registry import create_backend
+    from gptbench.evaluation.scoring import Request, score_requests
+
+    cfg = tiny_model_config(block_size=24, pos=pos)
+    be = create_backend(cfg, backend, device="cpu", seed=5)
+    rng = np.random.default_rng(1)
+    requests = []
+    for n_ctx in (1, 7, 15):  # a one-token context (end-of-text) too
+        ctx = tuple(int(t) for t in rng.integers(0, cfg.vocab_size, n_ctx))
+        requests += [Request(ctx, tuple(int(t) for t in rng.integers(0, cfg.vocab_size, n))) for n in (1, 4, 9, 11)]
+    shared = score_requests(be.token_logprobs, requests, cfg.block_size, share=True, max_rows=2)
+    unshared = score_requests(be.token_logprobs, requests, cfg.block_size, share=False)
+    np.testing.assert_allclose([s.loglik for s in shared], [s.loglik for s in unshared], rtol=0, atol=1e-4)
+    assert [s.truncated for s in shared] == [s.truncated for s in unshared]
 
 
 def test_token_logprobs_default_equals_the_backends(models):
@@ -221,3 +261,21 @@ def test_core_centres_each_task_on_chance():
     assert four.acc == 0.5 and four.centered == pytest.approx((0.5 - 0.25) / 0.75)
     assert two.centered == 1.0
     assert core_score([four, two, TaskResult("t", "bpb", 10, bpb=1.0)]) == pytest.approx(((0.5 - 0.25) / 0.75 + 1.0) / 2)
+
+
+def test_a_hub_task_offline_is_one_line_naming_the_pinned_dataset(tmp_path, monkeypatch):
+    """Offline with nothing cached: the dataset, its pinned revision and the way out, in one line."""
+    import datasets
+
+    from gptbench.errors import UserError
+    from gptbench.evaluation.hub import HUB_TASKS, load_hub_items
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError) as err:
+        load_hub_items("arc_easy")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "allenai/ai2_arc (ARC-Easy) at revision 210d026" in message and "mc:FILE.jsonl" in message
+    assert all(len(t.revision) == 40 for t in HUB_TASKS.values())  # every dataset pinned to a commit

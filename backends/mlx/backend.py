@@ -57,6 +57,7 @@ def check_dtype(dtype: str) -> str:
 
 class MLXBackend(Backend):
     name = "mlx"
+    shares_context = True
     # The training step (every micro-batch's forward and backward, clipping and the AdamW
     # update) compiles into one function, traced once per run: MLX documents the fusion
     # gains on its GPU, and on a CPU it measured within noise of eager.
@@ -150,9 +151,10 @@ class MLXBackend(Backend):
             logits = self.model(mx.array(np.asarray(idx, dtype=np.int32)))
             return np.array(logits.astype(mx.float32))
 
-    def token_logprobs(self, idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    def token_logprobs(self, idx: np.ndarray, targets: np.ndarray, positions: np.ndarray | None = None,
+                       segments: np.ndarray | None = None) -> np.ndarray:
         with mx.stream(self._device):
-            return target_logprobs(self.model, mx.array(np.asarray(idx, dtype=np.int32)), targets)
+            return target_logprobs(self.model, mx.array(np.asarray(idx, dtype=np.int32)), targets, positions, segments)
 
     # ---- training -------------------------------------------------------------------
     def setup_optimizer(self, optim: OptimConfig) -> None:

@@ -141,6 +141,16 @@ def padding_mask(start: int, T: int, pad: mx.array) -> mx.array:
     return allowed[:, None]
 
 
+def segment_mask(segments: mx.array) -> mx.array:
+    """[B, 1, T, T] boolean attention mask of packed rows (`segments` [B, T]): causal, and a
+    token sees the shared segment 0 and its own segment only (so several continuations
+    after one context each see the context and themselves, never each other)."""
+    T = segments.shape[1]
+    causal = mx.tril(mx.ones((T, T), dtype=mx.bool_))
+    keys, queries = segments[:, None, :], segments[:, :, None]
+    return (causal[None] & ((keys == 0) | (keys == queries)))[:, None]
+
+
 def dropout(x: mx.array, p: float, key: mx.array | None) -> mx.array:
     """Inverted dropout with an explicit key; identity when `key` is None (eval) or p == 0."""
     if key is None or p == 0.0:
@@ -291,9 +301,11 @@ class GPT(nn.Module):
         self.update(tree_unflatten(new))
 
     def __call__(self, idx: mx.array, cache: ModelCache | None = None, last_only: bool = False, key: mx.array | None = None,
-                 keep: mx.array | None = None) -> mx.array:
+                 keep: mx.array | None = None, packed: tuple[mx.array, mx.array] | None = None) -> mx.array:
         """Logits [B, T, V] (or [B, 1, V] with `last_only`; [N, V] at the flat positions
-        b * T + t in `keep`, so the head runs only where asked). A `key` turns dropout on."""
+        b * T + t in `keep`, so the head runs only where asked). `packed` = (positions [B, T],
+        segments [B, T]) of packed rows (`segment_mask`), without a cache. A `key` turns
+        dropout on."""
         B, T = idx.shape
         start = cache.offset if cache is not None else 0
         pad = cache.pad if cache is not None else None
@@ -302,6 +314,8 @@ class GPT(nn.Module):
         if pad is not None:  # positions restart at 0 after each row's padding
             pos = mx.maximum(pos[None, :] - pad[:, None], 0)
             mask = padding_mask(start, T, pad)
+        elif packed is not None:
+            pos, mask = packed[0], segment_mask(packed[1])
         keys = mx.random.split(key, self.config.n_layer + 1) if key is not None and self.config.dropout > 0 else None
         x, rope = self.wte(idx), None
         if self.config.pos == "rope":  # [T] or [B, T] positions -> [1 or B, 1, T, D/2]
@@ -339,11 +353,16 @@ def cross_entropy(logits: mx.array, targets: mx.array) -> mx.array:
     return losses.sum() / mx.maximum(valid.sum(), 1).astype(mx.float32)
 
 
-def target_logprobs(model: GPT, idx: mx.array, targets: np.ndarray) -> np.ndarray:
+def target_logprobs(model: GPT, idx: mx.array, targets: np.ndarray, positions: np.ndarray | None = None,
+                    segments: np.ndarray | None = None) -> np.ndarray:
     """log p(target) at every position, float32 numpy [B, T], 0 where a target is -1; the
-    head and the log-sum-exp (float32) run only at the positions with a target."""
+    head and the log-sum-exp (float32) run only at the positions with a target. With
+    `positions` and `segments` the rows are packed (see `GPT.__call__`)."""
     flat = np.flatnonzero(np.asarray(targets) >= 0)
-    logits = model(idx, keep=mx.array(flat.astype(np.int32))).astype(mx.float32)
+    packed = None
+    if segments is not None:
+        packed = tuple(mx.array(np.asarray(a, dtype=np.int32)) for a in (positions, segments))
+    logits = model(idx, keep=mx.array(flat.astype(np.int32)), packed=packed).astype(mx.float32)
     t = mx.array(np.asarray(targets, dtype=np.int32).reshape(-1)[flat])
     picked = mx.take_along_axis(logits, t[:, None], axis=-1)[:, 0] - mx.logsumexp(logits, axis=-1)
     out = np.zeros(np.shape(targets), dtype=np.float32)

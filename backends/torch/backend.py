@@ -62,6 +62,7 @@ def precision(dtype: str, device: str) -> tuple[Callable[[], Any], torch.amp.Gra
 
 class TorchBackend(Backend):
     name = "torch"
+    shares_context = True
 
     @classmethod
     def connect(cls, parallel: Parallel, device: str = "auto") -> Collectives:
@@ -112,8 +113,7 @@ class TorchBackend(Backend):
     def available_memory(cls, device: str, processes: int = 1) -> int | None:
         resolved = ranks.resolve_device(device)
         if resolved.startswith("cuda"):  # each rank has a GPU of its own (the current one)
-            free, _ = torch.cuda.mem_get_info(torch.device(resolved))
-            return int(free)
+            return int(torch.cuda.mem_get_info(torch.device(resolved))[0])
         return super().available_memory(resolved, processes)
 
     def cpu_threads(self) -> int | None:
@@ -187,14 +187,14 @@ class TorchBackend(Backend):
         self.model.eval()
         x = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.device)
         with self._autocast():
-            logits = self.model(x)
-        return logits.float().cpu().numpy()
+            return self.model(x).float().cpu().numpy()
 
     @torch.no_grad()
-    def token_logprobs(self, idx: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    def token_logprobs(self, idx: np.ndarray, targets: np.ndarray, positions: np.ndarray | None = None,
+                       segments: np.ndarray | None = None) -> np.ndarray:
         self.model.eval()
         with self._autocast():
-            return target_logprobs(self.model, self._to_device(idx), targets)
+            return target_logprobs(self.model, self._to_device(idx), targets, positions, segments)
 
     # ---- training -------------------------------------------------------------------
     def setup_optimizer(self, optim: OptimConfig) -> None:

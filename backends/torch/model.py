@@ -106,6 +106,16 @@ def padding_mask(start: int, T: int, pad: torch.Tensor) -> torch.Tensor:
     return allowed[:, None]
 
 
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, T] boolean attention mask of packed rows (`segments` [B, T]): causal, and a
+    token sees the shared segment 0 and its own segment only (so several continuations
+    after one context each see the context and themselves, never each other)."""
+    T = segments.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    keys, queries = segments[:, None, :], segments[:, :, None]
+    return (causal[None] & ((keys == 0) | (keys == queries)))[:, None]
+
+
 def _norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
         return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
@@ -241,9 +251,11 @@ class GPT(nn.Module):
                     p.fill_(1.0)
 
     def forward(self, idx: torch.Tensor, cache: ModelCache | None = None, last_only: bool = False,
-                keep: torch.Tensor | None = None) -> torch.Tensor:
+                keep: torch.Tensor | None = None, packed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits [B, T, V] (or [B, 1, V] with `last_only`; [N, V] at the flat positions
-        b * T + t in `keep`, so the head runs only where asked). Dropout follows `self.training`."""
+        b * T + t in `keep`, so the head runs only where asked). `packed` = (positions [B, T],
+        segments [B, T]) of packed rows (`segment_mask`), without a cache. Dropout follows
+        `self.training`."""
         B, T = idx.shape
         start = cache.offset if cache is not None else 0
         pad = cache.pad if cache is not None else None
@@ -252,6 +264,8 @@ class GPT(nn.Module):
         if pad is not None:  # positions restart at 0 after each row's padding
             pos = (pos[None, :] - pad[:, None]).clamp(min=0)
             mask = padding_mask(start, T, pad)
+        elif packed is not None:
+            pos, mask = packed[0], segment_mask(packed[1])
         x, rope = self.wte(idx), None
         if self.config.pos == "rope":  # [T] or [B, T] positions -> [1 or B, 1, T, D/2]
             rope = (self._rope_cos[pos].view(-1, 1, T, self._rope_cos.shape[1]),
@@ -282,11 +296,16 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-1)
 
 
-def target_logprobs(model: GPT, idx: torch.Tensor, targets: np.ndarray) -> np.ndarray:
+def target_logprobs(model: GPT, idx: torch.Tensor, targets: np.ndarray, positions: np.ndarray | None = None,
+                    segments: np.ndarray | None = None) -> np.ndarray:
     """log p(target) at every position, float32 numpy [B, T], 0 where a target is -1; the
-    head and the log-sum-exp (float32) run only at the positions with a target."""
+    head and the log-sum-exp (float32) run only at the positions with a target. With
+    `positions` and `segments` the rows are packed (see `GPT.forward`)."""
     flat = np.flatnonzero(np.asarray(targets) >= 0)
-    logits = model(idx, keep=torch.as_tensor(flat, device=idx.device)).float()
+    packed = None
+    if segments is not None:
+        packed = tuple(torch.as_tensor(np.asarray(a, dtype=np.int64), device=idx.device) for a in (positions, segments))
+    logits = model(idx, keep=torch.as_tensor(flat, device=idx.device), packed=packed).float()
     t = torch.as_tensor(np.asarray(targets, dtype=np.int64).reshape(-1)[flat], device=idx.device)
     picked = logits.gather(-1, t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
     out = np.zeros(np.shape(targets), dtype=np.float32)

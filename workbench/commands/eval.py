@@ -3,6 +3,7 @@
     gptbench eval --run baby --task bpb:text.txt
     gptbench eval --run gpt2-ft --task hellaswag --task arc_easy --limit 500
     gptbench eval --model out-hf --task mc:items.jsonl --json
+    gptbench eval --run chat-ft --task gen:qa.jsonl             # a chat run's answers, exact match
 
 Tasks are read and checked before the model loads, so a bad task costs nothing. A run's
 scores are recorded in it (`runstore.evals`), one record per task and checkpoint.
@@ -31,13 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (torch) | gpu (mlx)")
     t = p.add_argument_group("tasks")
     t.add_argument("--task", action="append", default=[], metavar="TASK",
-                   help="mc:FILE.jsonl, bpb:FILE, hellaswag, arc_easy, arc_challenge, piqa, winogrande, mmlu (repeatable)")
+                   help="mc:FILE.jsonl, bpb:FILE, gen:FILE.jsonl (chat runs), hellaswag, arc_easy, arc_challenge, piqa, "
+                        "winogrande, mmlu (repeatable)")
     t.add_argument("--limit", type=int, default=None, help="score only the first N items of each task")
     t.add_argument("--shots", type=int, default=0, help="solved examples before each item (default 0)")
     t.add_argument("--seed", type=int, default=1234, help="seed of the few-shot draw (default 1234)")
-    t.add_argument("--batch-size", type=int, default=32, help="rows (choices) per forward pass (default 32)")
+    t.add_argument("--batch-size", type=int, default=32, help="rows per forward pass (an item's choices share a row; default 32)")
+    t.add_argument("--max-new-tokens", type=int, default=64, help="gen: tasks: the longest answer, in tokens (default 64)")
     o = p.add_argument_group("output")
-    o.add_argument("--json", action="store_true", help="print one JSON object: acc, acc_norm, n (bpb for texts) per task")
+    o.add_argument("--json", action="store_true", help="print one JSON object: acc, acc_norm, n per task (bpb for texts; for gen: acc is exact match)")
     o.add_argument("--per-item", metavar="FILE", help="write every item's log-likelihoods as JSONL")
     o.add_argument("--no-record", dest="record", action="store_false", help="with --run: do not record the scores in the run")
     p.set_defaults(func=run_eval)
@@ -49,7 +52,7 @@ def check_args(args: argparse.Namespace) -> None:
     if (args.run is None) == (args.model is None):
         raise UserError("give exactly one of --run NAME or --model SOURCE")
     if not args.task:
-        raise UserError("name at least one --task (mc:FILE.jsonl, bpb:FILE, hellaswag, ...)")
+        raise UserError("name at least one --task (mc:FILE.jsonl, bpb:FILE, gen:FILE.jsonl, hellaswag, ...)")
     for task in args.task:
         check_task_name(task)
     if args.limit is not None and args.limit < 1:
@@ -58,6 +61,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--shots must be >= 0, got {args.shots}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.per_item and not Path(args.per_item).expanduser().resolve().parent.is_dir():
         raise UserError(f"--per-item {args.per_item}: its folder does not exist; create it or choose another path")
 
@@ -78,7 +83,8 @@ def run_eval(args: argparse.Namespace) -> int:
         loaded = load_source(store, args.model, tokenizer=args.tokenizer, backend=args.backend, device=args.device)
     if loaded.notice:
         print(f"gptbench: warning: {loaded.notice}", file=sys.stderr, flush=True)
-    options = EvalOptions(shots=args.shots, seed=args.seed, limit=args.limit, max_rows=args.batch_size)
+    options = EvalOptions(shots=args.shots, seed=args.seed, limit=args.limit, max_rows=args.batch_size,
+                          max_new_tokens=args.max_new_tokens)
     prepared = [prepare(loaded.backend, loaded.tokenizer, task, options) for task in tasks]  # every item encodes
     results = []
     for p in prepared:
@@ -115,6 +121,8 @@ def format_table(results: list) -> str:
     core = core_score(results)
     if core is not None:
         lines.append(f"CORE (centred acc, mean over {', '.join(core_tasks(results))}): {core:.4f}")
+    if any(r.kind == "gen" for r in results):
+        lines.append("gen: tasks: acc is the exact-match rate of greedy answers")
     return "\n".join(lines)
 
 

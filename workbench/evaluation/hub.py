@@ -9,10 +9,13 @@ harness shapes them (prompt, choices, target delimiter " "), so scores are compa
 | winogrande | allenai/winogrande (winogrande_xl) | validation | the sentence up to "_" with each option; the rest is the continuation |
 | mmlu | cais/mmlu (all) | test | the question, lettered choices, "Answer:"; choices " A".." D" |
 
-Names, configs and splits are pinned here (`HUB_TASKS`); `REVISION` pins the dataset
-revision when set (None: the hub's default branch). Each converter takes plain rows
-(dicts), so it is tested on a local JSON file shaped like the hub dataset. Offline, or
-without `datasets`, loading fails in one line naming what is missing.
+Names, configs, splits and dataset revisions (commits of the hub's dataset repositories)
+are pinned here (`HUB_TASKS`), so a score names exactly the items it was computed on. The
+revisions are the ones lm-evaluation-harness users pin for these datasets (Rowan/hellaswag
+218ec52, allenai/ai2_arc 210d026, baber/piqa 142f6d7, allenai/winogrande 01e7417, cais/mmlu
+c30699e). Each converter takes plain rows (dicts), so it is tested on a local JSON file
+shaped like the hub dataset. Offline, or without `datasets`, loading fails in one line
+naming what is missing.
 """
 
 from __future__ import annotations
@@ -73,18 +76,23 @@ class HubTask:
     path: str
     config: str | None
     split: str
+    revision: str  # the dataset repository's commit
     convert: Callable[[dict[str, Any]], Item]
 
+    def describe(self) -> str:
+        config = f" ({self.config})" if self.config else ""
+        return f"{self.path}{config} at revision {self.revision[:7]}, split {self.split}"
 
+
+ARC_REVISION = "210d026faf9955653af8916fad021475a3f00453"
 HUB_TASKS: dict[str, HubTask] = {
-    "hellaswag": HubTask("Rowan/hellaswag", None, "validation", hellaswag_item),
-    "arc_easy": HubTask("allenai/ai2_arc", "ARC-Easy", "test", arc_item),
-    "arc_challenge": HubTask("allenai/ai2_arc", "ARC-Challenge", "test", arc_item),
-    "piqa": HubTask("baber/piqa", None, "validation", piqa_item),
-    "winogrande": HubTask("allenai/winogrande", "winogrande_xl", "validation", winogrande_item),
-    "mmlu": HubTask("cais/mmlu", "all", "test", mmlu_item),
+    "hellaswag": HubTask("Rowan/hellaswag", None, "validation", "218ec52e09a7e7462a5400043bb9a69a41d06b76", hellaswag_item),
+    "arc_easy": HubTask("allenai/ai2_arc", "ARC-Easy", "test", ARC_REVISION, arc_item),
+    "arc_challenge": HubTask("allenai/ai2_arc", "ARC-Challenge", "test", ARC_REVISION, arc_item),
+    "piqa": HubTask("baber/piqa", None, "validation", "142f6d7367fd9877f0fb3b5734ea6a545f54cdd1", piqa_item),
+    "winogrande": HubTask("allenai/winogrande", "winogrande_xl", "validation", "01e74176c63542e6b0bcb004dcdea22d94fb67b5", winogrande_item),
+    "mmlu": HubTask("cais/mmlu", "all", "test", "c30699e8356da336a370243923dbaf21066bb9fe", mmlu_item),
 }
-REVISION: str | None = None
 
 
 def convert_rows(name: str, rows: Iterable[dict[str, Any]]) -> tuple[Item, ...]:
@@ -119,7 +127,7 @@ def load_hub_items(name: str, data_files: str | None = None) -> tuple[Item, ...]
     except ImportError:
         raise UserError(f'task {name} needs the `datasets` package; pip install "gptbench[data]"') from None
     datasets.disable_progress_bars()
-    where = f"{spec.path}" + (f" ({spec.config})" if spec.config else "") + f", split {spec.split}"
+    where = spec.describe()
     unreachable = None if data_files is not None else _hub_reachable()
     if unreachable:
         raise UserError(f"task {name} needs the dataset {where} ({unreachable}), or use a local mc:FILE.jsonl task")
@@ -127,7 +135,7 @@ def load_hub_items(name: str, data_files: str | None = None) -> tuple[Item, ...]
         if data_files is not None:
             ds = datasets.load_dataset("json", data_files=data_files, split="train")
         else:
-            ds = datasets.load_dataset(spec.path, spec.config, split=spec.split, revision=REVISION)
+            ds = datasets.load_dataset(spec.path, spec.config, split=spec.split, revision=spec.revision)
     except Exception as exc:  # noqa: BLE001 - offline, missing and gated datasets raise many kinds
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"task {name} needs the dataset {where}, which could not be loaded ({reason}); "

@@ -1,4 +1,5 @@
-"""Multiple-choice items and tasks: the local JSONL format, its checks, and few-shot contexts.
+"""Task items (multiple choice, and the generative items of chat runs) and tasks: the local
+multiple-choice JSONL format, its checks, and few-shot contexts.
 
 One item a line: `{"context": str, "choices": [str, ...], "answer": int}`. Each choice is
 a continuation scored as given (a leading space included), after its context. An item may
@@ -6,18 +7,20 @@ instead carry one context per choice (Winogrande's partial scoring: the choices 
 the context and share the continuation); `Item` holds both shapes as (context,
 continuation) pairs. Few-shot examples are other items of the same task, drawn with a seed
 per item, each written as its context plus its right continuation and joined by a blank
-line, as lm-evaluation-harness writes them (`fewshot_delimiter` "\\n\\n").
+line, as lm-evaluation-harness writes them (`fewshot_delimiter` "\\n\\n"). Generative items
+(`GenItem`, read and scored by `generative`) are a conversation and its accepted answers.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from gptbench.errors import UserError
+from gptbench.tokenizers.chat import Message
 
 FEWSHOT_DELIMITER = "\n\n"
 
@@ -54,22 +57,34 @@ class Item:
 
 
 @dataclass(frozen=True)
-class Task:
-    """What one `--task` names: multiple-choice items, or a text for bits per byte."""
+class GenItem:
+    """One generative question for a chat run: the conversation so far (ending with a user
+    turn) and the answers that count as right."""
 
-    name: str  # as the user named it: "hellaswag", "mc:items.jsonl", "bpb:text.txt"
-    kind: str  # "mc" | "bpb"
+    messages: tuple[Message, ...]
+    answers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one `--task` names: multiple-choice items, a text for bits per byte, or
+    generative items for a chat run."""
+
+    name: str  # as the user named it: "hellaswag", "mc:items.jsonl", "bpb:text.txt", "gen:qa.jsonl"
+    kind: str  # "mc" | "bpb" | "gen"
     items: tuple[Item, ...] = ()
     text: str = ""
     description: str = ""  # prepended to every context (MMLU's subject line)
     fewshot_pool: tuple[Item, ...] = ()  # where few-shot examples come from (default: items)
+    gen_items: tuple[GenItem, ...] = ()
+    gen_pool: tuple[GenItem, ...] = ()  # few-shot examples of a generative task (default: gen_items)
 
     def limited(self, limit: int | None) -> "Task":
         """The first `limit` items (few-shot examples still come from the whole task)."""
-        if limit is None or self.kind != "mc":
+        if limit is None or self.kind == "bpb":
             return self
-        pool = self.fewshot_pool or self.items
-        return Task(self.name, self.kind, self.items[:limit], self.text, self.description, pool)
+        return replace(self, items=self.items[:limit], fewshot_pool=self.fewshot_pool or self.items,
+                       gen_items=self.gen_items[:limit], gen_pool=self.gen_pool or self.gen_items)
 
     def prompts(self, shots: int, seed: int) -> list[Item]:
         """Every item with its description and `shots` solved examples before each context;

@@ -46,15 +46,15 @@ class TaskResult:
     """One task's scores on one model."""
 
     task: str
-    kind: str  # "mc" | "bpb"
+    kind: str  # "mc" | "bpb" | "gen"
     n: int  # items (or, for text, tokens scored)
-    acc: float | None = None
+    acc: float | None = None  # for "gen": the exact-match rate
     acc_norm: float | None = None
     chance: float | None = None  # mean 1/choices
     truncated: int = 0  # items (windows) whose context was cut
     shots: int = 0
     bpb: float | None = None
-    items: tuple[ItemScore, ...] = field(default=(), repr=False)
+    items: tuple[Any, ...] = field(default=(), repr=False)  # ItemScore (mc) or generative.GenScore (gen)
 
     @classmethod
     def from_items(cls, task: str, items: Sequence[ItemScore], shots: int) -> "TaskResult":
@@ -72,10 +72,13 @@ class TaskResult:
         return (self.acc - self.chance) / (1 - self.chance)
 
     def to_dict(self) -> dict[str, Any]:
-        """What `--json` prints and the run records: acc, acc_norm and n (and bpb for text)."""
+        """What `--json` prints and the run records: acc, acc_norm and n (bpb for text; acc,
+        the exact-match rate, for a generative task)."""
         out: dict[str, Any] = {"kind": self.kind, "n": self.n, "truncated": self.truncated}
         if self.kind == "mc":
             out.update(acc=self.acc, acc_norm=self.acc_norm, centered=self.centered, shots=self.shots)
+        elif self.kind == "gen":
+            out.update(acc=self.acc, shots=self.shots)
         else:
             out.update(bpb=self.bpb)
         return out

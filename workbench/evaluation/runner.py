@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from gptbench.errors import UserError
 from gptbench.evaluation.bpb import text_bpb
+from gptbench.evaluation.generative import encode_gen, score_gen
 from gptbench.evaluation.items import Task
 from gptbench.evaluation.results import ItemScore, TaskResult
 from gptbench.evaluation.scoring import Request, encode_pair, score_requests
@@ -24,7 +25,9 @@ class EvalOptions:
     shots: int = 0
     seed: int = 1234  # lm-evaluation-harness's default few-shot seed
     limit: int | None = None
-    max_rows: int = 32  # rows (choices) per forward pass
+    max_rows: int = 32  # rows per forward pass (an item's choices share one row where they can)
+    share_context: bool = True  # pack an item's choices after one context where the backend can
+    max_new_tokens: int = 64  # the longest answer of a generative task
 
 
 def token_budget(vocab_size: int, block_size: int) -> int:
@@ -56,6 +59,7 @@ class Prepared:
 
     task: Task
     requests: tuple[tuple[Request, ...], ...] = ()
+    prompts: tuple[tuple[int, ...], ...] = ()  # a generative task's prompt ids
 
 
 def prepare(model, tokenizer, task: Task, options: EvalOptions = EvalOptions()) -> Prepared:
@@ -63,12 +67,15 @@ def prepare(model, tokenizer, task: Task, options: EvalOptions = EvalOptions()) 
     task = task.limited(options.limit)
     if task.kind == "bpb":
         return Prepared(task)
+    if task.kind == "gen":
+        return Prepared(task, prompts=encode_gen(task, tokenizer, options.shots, options.seed))
     per_item = encode_task(task, tokenizer, options.shots, options.seed, model.config.block_size)
     return Prepared(task, tuple(tuple(reqs) for reqs in per_item))
 
 
 def evaluate(model, tokenizer, task: Task | Prepared, options: EvalOptions = EvalOptions()) -> TaskResult:
-    """`task` scored on `model` (a backend): acc/acc_norm per item, or bits per byte."""
+    """`task` scored on `model` (a backend): acc/acc_norm per item, bits per byte, or
+    (a generative task) the exact-match rate of greedy answers."""
     prepared = task if isinstance(task, Prepared) else prepare(model, tokenizer, task, options)
     task = prepared.task
     block = model.config.block_size
@@ -78,8 +85,11 @@ def evaluate(model, tokenizer, task: Task | Prepared, options: EvalOptions = Eva
             return text_bpb(model.token_logprobs, tokenizer, task.text, block, task.name, budget)
         except UserError as exc:
             raise UserError(f"task {task.name}: {exc}") from None
+    if task.kind == "gen":
+        return score_gen(model, tokenizer, task, prepared.prompts, options.shots, options.max_new_tokens, options.max_rows)
     flat = [r for reqs in prepared.requests for r in reqs]
-    scored = score_requests(model.token_logprobs, flat, block, max_rows=options.max_rows, max_tokens=budget)
+    share = options.share_context and getattr(model, "shares_context", False)
+    scored = score_requests(model.token_logprobs, flat, block, max_rows=options.max_rows, max_tokens=budget, share=share)
     items, k = [], 0
     for i, (item, reqs) in enumerate(zip(task.items, prepared.requests)):
         got = scored[k: k + len(reqs)]

@@ -12,6 +12,15 @@ Rows are scored longest first, several per forward pass, right-padded: causal at
 keeps padding from changing the positions before it, and padded targets are -1, so no mask
 is needed. A batch holds at most `max_rows` rows and `max_tokens` padded tokens (the bound
 on the memory of its logits).
+
+Sharing the context (`share`, where the backend's `shares_context`): the requests that have
+the same context tokens (an item's choices) and need no cut are packed into one row, the
+context once and then each continuation as its own segment. Segment k is the context's last
+token followed by continuation k without its last token, at the positions it has in the
+unshared row, attending to the context and to itself only (`token_logprobs`' `segments`):
+every log-probability is the one the unshared row gives (float rounding aside), and the
+context is computed once instead of once per choice. A pack grows to at most
+`PACK_LIMIT` x block_size tokens; what does not fit starts another.
 """
 
 from __future__ import annotations
@@ -53,6 +62,9 @@ def encode_pair(tokenizer, context: str, continuation: str) -> Request:
     return Request(tuple(ctx), tuple(whole[len(ctx):]))
 
 
+PACK_LIMIT = 2  # a packed row holds at most this many block sizes of tokens
+
+
 @dataclass(frozen=True)
 class Scored:
     """A request's log-likelihood, and whether its context was cut to the block size."""
@@ -60,6 +72,64 @@ class Scored:
     loglik: float
     truncated: bool
     tokens: int  # continuation tokens scored
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a forward pass: its tokens, each one's target (-1: none), position and
+    segment (None: one causal sequence from 0), and the span of targets of each request."""
+
+    tokens: tuple[int, ...]
+    targets: tuple[int, ...]
+    positions: tuple[int, ...] | None = None
+    segments: tuple[int, ...] | None = None
+    spans: tuple[tuple[int, int, int], ...] = ()  # (request index, start, end)
+
+
+def plain_row(i: int, request: Request, block_size: int) -> Row:
+    """Request `i` alone: its window, the continuation's tokens as the last targets."""
+    x, _ = request.window(block_size)
+    n = len(request.continuation)
+    return Row(tuple(x), (-1,) * (len(x) - n) + request.continuation, spans=((i, len(x) - n, len(x)),))
+
+
+def packed_row(indices: Sequence[int], requests: Sequence[Request]) -> Row:
+    """Requests of one context in one row: the context but its last token (segment 0),
+    then per request its segment (see the module docstring)."""
+    ctx = requests[indices[0]].context
+    tokens, targets = list(ctx[:-1]), [-1] * (len(ctx) - 1)
+    positions, segments = list(range(len(ctx) - 1)), [0] * (len(ctx) - 1)
+    spans = []
+    for k, i in enumerate(indices, 1):
+        cont = requests[i].continuation
+        spans.append((i, len(tokens), len(tokens) + len(cont)))
+        tokens += [ctx[-1], *cont[:-1]]
+        targets += cont
+        positions += range(len(ctx) - 1, len(ctx) - 1 + len(cont))
+        segments += [k] * len(cont)
+    return Row(tuple(tokens), tuple(targets), tuple(positions), tuple(segments), tuple(spans))
+
+
+def plan_rows(requests: Sequence[Request], block_size: int, share: bool) -> list[Row]:
+    """The rows that score `requests`: one per request, or with `share` one per context
+    (requests that need no cut), each pack at most `PACK_LIMIT` block sizes long."""
+    rows: list[Row] = []
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(requests):
+        if share and not r.window(block_size)[1]:
+            by_context.setdefault(r.context, []).append(i)
+        else:
+            rows.append(plain_row(i, r, block_size))
+    for ctx, indices in by_context.items():
+        pack: list[int] = []
+        for i in indices:
+            if pack and len(ctx) - 1 + sum(len(requests[j].continuation) for j in pack + [i]) > PACK_LIMIT * block_size:
+                rows.append(packed_row(pack, requests) if len(pack) > 1 else plain_row(pack[0], requests[pack[0]], block_size))
+                pack = []
+            pack.append(i)
+        if pack:
+            rows.append(packed_row(pack, requests) if len(pack) > 1 else plain_row(pack[0], requests[pack[0]], block_size))
+    return rows
 
 
 def batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
@@ -75,32 +145,45 @@ def batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list
     return groups
 
 
+def forward_rows(logprobs: Callable[..., np.ndarray], rows: Sequence[Row]) -> np.ndarray:
+    """The log-probabilities of `rows` in one forward pass, [rows, longest] float64."""
+    width = max(len(r.tokens) for r in rows)
+    idx = np.zeros((len(rows), width), dtype=np.int64)
+    targets = np.full((len(rows), width), -1, dtype=np.int64)
+    for b, r in enumerate(rows):
+        idx[b, : len(r.tokens)] = r.tokens
+        targets[b, : len(r.targets)] = r.targets
+    if all(r.segments is None for r in rows):
+        return np.asarray(logprobs(idx, targets), dtype=np.float64)
+    positions = np.zeros((len(rows), width), dtype=np.int64)
+    segments = np.full((len(rows), width), -1, dtype=np.int64)  # padding: a segment of its own
+    for b, r in enumerate(rows):
+        n = len(r.tokens)
+        positions[b, :n] = r.positions if r.positions is not None else range(n)
+        segments[b, :n] = r.segments if r.segments is not None else 0
+    return np.asarray(logprobs(idx, targets, positions, segments), dtype=np.float64)
+
+
 def score_requests(
-    logprobs: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    logprobs: Callable[..., np.ndarray],
     requests: Sequence[Request],
     block_size: int,
     *,
     max_rows: int = 32,
     max_tokens: int = 16384,
+    share: bool = False,
 ) -> list[Scored]:
-    """The log-likelihood of each request's continuation; `logprobs(idx, targets)` is the
-    backend's `token_logprobs`."""
-    windows = []
+    """The log-likelihood of each request's continuation; `logprobs(idx, targets[,
+    positions, segments])` is the backend's `token_logprobs` (`share` packs contexts)."""
     for r in requests:
         if len(r.continuation) > block_size:
             raise UserError(f"a continuation of {len(r.continuation)} tokens is longer than the model's block size ({block_size})")
-        windows.append(r.window(block_size))
+    rows = plan_rows(requests, block_size, share)
     out: list[Scored | None] = [None] * len(requests)
-    for group in batches([len(w) for w, _ in windows], max_rows, max_tokens):
-        width = len(windows[group[0]][0])
-        idx = np.zeros((len(group), width), dtype=np.int64)
-        targets = np.full((len(group), width), -1, dtype=np.int64)
-        for row, i in enumerate(group):
-            x, _ = windows[i]
-            cont = requests[i].continuation
-            idx[row, : len(x)] = x
-            targets[row, len(x) - len(cont): len(x)] = cont
-        lp = np.asarray(logprobs(idx, targets), dtype=np.float64)
-        for row, i in enumerate(group):
-            out[i] = Scored(float(lp[row].sum()), windows[i][1], len(requests[i].continuation))
+    for group in batches([len(r.tokens) for r in rows], max_rows, max_tokens):
+        lp = forward_rows(logprobs, [rows[g] for g in group])
+        for b, g in enumerate(group):
+            for i, start, end in rows[g].spans:
+                r = requests[i]
+                out[i] = Scored(float(lp[b, start:end].sum()), r.window(block_size)[1], len(r.continuation))
     return out  # type: ignore[return-value]

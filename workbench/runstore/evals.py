@@ -31,7 +31,7 @@ class EvalScore:
 
     task: str
     step: int
-    kind: str  # "mc" | "bpb"
+    kind: str  # "mc" | "bpb" | "gen"
     n: int
     acc: float | None = None
     acc_norm: float | None = None
@@ -87,10 +87,11 @@ def record_scores(run_dir: Path, source: str, results: Iterable[Any], *, step: i
 
 
 def score_series(run_dir: Path) -> dict[str, tuple[tuple[int, ...], tuple[float, ...]]]:
-    """Per task, its scored steps and accuracy (bits per byte for a text), for charts."""
+    """Per task, its scored steps and accuracy (bits per byte for a text, the exact-match
+    rate for a generative task), for charts."""
     out: dict[str, tuple[list[int], list[float]]] = {}
     for s in read_scores(run_dir):
-        value = s.acc if s.kind == "mc" else s.bpb
+        value = s.bpb if s.kind == "bpb" else s.acc
         if isinstance(value, (int, float)):
             steps, values = out.setdefault(s.task, ([], []))
             steps.append(s.step)

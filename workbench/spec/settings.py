@@ -136,7 +136,7 @@ TRAIN_SETTINGS = [
        "or hf:NAME): adds the chat turn tokens, loss on the assistant's tokens only", switch=True),
     _s("train.train_on_prompt", "--train-on-prompt", bool, "with --sft: train on the prompt's tokens too (no masking)", switch=True),
     _s("train.eval_task", "--eval-task", str, "score these tasks at every evaluation, recorded in the run (TASK[,TASK...]: "
-       "mc:FILE.jsonl, bpb:FILE, hellaswag, ...; see gptbench eval)", metavar="TASKS"),
+       "mc:FILE.jsonl, bpb:FILE, gen:FILE.jsonl (chat runs), hellaswag, ...; see gptbench eval)", metavar="TASKS"),
 ]
 SETTINGS: list[Setting] = RUN_SETTINGS + RUNTIME_SETTINGS + PARALLEL_SETTINGS + LORA_SETTINGS + MODEL_SETTINGS + TRAIN_SETTINGS
 BY_PATH: dict[str, Setting] = {s.path: s for s in SETTINGS}

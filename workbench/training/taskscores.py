@@ -30,5 +30,12 @@ class TaskScorer:
     def record(run_dir: Path, name: str, step: int, results: list[TaskResult]) -> str:
         """Record `results` at `step` in the run; returns the line to log."""
         record_scores(run_dir, f"{name}@step-{step}", results, step=step)
-        parts = [f"{r.task} bpb {r.bpb:.4f}" if r.kind == "bpb" else f"{r.task} acc {r.acc:.4f} acc_norm {r.acc_norm:.4f}" for r in results]
-        return f"step {step}: " + "; ".join(parts)
+        return f"step {step}: " + "; ".join(map(log_part, results))
+
+
+def log_part(r: TaskResult) -> str:
+    if r.kind == "bpb":
+        return f"{r.task} bpb {r.bpb:.4f}"
+    if r.kind == "gen":
+        return f"{r.task} exact match {r.acc:.4f}"
+    return f"{r.task} acc {r.acc:.4f} acc_norm {r.acc_norm:.4f}"
