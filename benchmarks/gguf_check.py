@@ -9,8 +9,10 @@ continuations are far from ties, or `--run NAME`) is exported with
 * f32: llama.cpp's greedy tokens must equal `gptbench sample --temperature 0`'s;
 * a chat model (turn tokens): its template text tokenizes to the same ids, `<|end|>` is
   llama.cpp's end-of-turn token, and greedy tokens are equal;
-* q8_0: the share of greedy tokens that agree (up to the first difference and overall);
-  "most tokens" (>= 50% overall) passes.
+* q8_0: at how many positions llama.cpp's top pick is gptbench's greedy token when it is fed
+  gptbench's own continuation (teacher forcing; "most tokens", >= 50%, passes), and beside
+  it the free-running agreement (up to the first difference and overall), which one early
+  near-tie sends apart for the rest of the text.
 
 Exit code 0 when both hold, 1 otherwise, 2 without llama-cpp-python.
 
@@ -47,10 +49,13 @@ def random_run(tmp: Path, shape: str) -> tuple[Path, str]:
 
     cfg = GPTConfig(vocab_size=50257, block_size=256, bias=True, tie_embeddings=True, **SHAPES[shape])
     rng = np.random.default_rng(0)
+    # Larger than GPT-2's 0.02 so greedy picks are far from ties; x8 on the 12-layer shape makes
+    # a chaotic network whose q8_0 logits drift past the export's bfloat16-level check.
+    scale = 8 if cfg.n_layer <= 4 else 3
     tensors = {}
     for k, s in cfg.canonical_shapes().items():
         if len(s) >= 2:
-            tensors[k] = (rng.standard_normal(s) * 0.02 * 8).astype(np.float32)  # x8: far from ties
+            tensors[k] = (rng.standard_normal(s) * 0.02 * scale).astype(np.float32)
         elif k.endswith("weight"):
             tensors[k] = (1 + 0.1 * rng.standard_normal(s)).astype(np.float32)
         else:
@@ -76,7 +81,7 @@ def open_llama(path: Path, n_ctx: int, extra_bufts: bool):
 
     llama_module.llama_cpp.llama_model_default_params = params
     try:
-        return Llama(model_path=str(path), n_ctx=n_ctx, verbose=False)
+        return Llama(model_path=str(path), n_ctx=n_ctx, verbose=False, logits_all=True)
     finally:
         llama_module.llama_cpp.llama_model_default_params = defaults
 
@@ -88,6 +93,16 @@ def llama_greedy(llm, prompt_ids: list[int], n: int) -> list[int]:
         if len(out) == n:
             break
     return out
+
+
+def forced_top1(llm, prompt_ids: list[int], want: list[int]) -> float:
+    """Share of gptbench's greedy tokens that are also llama.cpp's top pick when llama.cpp is
+    fed gptbench's own continuation (teacher forcing): one early disagreement in a free run
+    sends the two texts apart for good, so this is the per-token agreement of the weights."""
+    llm.reset()
+    llm.eval(prompt_ids + want[:-1])
+    picks = np.asarray(llm.scores[len(prompt_ids) - 1: len(prompt_ids) - 1 + len(want)]).argmax(axis=-1)
+    return float(np.mean(picks == np.asarray(want)))
 
 
 def agreement(a: list[int], b: list[int]) -> tuple[int, float]:
@@ -107,7 +122,8 @@ def compare(ours, llm, q: str, tokens: int) -> list[dict]:
         got = llama_greedy(llm, ids, len(want))
         prefix, share = agreement(want, got)
         rows.append({"type": q, "prompt": prompt, "tokenization_equal": list(theirs_ids) == ids, "tokens": len(want),
-                     "equal": got == want, "agree_prefix": prefix, "agree_share": round(share, 3)})
+                     "equal": got == want, "agree_prefix": prefix, "agree_share": round(share, 3),
+                     "forced_top1": round(forced_top1(llm, ids, want), 3)})
     return rows
 
 
@@ -190,19 +206,22 @@ def main() -> int:
             finally:
                 llm.close()
         chat = chat_check(tmp, args.extra_bufts, args.tokens)
-    print(f"{'type':5} {'tokenize':>8} {'equal':>6} {'prefix':>6} {'share':>6}  prompt")
+    print(f"{'type':5} {'tokenize':>8} {'equal':>6} {'prefix':>6} {'share':>6} {'forced':>6}  prompt")
     for r in rows:
-        print(f"{r['type']:5} {str(r['tokenization_equal']):>8} {str(r['equal']):>6} {r['agree_prefix']:>6} {r['agree_share']:>6}  {r['prompt']!r}")
+        print(f"{r['type']:5} {str(r['tokenization_equal']):>8} {str(r['equal']):>6} {r['agree_prefix']:>6} {r['agree_share']:>6} "
+              f"{r['forced_top1']:>6}  {r['prompt']!r}")
     print(f"chat model (turn tokens, f32): tokenization of the template {chat['tokenization_equal']}, <|end|> is llama.cpp's "
           f"end-of-turn {chat['end_of_turn']}, greedy tokens equal {chat['equal']} ({chat['tokens']} tokens)")
     f32_ok = all(r["equal"] and r["tokenization_equal"] for r in rows if r["type"] == "f32") and all(chat.values())
-    q8 = float(np.mean([r["agree_share"] for r in rows if r["type"] == "q8_0"]))
+    q8 = float(np.mean([r["forced_top1"] for r in rows if r["type"] == "q8_0"]))
+    q8_free = float(np.mean([r["agree_share"] for r in rows if r["type"] == "q8_0"]))
     print(f"llama.cpp (llama-cpp-python {llama_cpp.__version__}), {args.run or args.shape}, {args.tokens} greedy tokens per prompt: "
-          f"f32 {'EQUAL to' if f32_ok else 'DIFFERS FROM'} gptbench's tokens; q8_0 agrees on {q8:.0%} of tokens "
-          f"({'most' if q8 >= 0.5 else 'NOT most'})")
+          f"f32 {'EQUAL to' if f32_ok else 'DIFFERS FROM'} gptbench's tokens; q8_0's top pick is gptbench's greedy token "
+          f"at {q8:.0%} of positions, fed gptbench's text ({'most' if q8 >= 0.5 else 'NOT most'}; "
+          f"free-running, {q8_free:.0%} of positions match)")
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / ("gguf_check-quick.json" if args.quick else "gguf_check.json"),
-                      {"shape": args.run or args.shape, "tokens": args.tokens, "rows": rows, "f32_equal": f32_ok, "q8_0_share": q8, "chat": chat})
+                      {"shape": args.run or args.shape, "tokens": args.tokens, "rows": rows, "f32_equal": f32_ok, "q8_0_forced_top1": q8, "q8_0_free_share": q8_free, "chat": chat})
     return 0 if f32_ok and q8 >= 0.5 else 1
 
 
