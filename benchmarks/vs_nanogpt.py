@@ -15,7 +15,9 @@ form costs ~3x the erf one, ~7% of a `cpu`-shape step eager; compiled, both fuse
 
 Each variant trains in timed chunks, the variants alternating (the order rotating every
 round), so a noisy machine slows them alike; each
-round gives one ratio per variant and the table shows the median and the range. Losses are
+round gives one ratio per variant and the table shows the median and the range; the
+same from process CPU time (steadier than wall-clock on a shared machine at 1 thread; at 2
+threads it counts OpenMP's spinning too). Losses are
 compared step for step; compile time (the first step) is reported separately. MFU follows
 nanoGPT (6N + 12·L·H·Q·T FLOPs per token) against the float32 matmul peak measured at the
 same thread count.
@@ -74,6 +76,7 @@ class Variant:
     rng: torch.Tensor  # the global torch RNG while this variant trains (its dropout masks)
     first_step_s: float = 0.0
     chunk_s: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)  # process CPU time of each chunk
     faults: int = 0  # minor page faults in the timed chunks (memory the allocator gave back and took again)
     losses: list[float] = field(default_factory=list)
 
@@ -162,10 +165,11 @@ def nanogpt_variant(ng: Any, cfg: GPTConfig, weights: dict[str, np.ndarray], com
 def run_chunk(v: Variant, batches: list) -> float:
     torch.set_rng_state(v.rng)
     losses = []
-    faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    faults0, t0, c0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter(), time.process_time()
     for micro in batches:
         losses.append(v.step(micro))
     dt = time.perf_counter() - t0
+    v.cpu_s.append(time.process_time() - c0)
     v.faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
     v.rng = torch.get_rng_state()
     v.losses.extend(float(x) for x in losses)  # read after the clock stops
@@ -191,10 +195,12 @@ def summarise(variants: list[Variant], threads: int, tokens_per_step: int, steps
     for v in variants:
         tps = tokens_per_step * steps * len(v.chunk_s) / sum(v.chunk_s)
         ratios = [b / c for b, c in zip(base.chunk_s, v.chunk_s)]
+        cpu_ratios = [b / c for b, c in zip(base.cpu_s, v.cpu_s)]
         diff = max(abs(a - b) for a, b in zip(v.losses, base.losses))
         rows.append({
             "threads": threads, "variant": v.name, "tokens_per_sec": tps, "ms_per_step": 1000 * sum(v.chunk_s) / (steps * len(v.chunk_s)),
             "ratio_vs_nanogpt_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "cpu_time_ratio_median": statistics.median(cpu_ratios), "cpu_time_ratio_min": min(cpu_ratios), "cpu_time_ratio_max": max(cpu_ratios),
             "first_step_s": v.first_step_s, "mfu": flops_per_token * tps / peak, "peak_flops": peak,
             "max_loss_diff": diff, "page_faults_per_step": v.faults / (steps * len(v.chunk_s)), "losses_match": diff <= LOSS_TOL, "final_loss": v.losses[-1],
         })
@@ -203,11 +209,12 @@ def summarise(variants: list[Variant], threads: int, tokens_per_step: int, steps
 
 def print_rows(rows: list[dict]) -> None:
     print(f"{'threads':>7} {'variant':17} {'ms/step':>8} {'tokens/s':>9} {'ratio (median, range)':>24} {'MFU':>6} "
-          f"{'1st step':>8} {'max|Δloss|':>10} {'faults/step':>11}")
+          f"{'1st step':>8} {'max|Δloss|':>10} {'faults/step':>11} {'CPU-time ratio':>20}")
     for r in rows:
         rng = f"{r['ratio_vs_nanogpt_median']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
         print(f"{r['threads']:7d} {r['variant']:17} {r['ms_per_step']:8.2f} {r['tokens_per_sec']:9.0f} {rng:>24} "
-              f"{100 * r['mfu']:5.1f}% {r['first_step_s']:7.2f}s {r['max_loss_diff']:10.2e} {r['page_faults_per_step']:11.0f}")
+              f"{100 * r['mfu']:5.1f}% {r['first_step_s']:7.2f}s {r['max_loss_diff']:10.2e} {r['page_faults_per_step']:11.0f} "
+              f"{r['cpu_time_ratio_median']:8.3f} ({r['cpu_time_ratio_min']:.2f}-{r['cpu_time_ratio_max']:.2f})")
 
 
 def one_thread_count(args: argparse.Namespace, ng: Any, cfg: GPTConfig, batches: list, threads: int, steps: int) -> list[dict]:
