@@ -57,8 +57,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # nanoGPT's shakespeare_char runs. `cpu`: the README's "I only have a macbook" command (the
 # shape of gptbench's `tiny` preset, which adds biases and unties the head). `baby`:
-# config/train_shakespeare_char.py as is (its dropout 0.2: eager losses still match, the
-# dropout masks drawn in the same order from the same seed; a compiled model draws its own).
+# config/train_shakespeare_char.py as is. Its dropout 0.2 makes the losses differ (measured:
+# 5.1e-3 after 2 steps, eager; each model draws its own masks): compare losses with `cpu`.
 CONFIGS = {
     "cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, steps=50),
     "baby": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2, steps=3),
