@@ -6,6 +6,7 @@ fixtures. Every file a test reads lives in the clone (`tests/fixtures/`), never 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ FIXTURES = TESTS / "fixtures"
 TINYSHAKESPEARE = FIXTURES / "tinyshakespeare.txt"  # public domain, 1,115,394 bytes
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 GPT2_RANKS = FIXTURES / "gpt2.tiktoken"  # GPT-2's BPE ranks (r50k_base), as tiktoken saves them
+# The torch device of the device-capable tests (the backend contract, torch's specifics):
+# cpu unless $GPTBENCH_TEST_DEVICE names another (benchmarks/gpu.sh sets cuda). No test
+# needs a GPU; MLX tests and everything else stay on the CPU.
+TORCH_TEST_DEVICE = os.environ.get("GPTBENCH_TEST_DEVICE", "cpu")
 
 # A small, deterministic corpus: enough structure for a model to learn something quickly.
 _PAIRS = [("king", "queen"), ("cat", "dog"), ("sun", "moon")]

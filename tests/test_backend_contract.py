@@ -18,7 +18,7 @@ import pytest
 from gptbench.backends.optim import MuonConfig, OptimConfig, muon_blocks
 from gptbench.backends.registry import create_backend
 from gptbench.backends.spec import rope_tables
-from helpers import optim_config, random_tokens, tiny_model_config
+from helpers import TORCH_TEST_DEVICE, optim_config, random_tokens, tiny_model_config
 from reference_model import (
     perturbed_weights,
     reference_gradients,
@@ -53,7 +53,7 @@ def name(request) -> str:
 
 
 def make(name, cfg, seed=0, **kw):
-    return create_backend(cfg, name, device="cpu", seed=seed, **kw)
+    return create_backend(cfg, name, device=TORCH_TEST_DEVICE if name == "torch" else "cpu", seed=seed, **kw)
 
 
 def to_numpy(x) -> np.ndarray:
