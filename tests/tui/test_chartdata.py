@@ -151,3 +151,51 @@ def test_many_runs_list_the_same_through_the_scanner_and_the_store(tmp_path):
     again, changed = scanner.scan()  # from the stat cache
     assert [s.to_dict() for s in rows] == store == [s.to_dict() for s in again] and not changed
     assert [s["name"] for s in store] == sorted(f"run-{i:03d}" for i in range(60))
+
+
+def test_metric_columns_grow_the_same_in_one_batch_as_record_by_record():
+    recs = [json.loads(record(s, loss=1.0 / s)) for s in range(1, 40)]
+    recs[5]["tokens_per_sec"] = None
+    recs += [{"type": "eval", "step": 20, "train_loss": 2.0, "val_loss": 2.5}, {"type": "sample", "step": 30, "text": "hi"}]
+    recs += [json.loads(record(s, loss=9.0)) for s in (25, 26)]  # a resume re-logging from step 25
+    recs += [{"type": "train", "step": "x", "loss": 1.0}, {"type": "eval", "step": 30, "train_loss": 1.0, "val_loss": 1.5}]
+    batch, single = MetricSeries(), MetricSeries()
+    batch.extend(recs[:39])  # the fast path: whole columns
+    batch.extend(recs[39:])
+    for r in recs:
+        single.extend([r])
+    for name in ("train_step", "train_loss", "lr", "tokens_per_sec", "train_time", "eval_step", "val_loss", "val_bpb"):
+        np.testing.assert_array_equal(getattr(batch, name), getattr(single, name), err_msg=name)
+    assert batch.train_step.tolist() == list(range(1, 25)) + [25, 26]
+    assert math.isnan(batch.tokens_per_sec[5]) and batch.sample_text == "hi"
+
+
+def test_a_growing_series_is_smoothed_only_where_it_grew_and_the_same_as_from_scratch(monkeypatch):
+    from gptbench.tui.chartdata import ema_from
+    from gptbench.tui.widgets import charts
+
+    rng = np.random.default_rng(2)
+    vals = rng.random(3000)
+    head, state = ema_from(vals[:1234], 0.9)
+    tail, _ = ema_from(vals[1234:], 0.9, state)
+    np.testing.assert_allclose(np.concatenate([head, tail]), ema(vals, 0.9), rtol=1e-12)
+
+    def grow(upto: int) -> MetricSeries:
+        start = len(series.train_step)
+        series.extend([json.loads(record(s, loss=float(vals[s - 1]))) for s in range(start + 1, upto + 1)])
+        return series.copy()
+
+    smoothed: list[int] = []
+    monkeypatch.setattr(charts, "ema_from", lambda v, w, state=(0.0, 0.0): (smoothed.append(len(v)), ema_from(v, w, state))[1])
+    series = MetricSeries()
+    chart = charts.MetricChart("loss", smoothable=True, smoothing_index=3)  # 0.9
+    grow(1000)
+    for upto in (1200, 1500, 3000):  # 1200 -> 1500 fits the column's spare room; 3000 moves it
+        snap = grow(upto)
+        _, ys = chart._points(charts.Series("train", snap.train_step, snap.train_loss), 4000)
+        np.testing.assert_allclose(ys, ema(vals[:upto], 0.9), rtol=1e-12)
+    assert smoothed == [1200, 300, 3000]  # only the 300 new values were smoothed the second time
+    series.extend([json.loads(record(10, loss=5.0))])  # a rewind: new arrays, smoothed afresh
+    rewound = series.copy()
+    _, ys = chart._points(charts.Series("train", rewound.train_step, rewound.train_loss), 4000)
+    np.testing.assert_allclose(ys, ema(np.r_[vals[:9], 5.0], 0.9), rtol=1e-12)

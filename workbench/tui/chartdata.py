@@ -24,9 +24,15 @@ def ema(values: np.ndarray | list[float], weight: float) -> np.ndarray:
     acc_t = d_t acc_{t-1} + (1-w) v_t and norm_t = d_t norm_{t-1} + (1-w) with d_t = w (d_t = 1
     and no new term where v_t is not finite, which is then passed through); out = acc / norm.
     """
+    return ema_from(values, weight)[0]
+
+
+def ema_from(values: np.ndarray | list[float], weight: float, state: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, tuple[float, float]]:
+    """`ema` continued from `state` (acc, norm) after earlier values; returns the state after
+    these, so a growing series is smoothed only where it grew."""
     v = np.asarray(values, dtype=np.float64)
     if weight <= 0 or v.size == 0:
-        return v.copy()
+        return v.copy(), state
     n = v.size
     block = _block(weight)
     pad = (-n) % block
@@ -40,7 +46,7 @@ def ema(values: np.ndarray | list[float], weight: float) -> np.ndarray:
     prod = np.cumprod(decay.reshape(shape), axis=1)  # decay from the block's start to t
     acc = np.cumsum(term.reshape(shape) / prod, axis=1) * prod  # each block on its own, from zero
     norm = np.cumsum(mass.reshape(shape) / prod, axis=1) * prod
-    carry_acc = carry_norm = 0.0  # the state entering each block, carried in a short scalar loop
+    carry_acc, carry_norm = state  # the state entering each block, carried in a short scalar loop
     acc_in, norm_in = np.empty(len(prod)), np.empty(len(prod))
     for b, (a_end, n_end, p_end) in enumerate(zip(acc[:, -1].tolist(), norm[:, -1].tolist(), prod[:, -1].tolist())):
         acc_in[b], norm_in[b] = carry_acc, carry_norm
@@ -48,7 +54,7 @@ def ema(values: np.ndarray | list[float], weight: float) -> np.ndarray:
     acc = (acc + prod * acc_in[:, None]).reshape(-1)[:n]
     norm = (norm + prod * norm_in[:, None]).reshape(-1)[:n]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ok, acc / norm, v)
+        return np.where(ok, acc / norm, v), (carry_acc, carry_norm)
 
 
 def minmax_downsample(xs: np.ndarray | list[float], ys: np.ndarray | list[float], columns: int) -> tuple[np.ndarray, np.ndarray]:

@@ -73,7 +73,36 @@ class MetricSeries:
         raise AttributeError(name)
 
     def extend(self, records: Iterable[dict[str, Any]]) -> bool:
+        groups: dict[Any, list[dict[str, Any]]] = {"train": [], "eval": [], "sample": []}
+        for r in records:
+            group = groups.get(r.get("type"))
+            if group is not None:
+                group.append(r)
         changed = False
+        slow = groups["sample"]
+        for kind, names, columns in (("train", TRAIN_COLUMNS, _train_columns), ("eval", EVAL_COLUMNS, _eval_columns)):
+            if groups[kind] and self._append_columns(groups[kind], names, columns):
+                changed = True
+            else:
+                slow = groups[kind] + slow
+        return self._extend_slowly(slow, changed)
+
+    def _append_columns(self, records: list[dict[str, Any]], names: tuple[str, ...], columns: Any) -> bool:
+        """Append well-formed records whose steps go on rising, whole columns at a time; False
+        (nothing appended) for anything else: malformed records, or a rewind."""
+        try:
+            cols = columns(records)
+        except (KeyError, TypeError, ValueError):
+            return False
+        steps, have = cols[0], self._cols[names[0]]
+        if np.any(steps[1:] <= steps[:-1]) or (have.n and steps[0] <= have.view()[-1]):
+            return False
+        for name, col in zip(names, cols):
+            self._cols[name].append(col)
+        return True
+
+    def _extend_slowly(self, records: list[dict[str, Any]], changed: bool) -> bool:
+        """Record by record: skips malformed ones and cuts the curves where a step goes back."""
         pending = _Pending()
         for r in records:
             try:
@@ -148,6 +177,19 @@ class MetricSeries:
         ds = float(steps[-1] - steps[-1 - n])
         dt = float(times[-1] - times[-1 - n])
         return ds / dt if ds > 0 and dt > 0 else None
+
+
+def _train_columns(rs: list[dict[str, Any]]) -> tuple[np.ndarray, ...]:
+    """The train columns of records (as `_extend_slowly` reads each; missing numbers NaN)."""
+    return (np.array([r["step"] for r in rs], dtype=np.int64), np.array([r["loss"] for r in rs], dtype=np.float64),
+            np.array([r.get("lr") or 0.0 for r in rs], dtype=np.float64),
+            np.array([r.get("tokens_per_sec") for r in rs], dtype=np.float64),
+            np.array([r.get("time") or 0.0 for r in rs], dtype=np.float64))
+
+
+def _eval_columns(rs: list[dict[str, Any]]) -> tuple[np.ndarray, ...]:
+    return (np.array([r["step"] for r in rs], dtype=np.int64), np.array([r["train_loss"] for r in rs], dtype=np.float64),
+            np.array([r["val_loss"] for r in rs], dtype=np.float64), np.array([r.get("val_bpb") for r in rs], dtype=np.float64))
 
 
 def _num(value: Any) -> float:

@@ -21,7 +21,7 @@ from textual_plotext import PlotextPlot
 
 import numpy as np
 
-from gptbench.tui.chartdata import ema, minmax_downsample
+from gptbench.tui.chartdata import ema_from, minmax_downsample
 
 # The smoothing steps the +/- keys walk through on every chart screen (EMA factor).
 SMOOTHING_LEVELS: list[float] = [0.0, 0.6, 0.8, 0.9, 0.95, 0.99]
@@ -47,6 +47,30 @@ class Series:
     color: tuple[int, int, int] | str = PALETTE[0]
     smooth: bool = True  # apply the chart's smoothing (eval points usually are not)
     marker: str = "braille"
+
+
+@dataclass
+class _Smoothed:
+    """A series' EMA, kept for the next redraw: reused whole while the series is the same
+    object, continued from `state` when it is a longer view of the same growing buffer
+    (`MetricSeries` columns never rewrite values they have handed out)."""
+
+    ys: Sequence[float]
+    smoothing: float
+    out: np.ndarray
+    state: tuple[float, float]
+
+    def fits(self, ys: Sequence[float], smoothing: float) -> bool:
+        if smoothing != self.smoothing:
+            return False
+        if ys is self.ys:
+            return True
+        old, new = getattr(self.ys, "base", None), getattr(ys, "base", None)
+        return old is not None and old is new and len(ys) >= len(self.ys) and self._starts_alike(ys)
+
+    def _starts_alike(self, ys: Sequence[float]) -> bool:
+        old, new = np.asarray(self.ys), np.asarray(ys)
+        return old.size == 0 or (new.ctypes.data == old.ctypes.data and new.strides == old.strides)
 
 
 def nice_ticks(lo: float, hi: float, count: int) -> list[float]:
@@ -119,7 +143,7 @@ class MetricChart(PlotextPlot):
         self._version = 0
         self._cache_key: tuple | None = None
         self._cache: Text | None = None
-        self._smoothed: dict[str, tuple[object, float, np.ndarray]] = {}  # label -> (ys, smoothing, its EMA)
+        self._smoothed: dict[str, _Smoothed] = {}  # by series label
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -179,10 +203,12 @@ class MetricChart(PlotextPlot):
         ys = s.ys
         if s.smooth and self.smoothing > 0:
             hit = self._smoothed.get(s.label)
-            if hit is None or hit[0] is not s.ys or hit[1] != self.smoothing:  # snapshot arrays never change
-                hit = (s.ys, self.smoothing, ema(s.ys, self.smoothing))
-                self._smoothed[s.label] = hit
-            ys = hit[2]
+            if hit is None or not hit.fits(s.ys, self.smoothing):
+                hit = self._smoothed[s.label] = _Smoothed(s.ys, self.smoothing, *ema_from(s.ys, self.smoothing))
+            elif hit.ys is not s.ys:  # the same series, grown: smooth only the new values
+                tail, state = ema_from(s.ys[len(hit.ys):], self.smoothing, hit.state)
+                hit = self._smoothed[s.label] = _Smoothed(s.ys, self.smoothing, np.concatenate([hit.out, tail]), state)
+            ys = hit.out
         x, y = np.asarray(s.xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
         if self.log_y:
             x, y = x[y > 0], y[y > 0]
