@@ -56,6 +56,22 @@ def _pieces(corpus):
     return [p for d in corpus.materialize() for p in split_text(d, 1 << 20)]
 
 
+def _count_tokens(tok, docs: list[str]) -> int:
+    """Tokens in `docs`, encoded a few 1 MB pieces per thread at a time: streaming, so the
+    count never holds a second copy of the corpus or all of its ids."""
+    from gptbench.tokenizers.pieces import split_text
+
+    threads = os.cpu_count() or 1
+    total, batch = 0, []
+    for doc in docs:
+        for piece in split_text(doc, 1 << 20):
+            batch.append(piece)
+            if len(batch) >= 2 * threads:
+                total += sum(len(a) for a in tok.encode_arrays(batch, num_threads=threads))
+                batch.clear()
+    return total + sum(len(a) for a in tok.encode_arrays(batch, num_threads=threads))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from gptbench.data import load_corpus
     from gptbench.tokenizers.bpe import check_vocab_size, train_bpe
@@ -74,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     tok = train_bpe((p for d in docs for p in split_text(d, 1 << 16)), args.vocab_size)
     seconds = time.perf_counter() - t0
-    n_tokens = sum(len(a) for a in tok.encode_arrays(_pieces(corpus), num_threads=os.cpu_count() or 1))
+    n_tokens = _count_tokens(tok, docs)
     tok.save(out)
     short = "" if tok.vocab_size == args.vocab_size else f" (the corpus ran out of pairs before {args.vocab_size})"
     print(
