@@ -66,9 +66,12 @@ def test_get_batch_is_deterministic_for_a_seed_and_covers_the_ends():
 
 
 def test_get_batch_from_memmap(tmp_path):
+    from gptbench.data.batches import open_tokens
+
     path = tmp_path / "t.bin"
     np.arange(300, dtype=np.uint16).tofile(path)
-    mm = np.memmap(path, dtype=np.uint16, mode="r")
+    mm = open_tokens(path, np.dtype(np.uint16), 300)  # as the cache opens it (advised for random reads)
+    assert mm.tolist() == list(range(300))
     x, y = get_batch(mm[100:], 4, 10, np.random.default_rng(1))
     assert type(x) is np.ndarray
     assert x.min() >= 100

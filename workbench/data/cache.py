@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from gptbench.data.batches import check_split, token_dtype
+from gptbench.data.batches import check_split, open_tokens, token_dtype
 from gptbench.data.corpus import DOC_SEPARATOR, Corpus
 from gptbench.errors import UserError
 from gptbench.fsutil import atomic_write_json, cleanup_on_error, fsync_dir
@@ -88,7 +88,7 @@ class CacheEntry:
             n = int(index["tokens"])
             if index.get("dtype") != dtype.name or self.tokens_path.stat().st_size != n * dtype.itemsize or n < 1:
                 return None
-            tokens = np.memmap(self.tokens_path, dtype=dtype, mode="r", shape=(n,))
+            tokens = open_tokens(self.tokens_path, dtype, n)
         except (OSError, KeyError, ValueError, TypeError, UserError):
             return None
         return tokens, tok, index
@@ -134,7 +134,7 @@ class CacheEntry:
             }
             atomic_write_json(self.index_path, index)
         say(f"tokenized {stats['bytes'] / 1e6:.1f} MB into {stats['tokens']:,} tokens in {index['seconds']:.1f} s")
-        tokens = np.memmap(self.tokens_path, dtype=dtype, mode="r", shape=(stats["tokens"],))
+        tokens = open_tokens(self.tokens_path, dtype, stats["tokens"])
         return tokens, index
 
 
