@@ -1,7 +1,8 @@
 """Workbench TUI benchmarks, in a real terminal (tmux).
 
-    python benchmarks/tui.py                 # all three
-    python benchmarks/tui.py --only startup  # one of: throughput, latency, startup
+    python benchmarks/tui.py                 # all four
+    python benchmarks/tui.py --only startup  # one of: throughput, latency, startup, history
+    python benchmarks/tui.py --only history --quick  # big histories at 1/10 the size (< 1 min)
 
 1. Throughput with the dashboard open: one headless run (`gptbench train --no-ui`), watched
    in the app's dashboard for a window, then not watched for a window, several times; the
@@ -13,6 +14,10 @@
    Includes tmux's own send/redraw/capture time. Target: p95 < 100 ms.
 3. Startup with 200 runs in the directory: spawn `gptbench --runs-dir DIR` to the first
    painted screen and to the table listing all 200. Target: < 1.5 s.
+
+4.-6. Big histories (`--only history`, benchmarks/tui_history.py): first paint with 2,000 runs
+   and `gptbench runs` with them, a 1,000,000-record run's dashboard, and that run growing
+   at 50 records/s while its dashboard is open (key-to-repaint, bytes read vs appended).
 
 Prints a table and writes benchmarks/results/tui.json.
 """
@@ -33,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import tui_history
 from gptbench.fsutil import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,8 +280,8 @@ def make_runs(root: Path, n: int) -> None:
         write_run(root, f"run-{i:03d}", created=created, params=800_000 + i, heartbeat=created + 300)
 
 
-def bench_startup(work: Path, n_runs: int, reps: int) -> dict[str, Any]:
-    root = work / "runs-startup"
+def bench_startup(work: Path, n_runs: int, reps: int, name: str = "runs-startup") -> dict[str, Any]:
+    root = work / name
     make_runs(root, n_runs)
     paint, listed = [], []
     for rep in range(reps):
@@ -295,7 +301,8 @@ def bench_startup(work: Path, n_runs: int, reps: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["throughput", "latency", "startup"], action="append")
+    ap.add_argument("--only", choices=["throughput", "latency", "startup", "history"], action="append")
+    ap.add_argument("--quick", action="store_true", help="history cases at 1/10 the size (200 runs, 100k records)")
     ap.add_argument("--cycles", type=int, default=6, help="watched / unwatched window pairs in the throughput run")
     ap.add_argument("--window", type=float, default=10.0, help="seconds per throughput window")
     ap.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}),
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     if TMUX is None:
         print("tmux is required for these benchmarks", file=sys.stderr)
         return 2
-    which = args.only or ["startup", "latency", "throughput"]
+    which = args.only or ["startup", "history", "latency", "throughput"]
     machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                "load_avg_at_start": os.getloadavg()}
     out: dict[str, Any] = {}
@@ -317,6 +324,14 @@ def main(argv: list[str] | None = None) -> int:
         if "startup" in which:
             print("startup ...", flush=True)
             out["startup"] = bench_startup(work, args.runs, 5)
+        if "history" in which:
+            n_runs, records = (200, 100_000) if args.quick else (2000, 1_000_000)
+            print(f"history: {n_runs} runs ...", flush=True)
+            out["startup_history"] = bench_startup(work, n_runs, 3 if args.quick else 5, name="runs-history-list")
+            out["runs_cli"] = tui_history.bench_runs_cli(work / "runs-history-list", n_runs, 3 if args.quick else 5)
+            print(f"history: a {records:,}-record run ...", flush=True)
+            out["history"] = tui_history.bench_history(work, Term, press_log_toggle, records, 10 if args.quick else args.presses,
+                                                       10.0 if args.quick else 30.0)
         if "latency" in which:
             print("latency ...", flush=True)
             out["latency_idle"] = bench_latency_idle(work, args.presses)
@@ -331,11 +346,13 @@ def main(argv: list[str] | None = None) -> int:
         result["machine"] = machine  # the load matters: these are CPU timings on a shared machine
 
     print(f"\n{'benchmark':<44} {'result':>14} {'target':>10}")
-    if "startup" in out:
-        s = out["startup"]
-        n = s["runs"]
-        print(f"{f'startup, {n} runs: first paint':<44} {s['first_paint_s']:>13.2f}s {'< 1.5s':>10}")
-        print(f"{f'startup, {n} runs: all listed':<44} {s['all_listed_s']:>13.2f}s {'< 1.5s':>10}")
+    for key in ("startup", "startup_history"):
+        if key in out:
+            s = out[key]
+            n, target = s["runs"], "< 1.5s" if key == "startup" else "<= 1s"
+            print(f"{f'startup, {n} runs: first paint':<44} {s['first_paint_s']:>13.2f}s {target:>10}")
+            print(f"{f'startup, {n} runs: all listed':<44} {s['all_listed_s']:>13.2f}s {target:>10}")
+    tui_history.print_rows(out)
     for key, lat in out.items():
         if key.startswith("latency"):
             t = lat["threads"]

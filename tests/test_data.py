@@ -66,9 +66,12 @@ def test_get_batch_is_deterministic_for_a_seed_and_covers_the_ends():
 
 
 def test_get_batch_from_memmap(tmp_path):
+    from gptbench.data.batches import open_tokens
+
     path = tmp_path / "t.bin"
     np.arange(300, dtype=np.uint16).tofile(path)
-    mm = np.memmap(path, dtype=np.uint16, mode="r")
+    mm = open_tokens(path, np.dtype(np.uint16), 300)  # as the cache opens it (advised for random reads)
+    assert mm.tolist() == list(range(300))
     x, y = get_batch(mm[100:], 4, 10, np.random.default_rng(1))
     assert type(x) is np.ndarray
     assert x.min() >= 100
@@ -198,6 +201,38 @@ def test_many_pieces_and_threads_give_the_same_ids(text_file, cache, monkeypatch
     many = prepare_data(str(text_file), GPT2, block_size=8, cache_dir=cache / "2", num_proc=2)
     assert np.concatenate([one.train, one.val]).tolist() == np.concatenate([many.train, many.val]).tolist()
 
+
+
+def test_an_interrupted_cache_build_resumes_where_it_stopped(tmp_path, cache, monkeypatch):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):  # documents of several pieces each: a batch ends inside a document
+        (corpus / f"{i}.txt").write_text(f"Document {i}. " + " ".join(f"word{j}x{i}" for j in range(300)) + "\n", encoding="utf-8")
+    whole = prepare_data(str(corpus), GPT2, block_size=8, cache_dir=cache / "whole")
+    monkeypatch.setattr(cache_mod, "PIECE_CHARS", 700)
+    monkeypatch.setattr(cache_mod, "BATCH_CHARS", 2000)
+    encoded: list[int] = []
+    stop = [True]
+    real_flush = cache_mod._TokenFileWriter.flush
+
+    def flush(self, n_docs):
+        if len(encoded) == 3 and stop[0]:
+            stop[0] = False
+            raise KeyboardInterrupt  # Ctrl-C after three batches were written
+        encoded.append(sum(map(len, self._batch)))
+        return real_flush(self, n_docs)
+
+    monkeypatch.setattr(cache_mod._TokenFileWriter, "flush", flush)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(str(corpus), GPT2, block_size=8, cache_dir=cache / "r")
+    entry = next((cache / "r" / "tokens").iterdir())
+    assert (entry / "tokens.bin.partial").exists() and not (entry / "index.json").exists()
+    done_chars = sum(encoded)
+    resumed = prepare_data(str(corpus), GPT2, block_size=8, cache_dir=cache / "r")
+    assert np.concatenate([resumed.train, resumed.val]).tolist() == np.concatenate([whole.train, whole.val]).tolist()
+    total_chars = sum(len(p.read_text(encoding="utf-8")) for p in corpus.iterdir())
+    assert sum(encoded[3:]) == total_chars - done_chars  # only what was not written before
+    assert sorted(p.name for p in entry.iterdir()) == ["index.json", "tokenizer.json", "tokenizer.tiktoken", "tokens.bin"]
 
 # ------------------------------------------------------------------------------- default
 def test_default_corpus_is_python_stdlib_and_deterministic(tmp_path):

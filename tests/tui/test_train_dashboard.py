@@ -92,7 +92,7 @@ async def test_dashboard_follows_a_growing_run_and_tolerates_torn_lines(tmp_path
             f.write('ss": 1.8, "lr": 9e-4, "tokens_per_sec": 6000.0, "time": 2.0}\n')
             f.write(json.dumps({"type": "sample", "step": 720, "text": "a brand new sample"}) + "\n")
         await wait_for(pilot, lambda: len(loss.series[0].xs) == n0 + 2, what="torn line completed")
-        assert loss.series[0].ys[-2:] == [1.9, 1.8]
+        assert loss.series[0].ys[-2:].tolist() == [1.9, 1.8]
         with open(root / "live-run" / "log.txt", "a") as f:
             f.write("2024-06-01 09:01:00 a fresh log line\n")
         st = json.loads((root / "live-run" / "status.json").read_text())

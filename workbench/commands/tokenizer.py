@@ -56,6 +56,29 @@ def _pieces(corpus):
     return [p for d in corpus.materialize() for p in split_text(d, 1 << 20)]
 
 
+STATS_SAMPLE_CHARS = 16 << 20  # bytes/token after training is measured on (at most) this much text
+
+
+def _count_tokens(tok, docs: list[str], limit: int = STATS_SAMPLE_CHARS) -> tuple[int, int]:
+    """(tokens, UTF-8 bytes) of the first `limit` characters of `docs` (whole pieces),
+    encoded a few 1 MB pieces per thread at a time: never a second copy of the corpus."""
+    from gptbench.tokenizers.pieces import split_text
+
+    threads = os.cpu_count() or 1
+    tokens = n_bytes = chars = 0
+    batch: list[str] = []
+    for piece in (p for doc in docs for p in split_text(doc, 1 << 20)):
+        if chars >= limit:
+            break
+        batch.append(piece)
+        chars += len(piece)
+        n_bytes += len(piece.encode("utf-8", errors="replace"))
+        if len(batch) >= 2 * threads:
+            tokens += sum(len(a) for a in tok.encode_arrays(batch, num_threads=threads))
+            batch.clear()
+    return tokens + sum(len(a) for a in tok.encode_arrays(batch, num_threads=threads)), n_bytes
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from gptbench.data import load_corpus
     from gptbench.tokenizers.bpe import check_vocab_size, train_bpe
@@ -74,12 +97,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     tok = train_bpe((p for d in docs for p in split_text(d, 1 << 16)), args.vocab_size)
     seconds = time.perf_counter() - t0
-    n_tokens = sum(len(a) for a in tok.encode_arrays(_pieces(corpus), num_threads=os.cpu_count() or 1))
+    n_tokens, sample_bytes = _count_tokens(tok, docs)
     tok.save(out)
     short = "" if tok.vocab_size == args.vocab_size else f" (the corpus ran out of pairs before {args.vocab_size})"
+    sampled = "" if sample_bytes >= n_bytes else f" (on its first {sample_bytes / 1e6:.0f} MB)"
     print(
         f"trained {tok.spec}{short} on {corpus.name} ({n_bytes / 1e6:.2f} MB, {len(docs)} docs) in {seconds:.1f} s: "
-        f"{n_bytes / max(n_tokens, 1):.2f} bytes/token"
+        f"{sample_bytes / max(n_tokens, 1):.2f} bytes/token{sampled}"
     )
     print(f"saved {out / 'tokenizer.json'} and {out / 'tokenizer.tiktoken'}; use it with --tokenizer bpe:{out}")
     return 0

@@ -2,7 +2,9 @@
 
 An entry is `<cache>/tokens/<slug>-<key>/`: `tokens.bin` (uint16 when the vocabulary fits,
 else uint32), the tokenizer that produced it, and `index.json`, written last: an entry
-without it does not exist. The key covers the corpus content (or, for streamed hub sets,
+without it does not exist. While it is built the ids go to `tokens.bin.partial`, and after
+every batch `progress.json` records how far (document, piece, tokens, all synced), so an
+interrupted build resumes there instead of starting again. The key covers the corpus content (or, for streamed hub sets,
 the spec) and the tokenizer; the stored tokenizer fingerprint is checked on reuse, so a
 cache written by another tokenizer is rebuilt rather than misread.
 """
@@ -11,17 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from gptbench.data.batches import check_split, token_dtype
+from gptbench.data.batches import check_split, open_tokens, token_dtype
 from gptbench.data.corpus import DOC_SEPARATOR, Corpus
 from gptbench.errors import UserError
-from gptbench.fsutil import atomic_path, atomic_write_json, cleanup_on_error
+from gptbench.fsutil import atomic_write_json, cleanup_on_error, fsync_dir
 from gptbench.tokenizers.base import Tokenizer
 from gptbench.tokenizers.pieces import split_text
 
@@ -84,7 +88,7 @@ class CacheEntry:
             n = int(index["tokens"])
             if index.get("dtype") != dtype.name or self.tokens_path.stat().st_size != n * dtype.itemsize or n < 1:
                 return None
-            tokens = np.memmap(self.tokens_path, dtype=dtype, mode="r", shape=(n,))
+            tokens = open_tokens(self.tokens_path, dtype, n)
         except (OSError, KeyError, ValueError, TypeError, UserError):
             return None
         return tokens, tok, index
@@ -97,14 +101,17 @@ class CacheEntry:
         t0 = time.perf_counter()
         say(f"tokenizing {corpus.name} with {tok.spec} ({num_proc} thread{'s' if num_proc > 1 else ''})")
         with cleanup_on_error(self.dir):
-            with atomic_path(self.tokens_path) as tmp:
-                known = corpus.sha256 is not None  # local text: hashed when it was read
-                stats = _tokenize_to_file(tok, corpus.docs(), tmp, dtype, num_proc, self.max_tokens, say, hash_docs=not known)
-                if known:
-                    stats.update(sha256=corpus.sha256, bytes=corpus.n_bytes)
+            stats = self._write_tokens(tok, dtype, num_proc, say)
+            try:
                 if stats["tokens"] == 0:
                     raise UserError(f"{corpus.spec}: the corpus is empty after filtering (no text documents); pass a corpus with text")
                 check_split(stats["tokens"], block_size, val_fraction, corpus.name)
+            except UserError:
+                self._discard_partial()
+                raise
+            os.replace(self.partial_path, self.tokens_path)
+            fsync_dir(self.dir)
+            self.progress_path.unlink(missing_ok=True)
             tok.save(self.dir)
             index = {
                 "version": CACHE_VERSION,
@@ -127,42 +134,108 @@ class CacheEntry:
             }
             atomic_write_json(self.index_path, index)
         say(f"tokenized {stats['bytes'] / 1e6:.1f} MB into {stats['tokens']:,} tokens in {index['seconds']:.1f} s")
-        tokens = np.memmap(self.tokens_path, dtype=dtype, mode="r", shape=(stats["tokens"],))
+        tokens = open_tokens(self.tokens_path, dtype, stats["tokens"])
         return tokens, index
+
+
+    @property
+    def partial_path(self) -> Path:
+        return self.dir / "tokens.bin.partial"
+
+    @property
+    def progress_path(self) -> Path:
+        return self.dir / "progress.json"
+
+    def _write_tokens(self, tok: Tokenizer, dtype: np.dtype, num_proc: int, say: Callable[[str], None]) -> dict[str, Any]:
+        """Tokenize the corpus into `tokens.bin.partial`, from where an interrupted build of
+        the same corpus, tokenizer and limits stopped (progress.json), if one did."""
+        corpus, fingerprint = self.corpus, tok.fingerprint()
+        start = self._resume_point(fingerprint, dtype)
+        if start.tokens:
+            say(f"resuming an interrupted tokenization at document {start.doc + 1:,} ({start.tokens:,} tokens written)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+        def record(doc: int, piece: int, tokens: int, f: Any) -> None:
+            f.flush()
+            os.fsync(f.fileno())  # the ids first: progress never claims more than is on disk
+            atomic_write_json(self.progress_path, {"version": CACHE_VERSION, "key": self.key, "fingerprint": fingerprint,
+                                                   "dtype": dtype.name, "doc": doc, "piece": piece, "tokens": tokens})
+
+        known = corpus.sha256 is not None  # local text: hashed when it was read
+        try:
+            with open(self.partial_path, "r+b" if start.tokens else "wb") as f:
+                f.truncate(start.tokens * dtype.itemsize)  # ids written after the last record are written again
+                f.seek(0, os.SEEK_END)
+                stats = _tokenize_to_file(tok, corpus.docs(), f, dtype, num_proc, self.max_tokens, say, hash_docs=not known,
+                                          start=start, on_batch=lambda d, p, n: record(d, p, n, f))
+        except UserError:  # bad input: nothing to resume (an interruption keeps what was done)
+            self._discard_partial()
+            raise
+        if known:
+            stats.update(sha256=corpus.sha256, bytes=corpus.n_bytes)
+        return stats
+
+    def _resume_point(self, fingerprint: str, dtype: np.dtype) -> "_Position":
+        try:
+            got = json.loads(self.progress_path.read_text(encoding="utf-8"))
+            pos = _Position(int(got["doc"]), int(got["piece"]), int(got["tokens"]))
+            same = (got["version"], got["key"], got["fingerprint"], got["dtype"]) == (CACHE_VERSION, self.key, fingerprint, dtype.name)
+            if same and self.partial_path.stat().st_size >= pos.tokens * dtype.itemsize:
+                return pos
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return _Position(0, 0, 0)
+
+    def _discard_partial(self) -> None:
+        self.partial_path.unlink(missing_ok=True)
+        self.progress_path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _Position:
+    """Where a build stands: the next piece to tokenize (document and piece, counting from
+    0; non-empty documents only) and the ids written before it."""
+
+    doc: int
+    piece: int
+    tokens: int
 
 
 def _tokenize_to_file(
     tok: Tokenizer,
     docs: Iterable[str],
-    path: Path,
+    f: Any,
     dtype: np.dtype,
     num_proc: int,
     max_tokens: int | None,
     say: Callable[[str], None],
     *,
     hash_docs: bool = True,
+    start: _Position = _Position(0, 0, 0),
+    on_batch: Callable[[int, int, int], None] = lambda doc, piece, tokens: None,
 ) -> dict[str, Any]:
-    """Stream documents -> ids written to `path` batch by batch; never holds all ids."""
+    """Stream documents -> ids appended to the open file `f` batch by batch (never holding
+    all ids), from `start`; `on_batch(doc, piece, tokens)` after each batch is written."""
     sha = hashlib.sha256()
     n_bytes = n_docs = 0
-    with open(path, "wb") as f:
-        out = _TokenFileWriter(tok, f, dtype, num_proc, max_tokens, say)
-        going = True
-        for doc in docs:
-            if not doc:
-                continue
-            if hash_docs:  # streamed sources are hashed as they go by
-                b = doc.encode("utf-8", errors="replace")
-                if n_docs:
-                    sha.update(DOC_SEPARATOR.encode())
-                sha.update(b)
-                n_bytes += len(b)
-            going = out.add_document(doc, docs_before=n_docs)
-            n_docs += 1
-            if not going:
-                break
-        if going:
-            out.flush(n_docs)
+    out = _TokenFileWriter(tok, f, dtype, num_proc, max_tokens, say, start.tokens, on_batch)
+    going = True
+    for doc in docs:
+        if not doc:
+            continue
+        if hash_docs:  # streamed sources are hashed as they go by (skipped ones too)
+            b = doc.encode("utf-8", errors="replace")
+            if n_docs:
+                sha.update(DOC_SEPARATOR.encode())
+            sha.update(b)
+            n_bytes += len(b)
+        if n_docs >= start.doc:
+            going = out.add_document(doc, docs_before=n_docs, skip=start.piece if n_docs == start.doc else 0)
+        n_docs += 1
+        if not going:
+            break
+    if going:
+        out.flush(n_docs)
     return {"sha256": sha.hexdigest(), "bytes": n_bytes, "n_docs": n_docs, "tokens": out.n_tokens, "truncated": out.truncated}
 
 
@@ -171,10 +244,11 @@ class _TokenFileWriter:
     open file, a separator before each document but the first, up to `max_tokens`."""
 
     def __init__(self, tok: Tokenizer, f: Any, dtype: np.dtype, num_proc: int, max_tokens: int | None,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], n_tokens: int, on_batch: Callable[[int, int, int], None]) -> None:
         self.tok, self.f, self.dtype, self.num_proc = tok, f, dtype, num_proc
-        self.max_tokens, self.say = max_tokens, say
-        self.n_tokens = 0
+        self.max_tokens, self.say, self.on_batch = max_tokens, say, on_batch
+        self.n_tokens = n_tokens
+        self._next = (0, 0)  # (document, piece) after the last queued piece
         self.truncated = False
         self._batch: list[str] = []
         self._new_doc: list[bool] = []  # per piece: whether it starts a document (not the first)
@@ -190,10 +264,13 @@ class _TokenFileWriter:
             self._sep = np.asarray(ids).astype(self.dtype)
         return self._sep
 
-    def add_document(self, doc: str, *, docs_before: int) -> bool:
-        """Queue a document's pieces (the `docs_before`-th document, from 0), writing full
-        batches; False once `max_tokens` is reached."""
+    def add_document(self, doc: str, *, docs_before: int, skip: int = 0) -> bool:
+        """Queue a document's pieces (the `docs_before`-th document, from 0) but the first
+        `skip` (written before a resume), writing full batches; False once `max_tokens` is reached."""
         for j, piece in enumerate(split_text(doc, PIECE_CHARS)):
+            if j < skip:
+                continue
+            self._next = (docs_before, j + 1)
             self._batch.append(piece)
             self._new_doc.append(docs_before > 0 and j == 0)
             self._batch_chars += len(piece)
@@ -220,6 +297,7 @@ class _TokenFileWriter:
         self._batch.clear()
         self._new_doc.clear()
         self._batch_chars = 0
+        self.on_batch(*self._next, self.n_tokens)
         if time.perf_counter() - self._last_report > 2.0:
             self.say(f"  {n_docs:,} documents, {self.n_tokens:,} tokens")
             self._last_report = time.perf_counter()

@@ -23,7 +23,7 @@ appendonly (reading and repairing append-only files), lock, writer, store. Deriv
 states (crashed, stale, corrupt) come from one function, `format.derive_state`.
 """
 
-from gptbench.runstore.appendonly import JsonlTail, iter_jsonl
+from gptbench.runstore.appendonly import JsonlTail, iter_jsonl, iter_jsonl_chunks
 from gptbench.runstore.checkpoints import CheckpointInfo
 from gptbench.runstore.format import (
     HEARTBEAT_INTERVAL_S,
@@ -59,6 +59,7 @@ __all__ = [
     "TrainingState",
     "is_locked",
     "iter_jsonl",
+    "iter_jsonl_chunks",
     "load_training_state",
     "read_json",
     "read_summary",

@@ -40,6 +40,43 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         return
 
 
+def _parse_lines(block: bytes) -> list[dict[str, Any]]:
+    """The JSON objects of complete lines; one bad line costs only itself."""
+    lines = [line for line in block.splitlines() if line.strip()]
+    try:  # one parse for the whole block: much faster than a parse per line
+        objs = json.loads(b"[" + b",".join(lines) + b"]")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        objs = []
+    if len(objs) != len(lines):  # a bad line (or one holding two values): line by line
+        objs = []
+        for line in lines:
+            try:
+                objs.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+    return [obj for obj in objs if isinstance(obj, dict)]
+
+
+def iter_jsonl_chunks(path: Path, start: int, end: int, chunk_bytes: int = 4 << 20) -> Iterator[list[dict[str, Any]]]:
+    """The records of bytes [start, end) of a JSONL file (both at line starts), a list per
+    chunk of about `chunk_bytes`, so a long file is read a piece at a time."""
+    try:
+        f = open(path, "rb")
+    except OSError:
+        return
+    with f:
+        f.seek(start)
+        pos, rest = start, b""
+        while pos < end:
+            data = rest + f.read(min(chunk_bytes, end - pos))
+            if len(data) == len(rest):
+                return  # the file shrank under us
+            pos += len(data) - len(rest)
+            cut = data.rfind(b"\n") + 1 if pos < end else len(data)
+            rest = data[cut:]
+            yield _parse_lines(data[:cut])
+
+
 class JsonlTail:
     """Incremental reader of an append-only JSONL file: `poll()` returns only new records.
 
@@ -52,6 +89,27 @@ class JsonlTail:
         self.path = path
         self.offset = 0
         self.inode: int | None = None
+        self.restarts = 0  # times the file shrank or was replaced and reading began again
+
+    def start_near_end(self, max_bytes: int) -> int:
+        """Before the first poll of a long file: skip all but about its last `max_bytes`, so
+        the next poll starts at the first line beginning there. Returns the offset where the
+        skipped head ends (0 when nothing was skipped); `iter_jsonl_chunks` reads it later."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return 0
+        if st.st_size <= max_bytes:
+            return 0
+        with open(self.path, "rb") as f:
+            start = st.st_size - max_bytes
+            for at in range(start, st.st_size, _SCAN_CHUNK):
+                f.seek(at)
+                newline = f.read(_SCAN_CHUNK).find(b"\n")
+                if newline >= 0:
+                    self.offset, self.inode = at + newline + 1, st.st_ino
+                    return self.offset
+        return 0
 
     def poll(self) -> list[dict[str, Any]]:
         try:
@@ -60,6 +118,7 @@ class JsonlTail:
             return []
         if st.st_size < self.offset or (self.inode is not None and st.st_ino != self.inode):
             self.offset = 0
+            self.restarts += 1
         self.inode = st.st_ino
         if st.st_size == self.offset:
             return []
@@ -70,15 +129,7 @@ class JsonlTail:
         if end < 0:
             return []
         self.offset += end + 1
-        out = []
-        for line in chunk[: end + 1].splitlines():
-            try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
-        return out
+        return _parse_lines(chunk[: end + 1])
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ incrementally through `JsonlTail`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -19,18 +18,20 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-from gptbench.runstore import CheckpointInfo, CorruptRunError, JsonlTail, Run, RunSummary, read_summary
+from gptbench.runstore import CheckpointInfo, CorruptRunError, JsonlTail, Run, RunSummary, iter_jsonl_chunks, read_summary
 from gptbench.runstore.evals import score_series
 from gptbench.runstore.format import LIVE_STATES
 from gptbench.sources import DamagedCheckpoint
+from gptbench.tui.metricseries import MetricSeries
 
 # Keys that always differ between runs and say nothing about how they differ.
 DIFF_IGNORED = frozenset({"name", "created", "format_version", "command"})
 DIFF_IGNORED_PREFIXES = ("param_breakdown.", "tokenizer.fingerprint", "data.cache")
 
 Clock = Callable[[], float]
+TAIL_FIRST_BYTES = 4 << 20  # a longer metrics.jsonl is shown from its last 4 MB first; the head follows
 
 
 def _sig(path: Path) -> tuple[int, int] | None:
@@ -83,80 +84,6 @@ class RunScanner:
             changed = out != self._last
             self._last = out
             return out, changed
-
-
-@dataclass
-class MetricSeries:
-    """The curves of one run, grown incrementally from metrics.jsonl records."""
-
-    train_step: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    tokens_per_sec: list[float] = field(default_factory=list)
-    train_time: list[float] = field(default_factory=list)
-    eval_step: list[int] = field(default_factory=list)
-    eval_train_loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    val_bpb: list[float] = field(default_factory=list)  # bits per byte (NaN where a record has none)
-    sample_step: int | None = None
-    sample_text: str = ""
-    scores: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = field(default_factory=dict)  # task -> steps, acc (runstore.evals)
-    version: int = 0  # bumped on every change, so a viewer can tell "new data" cheaply
-
-    def extend(self, records: Iterable[dict[str, Any]]) -> bool:
-        changed = False
-        for r in records:
-            try:
-                kind = r.get("type")
-                if kind == "train":
-                    step, loss = int(r["step"]), float(r["loss"])
-                    if self.train_step and step <= self.train_step[-1]:
-                        self._truncate_train(step)  # a resumed run re-logs from its checkpoint
-                    self.train_step.append(step)
-                    self.train_loss.append(loss)
-                    self.lr.append(float(r.get("lr") or 0.0))
-                    tps = r.get("tokens_per_sec")
-                    self.tokens_per_sec.append(float(tps) if tps is not None else math.nan)
-                    self.train_time.append(float(r.get("time") or 0.0))
-                elif kind == "eval":
-                    step = int(r["step"])
-                    if self.eval_step and step <= self.eval_step[-1]:
-                        keep = sum(1 for s in self.eval_step if s < step)
-                        del self.eval_step[keep:], self.eval_train_loss[keep:], self.val_loss[keep:], self.val_bpb[keep:]
-                    self.eval_step.append(step)
-                    self.eval_train_loss.append(float(r["train_loss"]))
-                    self.val_loss.append(float(r["val_loss"]))
-                    bpb = r.get("val_bpb")
-                    self.val_bpb.append(float(bpb) if isinstance(bpb, (int, float)) else math.nan)
-                elif kind == "sample":
-                    self.sample_step, self.sample_text = int(r["step"]), str(r.get("text", ""))
-                else:
-                    continue
-            except (KeyError, TypeError, ValueError):
-                continue  # a malformed record is skipped, like a torn line
-            changed = True
-        if changed:
-            self.version += 1
-        return changed
-
-    def copy(self) -> "MetricSeries":
-        """A copy whose lists the watcher's later `extend` calls do not touch."""
-        return dataclasses.replace(self, **{f.name: list(getattr(self, f.name)) for f in dataclasses.fields(self)
-                                            if isinstance(getattr(self, f.name), list)})
-
-    def _truncate_train(self, step: int) -> None:
-        keep = sum(1 for s in self.train_step if s < step)
-        for lst in (self.train_step, self.train_loss, self.lr, self.tokens_per_sec, self.train_time):
-            del lst[keep:]
-
-    def steps_per_sec(self, window: int = 20) -> float | None:
-        """Recent wall-clock training speed (evaluations included), for the ETA."""
-        n = min(window, len(self.train_step) - 1)
-        if n < 1:
-            return None
-        ds = self.train_step[-1] - self.train_step[-1 - n]
-        dt = self.train_time[-1] - self.train_time[-1 - n]
-        return ds / dt if ds > 0 and dt > 0 else None
 
 
 class TextTail:
@@ -236,11 +163,17 @@ class RunWatcher:
         self.damaged: list[DamagedCheckpoint] = []
         self._ckpt_sig: tuple[int, int] | None = None
         self._polled = False
+        self._head_end = 0  # bytes at the start of metrics.jsonl not read yet (see TAIL_FIRST_BYTES)
+        self._head_restarts = 0
         self.lock = threading.Lock()
 
     def poll(self, force: bool = False) -> WatchSnapshot | None:
         with self.lock:
             changed = force or not self._polled
+            if not self._polled:  # a long file: its end now, the rest on the next poll
+                self._head_end, self._head_restarts = self.metrics.start_near_end(TAIL_FIRST_BYTES), self.metrics.restarts
+            elif self._head_end:
+                changed = self._read_head() or changed
             self._polled = True
             if self.config is None and self.run.config_path.exists():
                 try:
@@ -272,6 +205,18 @@ class RunWatcher:
                 self.run.name, self.state, self.summary, dict(self.status), self.config, self.config_error,
                 list(self.checkpoints), series, list(self.log.lines), self.log.total, list(self.damaged),
             )
+
+    def _read_head(self) -> bool:
+        """Read the start of a long metrics file that the first poll skipped, a chunk at a
+        time, and put it before what has been read since (unless the file was replaced)."""
+        head = MetricSeries()
+        for records in iter_jsonl_chunks(self.run.metrics_path, 0, self._head_end):
+            head.extend(records)
+        self._head_end = 0
+        if self.metrics.restarts != self._head_restarts:
+            return False  # rewritten meanwhile: the tail reader has read it all again
+        self.series.prepend(head)
+        return True
 
 
 # ---- config diff ------------------------------------------------------------------------
@@ -359,33 +304,3 @@ def fmt_rate(v: float | None) -> str:
     if not isinstance(v, (int, float)) or not math.isfinite(v):
         return "-"
     return f"{v / 1000:.1f}k" if v >= 10_000 else f"{v:,.0f}"
-
-
-def ema(values: list[float], weight: float) -> list[float]:
-    """TensorBoard-style debiased exponential moving average (weight 0 = raw)."""
-    if weight <= 0 or not values:
-        return list(values)
-    out, acc, norm = [], 0.0, 0.0
-    for v in values:
-        if not math.isfinite(v):
-            out.append(v)
-            continue
-        acc = acc * weight + (1 - weight) * v
-        norm = norm * weight + (1 - weight)
-        out.append(acc / norm)
-    return out
-
-
-def downsample(xs: list[float], ys: list[float], max_points: int) -> tuple[list[float], list[float]]:
-    """Bucket means, so a long run's curve keeps its shape at a chart's resolution."""
-    n = len(xs)
-    if n <= max_points or max_points < 2:
-        return list(xs), list(ys)
-    out_x, out_y = [], []
-    for i in range(max_points):
-        lo, hi = i * n // max_points, max((i + 1) * n // max_points, i * n // max_points + 1)
-        seg = [y for y in ys[lo:hi] if math.isfinite(y)]
-        if seg:
-            out_x.append(xs[hi - 1])
-            out_y.append(sum(seg) / len(seg))
-    return out_x, out_y

@@ -202,7 +202,7 @@ differ), **l** toggles a log scale, **+**/**-** change the smoothing of the trai
         for name in self.names:
             snap = self.snaps.get(name)
             s = snap.series if snap is not None else None
-            loss.append(f"{min(s.val_loss):.4f}" if s and s.val_loss else None)
+            loss.append(f"{min(s.val_loss):.4f}" if s and len(s.val_loss) else None)
             finite = [v for v in (s.val_bpb if s else []) if v == v]
             bpb.append(f"{min(finite):.4f}" if finite else None)
             score.append(f"{snap.summary.score:.3f}" if snap is not None and snap.summary.score is not None else None)

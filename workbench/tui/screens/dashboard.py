@@ -62,7 +62,7 @@ def progress_of(snap: WatchSnapshot) -> tuple[int, int]:
     st, s = snap.status, snap.series
     step = st.get("step")
     if not isinstance(step, int):
-        step = s.train_step[-1] if s.train_step else 0
+        step = int(s.train_step[-1]) if len(s.train_step) else 0
     max_iters = st.get("max_iters") or (snap.config or {}).get("train", {}).get("max_iters") or 0
     return int(step), int(max_iters)
 
@@ -242,8 +242,8 @@ smoothing of the training curves.
             at = f" at step {step:,}" if step else ""
             return Text(f"converted from {source}{at} · no training metrics")
         tps = st.get("tokens_per_sec")
-        if tps is None and s.tokens_per_sec:
-            tps = s.tokens_per_sec[-1]
+        if tps is None and len(s.tokens_per_sec):
+            tps = float(s.tokens_per_sec[-1])
         parts = [f"step {step:,}/{max_iters:,}" if max_iters else f"step {step:,}", f"best val {fmt_loss(st.get('best_val_loss'))}",
                  f"{fmt_rate(tps)} tok/s"]
         if snap.summary.world_size > 1:

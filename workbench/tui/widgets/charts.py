@@ -5,20 +5,23 @@ A chart owns its data and its view options (log scale, smoothing): screens forwa
 copy of that state. The plotext figure is rebuilt only when the data, the size, the
 theme or an option changes: `render()` runs on every repaint, and a plotext build costs
 milliseconds, so an unchanged chart is served from a cache. Long runs are smoothed first
-(EMA on the full series) and then bucket-averaged to the chart's width, so a 100k-step
-curve costs the same to draw as a 100-step one.
+(EMA on the full series, in numpy) and then cut to the lowest and highest point of each
+pixel column (`chartdata`), so a 1M-step curve draws like a 100-step one and keeps its spikes.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 from rich.text import Text
 from textual.app import RenderResult
 from textual_plotext import PlotextPlot
 
-from gptbench.tui.runsdata import downsample, ema
+import numpy as np
+
+from gptbench.tui.chartdata import ema_from, minmax_downsample
 
 # The smoothing steps the +/- keys walk through on every chart screen (EMA factor).
 SMOOTHING_LEVELS: list[float] = [0.0, 0.6, 0.8, 0.9, 0.95, 0.99]
@@ -39,11 +42,35 @@ PALETTE: list[tuple[int, int, int]] = [
 @dataclass
 class Series:
     label: str
-    xs: list[float]
-    ys: list[float]
+    xs: Sequence[float]  # lists or numpy arrays
+    ys: Sequence[float]
     color: tuple[int, int, int] | str = PALETTE[0]
     smooth: bool = True  # apply the chart's smoothing (eval points usually are not)
     marker: str = "braille"
+
+
+@dataclass
+class _Smoothed:
+    """A series' EMA, kept for the next redraw: reused whole while the series is the same
+    object, continued from `state` when it is a longer view of the same growing buffer
+    (`MetricSeries` columns never rewrite values they have handed out)."""
+
+    ys: Sequence[float]
+    smoothing: float
+    out: np.ndarray
+    state: tuple[float, float]
+
+    def fits(self, ys: Sequence[float], smoothing: float) -> bool:
+        if smoothing != self.smoothing:
+            return False
+        if ys is self.ys:
+            return True
+        old, new = getattr(self.ys, "base", None), getattr(ys, "base", None)
+        return old is not None and old is new and len(ys) >= len(self.ys) and self._starts_alike(ys)
+
+    def _starts_alike(self, ys: Sequence[float]) -> bool:
+        old, new = np.asarray(self.ys), np.asarray(ys)
+        return old.size == 0 or (new.ctypes.data == old.ctypes.data and new.strides == old.strides)
 
 
 def nice_ticks(lo: float, hi: float, count: int) -> list[float]:
@@ -116,6 +143,7 @@ class MetricChart(PlotextPlot):
         self._version = 0
         self._cache_key: tuple | None = None
         self._cache: Text | None = None
+        self._smoothed: dict[str, _Smoothed] = {}  # by series label
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -158,7 +186,7 @@ class MetricChart(PlotextPlot):
 
     @property
     def has_data(self) -> bool:
-        return any(s.xs for s in self.series)
+        return any(len(s.xs) for s in self.series)
 
     # ---- drawing -----------------------------------------------------------------------------
     def render(self) -> RenderResult:
@@ -169,6 +197,23 @@ class MetricChart(PlotextPlot):
         self._cache_key, self._cache = key, self._build(w, h)
         return self._cache
 
+    def _points(self, s: Series, columns: int) -> tuple[np.ndarray, np.ndarray]:
+        """The points to draw: smoothed (kept while the data and the smoothing are the same,
+        so a log-scale toggle costs no EMA), only positive ones on a log scale, min/max per column."""
+        ys = s.ys
+        if s.smooth and self.smoothing > 0:
+            hit = self._smoothed.get(s.label)
+            if hit is None or not hit.fits(s.ys, self.smoothing):
+                hit = self._smoothed[s.label] = _Smoothed(s.ys, self.smoothing, *ema_from(s.ys, self.smoothing))
+            elif hit.ys is not s.ys:  # the same series, grown: smooth only the new values
+                tail, state = ema_from(s.ys[len(hit.ys):], self.smoothing, hit.state)
+                hit = self._smoothed[s.label] = _Smoothed(s.ys, self.smoothing, np.concatenate([hit.out, tail]), state)
+            ys = hit.out
+        x, y = np.asarray(s.xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+        if self.log_y:
+            x, y = x[y > 0], y[y > 0]
+        return minmax_downsample(x, y, max(4, columns))
+
     def _build(self, w: int, h: int) -> Text:
         title = self.title_text
         if not self.has_data:
@@ -177,32 +222,25 @@ class MetricChart(PlotextPlot):
         if w < 20 or h < 7:  # too small to plot: the latest values instead
             text = Text(f"{title}\n" if title else "", style="bold", overflow="ellipsis")
             for s in self.series:
-                if s.ys:
-                    text.append(f"{s.label} {tick_label(s.ys[-1])}\n", style="")
+                if len(s.ys):
+                    text.append(f"{s.label} {tick_label(float(s.ys[-1]))}\n", style="")
             return text
         plt = self.plt
         plt.clear_figure()
         plt.plotsize(w, h)
         plt._set_size(w, h)
         plt.theme(self._get_plotext_theme_name(self.app.theme))
-        max_points = max(8, 2 * w)
         x_lo, x_hi, y_lo, y_hi = math.inf, -math.inf, math.inf, -math.inf
         for s in self.series:
-            xs, ys = s.xs, s.ys
-            if s.smooth and self.smoothing > 0:
-                ys = ema(ys, self.smoothing)
-            pts = [(x, y) for x, y in zip(xs, ys) if math.isfinite(y) and (y > 0 or not self.log_y)]
-            if not pts:
+            px, py = self._points(s, 2 * w)  # braille: two dots per character column
+            if not px.size:
                 continue
-            px, py = downsample([p[0] for p in pts], [p[1] for p in pts], max_points)
-            if not px:
-                continue
-            x_lo, x_hi = min(x_lo, px[0]), max(x_hi, px[-1])
-            y_lo, y_hi = min(y_lo, *py), max(y_hi, *py)
-            if len(px) == 1:
-                plt.scatter(px, py, label=s.label, color=s.color, marker="•")
+            x_lo, x_hi = min(x_lo, float(px.min())), max(x_hi, float(px.max()))
+            y_lo, y_hi = min(y_lo, float(py.min())), max(y_hi, float(py.max()))
+            if px.size == 1:
+                plt.scatter(px.tolist(), py.tolist(), label=s.label, color=s.color, marker="•")
             else:
-                plt.plot(px, py, label=s.label, color=s.color, marker=s.marker)
+                plt.plot(px.tolist(), py.tolist(), label=s.label, color=s.color, marker=s.marker)
         if x_lo <= x_hi:
             # round ticks in the metric's own units; one point gets an axis around it, not -1..1
             lo, hi = _span(x_lo, x_hi)
