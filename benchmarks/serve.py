@@ -206,13 +206,14 @@ def serving_rows(runs: Path, tmp: Path, args: argparse.Namespace, batched) -> li
 
 
 def load_run(url: str, requests: int, max_tokens: int) -> dict:
-    """`requests` completions from 32 concurrent clients: the first tenth warms up (allocator,
-    caches), RSS is read before, after the warm-up and at the end (flat: end ≈ warm)."""
+    """`requests` completions (rounded up to a multiple of the 32 concurrent clients): the first
+    tenth warms up (allocator, caches), RSS is read before, after the warm-up and at the end
+    (flat: end ≈ warm)."""
     start = rss_mib()
     warm_per = max(1, requests // 10 // LOAD_CLIENTS)
     warm = load(url, "bench", LOAD_CLIENTS, warm_per, max_tokens)
     after_warm = rss_mib()
-    rest = load(url, "bench", LOAD_CLIENTS, max(1, requests // LOAD_CLIENTS - warm_per), max_tokens)
+    rest = load(url, "bench", LOAD_CLIENTS, max(1, -(-requests // LOAD_CLIENTS) - warm_per), max_tokens)
     end = rss_mib()
     return {"requests": warm["requests"] + rest["requests"], "errors": warm["errors"] + rest["errors"],
             "tokens": warm["tokens"] + rest["tokens"], "seconds": round(warm["seconds"] + rest["seconds"], 1),
