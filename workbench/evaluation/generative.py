@@ -20,7 +20,6 @@ is refused.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from gptbench.errors import UserError
-from gptbench.evaluation.items import GenItem, Task
+from gptbench.evaluation.items import GenItem, Task, read_task_file
 from gptbench.evaluation.results import TaskResult
 from gptbench.tokenizers.chat import ROLES, Message, is_chat
 
@@ -66,25 +65,8 @@ def check_gen_item(obj: object, where: str) -> GenItem:
 
 
 def load_gen_items(path: Path) -> tuple[GenItem, ...]:
-    """Every item of a local generative JSONL file (blank lines skipped), each line checked."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"task file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read task file {path}: {exc}") from None
-    items = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path} line {n}: not JSON ({exc.msg}); one item a line") from None
-        items.append(check_gen_item(obj, f"{path} line {n}"))
-    if not items:
-        raise UserError(f"task file {path} has no items; one JSON object a line")
-    return tuple(items)
+    """Every generative item of a local JSONL file, each line checked."""
+    return read_task_file(path, check_gen_item)
 
 
 def normalise(text: str) -> str:

@@ -16,11 +16,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from gptbench.errors import UserError
 from gptbench.tokenizers.chat import Message
+
+T = TypeVar("T")
 
 FEWSHOT_DELIMITER = "\n\n"
 
@@ -125,7 +128,13 @@ def check_item(obj: object, where: str) -> Item:
 
 
 def load_jsonl_items(path: Path) -> tuple[Item, ...]:
-    """Every item of a local JSONL file (blank lines skipped), each line checked."""
+    """Every multiple-choice item of a local JSONL file, each line checked."""
+    return read_task_file(path, check_item)
+
+
+def read_task_file(path: Path, check: Callable[[Any, str], T]) -> tuple[T, ...]:
+    """Every item of a local JSONL task file (blank lines skipped), each line read by `check`
+    with its place (`FILE line N`) for the one-line error it raises."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
@@ -140,7 +149,7 @@ def load_jsonl_items(path: Path) -> tuple[Item, ...]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(f"{path} line {n}: not JSON ({exc.msg}); one item a line") from None
-        items.append(check_item(obj, f"{path} line {n}"))
+        items.append(check(obj, f"{path} line {n}"))
     if not items:
         raise UserError(f"task file {path} has no items; one JSON object a line")
     return tuple(items)
