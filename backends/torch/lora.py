@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptbench.backends.lora import LoRAConfig
-from gptbench.backends.torch.model import GPT
+from gptbench.backends.torch.model import GPT, Dropout
 
 
 class LoRALinear(nn.Linear):
@@ -21,7 +21,7 @@ class LoRALinear(nn.Linear):
         self.lora_a = nn.Parameter(torch.zeros(rank, in_features))
         self.lora_b = nn.Parameter(torch.zeros(out_features, rank))
         self.scale = scale
-        self.lora_dropout = nn.Dropout(dropout)
+        self.lora_dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         update = F.linear(F.linear(self.lora_dropout(x), self.lora_a), self.lora_b)

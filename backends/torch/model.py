@@ -130,16 +130,80 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
+def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    """A boolean mask keeping each element with probability 1 - p (to within 2^-32), from
+    numpy's PCG64 seeded by one draw of torch's global generator: the masks follow
+    `torch.manual_seed` and the RNG state the backend checkpoints, at ~4x the speed of
+    torch's CPU `bernoulli_`, which draws one Mersenne-Twister number per element."""
+    n = math.prod(shape)
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    bits = np.random.PCG64(seed).random_raw((n + 1) // 2).view(np.uint32)[:n]
+    return torch.from_numpy(bits >= np.uint32(min(round(p * 2**32), 2**32 - 1))).view(shape)
+
+
+class _Masked(torch.autograd.Function):
+    """x · keep · scale, saving only the boolean mask for the backward pass (as torch's own
+    dropout does). numpy multiplies: its float-by-bool loop is ~3x torch's CPU `where` and
+    `mul` with a bool operand (measured at the attention weights' size)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return _masked(x, keep, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (keep,) = ctx.saved_tensors
+        return _masked(grad, keep, ctx.scale), None, None
+
+
+def _masked(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    out = np.multiply(x.detach().numpy(), keep.numpy())
+    out *= out.dtype.type(scale)
+    return torch.from_numpy(out)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout, `nn.Dropout`'s, with its masks from `keep_mask` on the CPU in eager
+    mode: torch's CPU masks were a quarter of a training step at nanoGPT's Shakespeare-char
+    shape (dropout 0.2). On CUDA, MPS and under `torch.compile`, torch's own fused dropout."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def draws_own_masks(self, x: torch.Tensor) -> bool:
+        return (self.training and self.p > 0.0 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and not torch.compiler.is_compiling())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.draws_own_masks(x):
+            return _Masked.apply(x, keep_mask(x.shape, self.p), 1.0 / (1.0 - self.p))
+        return F.dropout(x, self.p, training=self.training) if self.p > 0.0 else x
+
+
+def causal_attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: Dropout) -> torch.Tensor:
+    """Causal attention with dropout on the weights, spelled out: with dropout torch's CPU
+    SDPA leaves its flash kernel for the same math path, but with `bernoulli_` masks and a
+    safe-softmax pass that a causal mask (no row fully masked) never needs."""
+    T = q.shape[-2]
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    weights = scores.masked_fill_(future, float("-inf")).softmax(dim=-1)
+    return dropout(weights) @ v
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
-        self.dropout = config.dropout
+        self.attn_dropout = Dropout(config.dropout)
         self.qk_norm_eps = config.norm_eps if config.qk_norm else None
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None,
@@ -163,9 +227,12 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update_and_fetch(k, v)
         if mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif self.attn_dropout.draws_own_masks(x) and start == 0:
+            y = causal_attention_with_dropout(q, k, v, self.attn_dropout)
         elif start == 0 and T > 1:
             # Training (attention dropout is fused) or a prefill: plain causal attention.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+            dropout_p = self.attn_dropout.p if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         elif T > 1:
             # Several new tokens on top of a cache: torch's is_causal aligns upper-left, so
             # spell out the lower-right causal mask.
@@ -185,7 +252,7 @@ class MLP(nn.Module):
         if config.mlp == "swiglu":
             self.c_gate = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
         self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "gelu":
@@ -224,7 +291,7 @@ class GPT(nn.Module):
             cos, sin = rope_tables(config)
             self.register_buffer("_rope_cos", torch.from_numpy(cos), persistent=False)
             self.register_buffer("_rope_sin", torch.from_numpy(sin), persistent=False)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = _norm(config)
         if not config.tie_embeddings:
