@@ -7,7 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from gptbench.errors import UserError
 
@@ -59,7 +59,7 @@ def _pieces(corpus):
 STATS_SAMPLE_CHARS = 16 << 20  # bytes/token after training is measured on (at most) this much text
 
 
-def _count_tokens(tok, docs: list[str], limit: int = STATS_SAMPLE_CHARS) -> tuple[int, int]:
+def _count_tokens(tok, docs: Iterable[str], limit: int = STATS_SAMPLE_CHARS) -> tuple[int, int]:
     """(tokens, UTF-8 bytes) of the first `limit` characters of `docs` (whole pieces),
     encoded a few 1 MB pieces per thread at a time: never a second copy of the corpus."""
     from gptbench.tokenizers.pieces import split_text
@@ -92,17 +92,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if (out / "tokenizer.json").exists() and not args.force:
         raise UserError(f"{out} already holds a tokenizer.json; pass --force to overwrite or pick another --out")
     corpus = load_corpus(args.corpus, max_docs=args.max_docs)
-    docs = corpus.materialize()
-    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
     t0 = time.perf_counter()
-    tok = train_bpe((p for d in docs for p in split_text(d, 1 << 16)), args.vocab_size)
+    tok = train_bpe((p for d in corpus.reread() for p in split_text(d, 1 << 16)), args.vocab_size)
     seconds = time.perf_counter() - t0
-    n_tokens, sample_bytes = _count_tokens(tok, docs)
+    n_bytes = corpus.n_bytes if corpus.n_bytes is not None else sum(len(d.encode("utf-8")) for d in corpus.reread())
+    n_tokens, sample_bytes = _count_tokens(tok, corpus.reread())
     tok.save(out)
     short = "" if tok.vocab_size == args.vocab_size else f" (the corpus ran out of pairs before {args.vocab_size})"
     sampled = "" if sample_bytes >= n_bytes else f" (on its first {sample_bytes / 1e6:.0f} MB)"
     print(
-        f"trained {tok.spec}{short} on {corpus.name} ({n_bytes / 1e6:.2f} MB, {len(docs)} docs) in {seconds:.1f} s: "
+        f"trained {tok.spec}{short} on {corpus.name} ({n_bytes / 1e6:.2f} MB, {corpus.n_docs} docs) in {seconds:.1f} s: "
         f"{sample_bytes / max(n_tokens, 1):.2f} bytes/token{sampled}"
     )
     print(f"saved {out / 'tokenizer.json'} and {out / 'tokenizer.tiktoken'}; use it with --tokenizer bpe:{out}")

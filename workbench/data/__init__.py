@@ -126,9 +126,8 @@ def _build_tokenizer(spec: TokenizerSpec, corpus: Corpus, say: Callable[[str], N
     if spec.size is not None:
         from gptbench.tokenizers.bpe import train_bpe
 
-        docs = corpus.materialize()
         t0 = time.perf_counter()
-        tok = train_bpe((p for d in docs for p in split_text(d, 1 << 16)), spec.size, progress=say)
+        tok = train_bpe((p for d in corpus.reread() for p in split_text(d, 1 << 16)), spec.size, progress=say)
         say(f"trained {tok.spec} in {time.perf_counter() - t0:.1f} s")
         return tok
     if spec.kind == "char":

@@ -8,7 +8,7 @@ importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from gptbench.errors import UserError
 
@@ -17,8 +17,9 @@ DOC_SEPARATOR = "\n\n"  # between documents for tokenizers without an eot token
 
 @dataclass
 class Corpus:
-    """A source of documents. Local text is read eagerly (validated, hashed); records and
-    Hugging Face sets are streamed (hashed while they are tokenized)."""
+    """A source of documents. A text file is read eagerly (validated, hashed); folders of
+    text files are hashed up front and streamed (`rereadable`: a second pass reads the files
+    again); records and Hugging Face sets are streamed (hashed while they are tokenized)."""
 
     spec: str  # canonical form
     name: str  # short display name (pystdlib, tinyshakespeare, file or folder name, ...)
@@ -28,17 +29,24 @@ class Corpus:
     stream: Callable[[], Iterator[str]] | None = None
     sha256: str | None = None
     n_bytes: int | None = None
+    doc_count: int | None = None  # known up front for a streamed folder
+    rereadable: bool = False  # the stream is cheap to read again (local files): never held in memory
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_docs(self) -> int | None:
-        return len(self.docs_list) if self.docs_list is not None else None
+        return len(self.docs_list) if self.docs_list is not None else self.doc_count
 
     def docs(self) -> Iterator[str]:
         if self.docs_list is not None:
             return iter(self.docs_list)
         assert self.stream is not None
         return self.stream()
+
+    def reread(self) -> Iterable[str]:
+        """The documents for one of several passes: streamed again where that is cheap
+        (local files), else held in memory after the first pass (hub sets, records)."""
+        return self.docs() if self.rereadable else self.materialize()
 
     def materialize(self) -> list[str]:
         if self.docs_list is None:

@@ -10,7 +10,9 @@
                          `text` by default), see `gptbench.data.hub`
   hf:NAME[:CONFIG][:SPLIT][#FIELD]   a Hugging Face dataset, streamed (`gptbench.data.hub`)
 
-Local text is read eagerly, validated and hashed; record files and hub datasets stream.
+A text file and the default corpus are read eagerly, validated and hashed; folders and globs
+of text files are hashed in one pass and streamed file by file after it; record files and hub
+datasets stream.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sysconfig
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from gptbench import paths
 from gptbench.data.corpus import DOC_SEPARATOR, Corpus
@@ -94,22 +96,65 @@ def load_corpus(
     return _path_corpus(s, max_docs)
 
 
+class _ContentKey:
+    """The identity of local text, fed a document at a time: the SHA-256 of the documents
+    joined by `DOC_SEPARATOR`, and a key that also covers where they split."""
+
+    def __init__(self) -> None:
+        self.text, self.lengths, self.n_bytes, self.n_docs = hashlib.sha256(), hashlib.sha256(), 0, 0
+
+    def add(self, doc: str) -> None:
+        b = doc.encode("utf-8")
+        if self.n_docs:
+            self.text.update(DOC_SEPARATOR.encode())
+        self.text.update(b)
+        self.lengths.update(len(b).to_bytes(8, "little"))
+        self.n_bytes += len(b)
+        self.n_docs += 1
+
+    def key(self) -> str:
+        return hashlib.sha256(f"text:{self.text.hexdigest()}:{self.lengths.hexdigest()}".encode()).hexdigest()
+
+
 def _text_corpus(spec: str, name: str, source: str, docs: list[str], max_docs: int | None, **details: Any) -> Corpus:
     if max_docs is not None:
         docs = docs[:max_docs]
-    h = hashlib.sha256()
-    lengths = hashlib.sha256()
-    n_bytes = 0
-    for i, d in enumerate(docs):
-        b = d.encode("utf-8")
-        if i:
-            h.update(DOC_SEPARATOR.encode())
-        h.update(b)
-        lengths.update(len(b).to_bytes(8, "little"))
-        n_bytes += len(b)
-    sha = h.hexdigest()
-    key = hashlib.sha256(f"text:{sha}:{lengths.hexdigest()}".encode()).hexdigest()
-    return Corpus(spec, name, source, key, docs_list=docs, sha256=sha, n_bytes=n_bytes, details=details)
+    content = _ContentKey()
+    for d in docs:
+        content.add(d)
+    return Corpus(spec, name, source, content.key(), docs_list=docs, sha256=content.text.hexdigest(),
+                  n_bytes=content.n_bytes, details=details)
+
+
+def _streamed_text_corpus(spec: str, name: str, source: str, files: list[Path], max_docs: int | None, path_part: str) -> Corpus:
+    """Text files, one document each, never all in memory: one pass now picks the readable
+    files and hashes them (the same key as `_text_corpus` gives the same text), and every
+    later pass (BPE training, the token cache) reads them again one at a time."""
+    content, kept, skipped = _ContentKey(), [], 0
+    for f in files:
+        if max_docs is not None and len(kept) >= max_docs:
+            break
+        text = _try_read_text(f)
+        if text is None:
+            skipped += 1
+            continue
+        content.add(text)
+        kept.append(f)
+    if not kept:
+        raise UserError(
+            f"{path_part}: no text to train on ({len(files)} files, all empty, binary or not UTF-8); "
+            f"pass UTF-8 text files"
+        )
+
+    def stream() -> Iterator[str]:
+        for f in kept:
+            text = _try_read_text(f)
+            if text is None:
+                raise UserError(f"{f} became unreadable, binary or not UTF-8 while the corpus was read; restore it")
+            yield text
+
+    return Corpus(spec, name, source, content.key(), stream=stream, sha256=content.text.hexdigest(), n_bytes=content.n_bytes,
+                  doc_count=len(kept), rereadable=True, details={"files": len(kept), "skipped_files": skipped})
 
 
 def _is_binary(head: bytes) -> bool:
@@ -199,21 +244,7 @@ def _path_corpus(spec: str, max_docs: int | None) -> Corpus:
     if source == "file":
         docs = [_read_text_file(p, shown=path_part)]
         return _text_corpus(spec, name, source, docs, max_docs, files=1)
-    docs, skipped = [], 0
-    for f in files:
-        if max_docs is not None and len(docs) >= max_docs:
-            break
-        text = _try_read_text(f)
-        if text is None:
-            skipped += 1
-        else:
-            docs.append(text)
-    if not docs:
-        raise UserError(
-            f"{path_part}: no text to train on ({len(files)} files, all empty, binary or not UTF-8); "
-            f"pass UTF-8 text files"
-        )
-    return _text_corpus(spec, name, source, docs, max_docs, files=len(docs), skipped_files=skipped)
+    return _streamed_text_corpus(spec, name, source, files, max_docs, path_part)
 
 
 def _pystdlib_corpus(max_docs: int | None) -> Corpus:
