@@ -71,6 +71,38 @@ def test_minmax_downsample_keeps_spikes_and_agrees_with_a_plain_reference():
     assert np.add.reduceat(ys[finite], np.arange(0, finite.sum(), 500)).max() / 500 < 4
 
 
+def test_minmax_downsample_of_unsorted_points_agrees_with_the_plain_reference():
+    """Points out of x order (a merged or resumed history) take the sorting path, with the
+    same result as sorted ones take the run-per-column path."""
+    rng = np.random.default_rng(2)
+    xs = rng.permutation(20_000).astype(np.float64)
+    ys = rng.standard_normal(xs.size)
+    px, py = minmax_downsample(xs, ys, 150)
+    assert set(zip(px.tolist(), py.tolist())) == plain_minmax(xs.tolist(), ys.tolist(), 150)
+    order = np.argsort(xs)
+    sx, sy = minmax_downsample(xs[order], ys[order], 150)
+    assert set(zip(sx.tolist(), sy.tolist())) == set(zip(px.tolist(), py.tolist()))
+
+
+@pytest.mark.parametrize("kind", ["duplicates", "on_edges", "int_steps", "one_x"])
+def test_minmax_downsample_of_sorted_points_puts_edge_points_in_the_plain_reference_s_columns(kind):
+    """The sorted path finds column runs by binary search: points on or next to an edge,
+    repeated xs and integer steps land in the column the formula gives."""
+    rng = np.random.default_rng(3)
+    xs = {"duplicates": np.sort(rng.integers(0, 1000, 20_000)).astype(np.float64),
+          "on_edges": np.repeat(np.linspace(0.0, 1.0, 301), 7),  # 300 columns: many points exactly on an edge
+          "int_steps": np.arange(3, 50_003, dtype=np.int64),
+          "one_x": np.full(5000, 7.0)}[kind]
+    ys = rng.standard_normal(xs.size)
+    columns = 300 if kind == "on_edges" else 97
+    px, py = minmax_downsample(xs, ys, columns)
+    assert px.dtype == np.float64 and np.all(np.diff(px) >= 0)
+    if kind == "one_x":
+        assert sorted(py.tolist()) == [ys.min(), ys.max()]
+        return
+    assert set(zip(px.tolist(), py.tolist())) == plain_minmax(xs.tolist(), ys.tolist(), columns)
+
+
 def record(step: int, loss: float = 1.0) -> str:
     return json.dumps({"step": step, "loss": loss, "lr": 1e-3, "grad_norm": 0.5, "tokens_per_sec": 10.0,
                        "elapsed": step, "time": 1000.0 + step, "type": "train"}) + "\n"

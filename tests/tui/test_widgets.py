@@ -98,3 +98,33 @@ async def test_log_pane_wraps_long_lines_and_rewraps_on_resize():
         pane.set_reason("loss became nan at step 10 (no checkpoint was saved)")
         await settle(pilot)
         assert screen_text(pilot.app).count("loss became nan") == 1  # the log has it: not repeated
+
+
+async def test_a_log_toggle_reuses_the_envelope_and_drops_non_positive_points(monkeypatch):
+    """A long series is downsampled once per data and width: toggling the log scale on an
+    all-positive series draws the same points with no new pass; with values <= 0 the log
+    scale draws the envelope of the positive points alone."""
+    import numpy as np
+
+    import gptbench.tui.widgets.charts as charts
+
+    calls = []
+    real = charts.minmax_downsample
+    monkeypatch.setattr(charts, "minmax_downsample", lambda *a: calls.append(len(a[0])) or real(*a))
+    xs = np.arange(1, 20_001)
+    positive, mixed = 1.0 + np.sin(xs / 500.0) ** 2, np.sin(xs / 500.0)
+    chart = MetricChart("loss", log_scalable=True)
+    async with OneWidget(chart).run_test(size=(60, 20)) as pilot:
+        chart.set_series([Series("train", xs, positive, smooth=False)])
+        await settle(pilot)
+        linear = chart._points(chart.series[0], 60)
+        chart.toggle_log_scale()
+        await settle(pilot)
+        logged = chart._points(chart.series[0], 60)
+        assert len(calls) == 1  # one downsampling for both scales
+        np.testing.assert_array_equal(linear[0], logged[0])
+        chart.set_series([Series("train", xs, mixed, smooth=False)])
+        await settle(pilot)
+        px, py = chart._points(chart.series[0], 60)
+        assert py.min() > 0
+        np.testing.assert_array_equal((px, py), real(xs[mixed > 0], mixed[mixed > 0], 60))

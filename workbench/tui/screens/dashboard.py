@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 POLL_INTERVAL_S = 1.0
 CHART_INTERVAL_S = 2.0  # charts redraw at most this often (status and log follow every poll)
 SIDE_CHARTS_EVERY = 5  # learning rate and tokens/s: every 5th loss-chart redraw
+SIDE_CHART_GAP_S = 0.2  # ...each in its own frame, this long after the one before,
+STAGGER_FROM_POINTS = 20_000  # ...once the curves are this long (a build then costs ~10 ms)
 ENDED_STATES = ("finished", "stopped", "failed", "crashed")
 
 
@@ -282,11 +284,18 @@ smoothing of the training curves.
                          PALETTE[(4 + i) % len(PALETTE)], smooth=False) for i, (task, (steps, values)) in enumerate(s.scores.items())),
             ]
         )
-        # the side charts change slowly: while a run trains they redraw every SIDE_CHARTS_EVERY-th time
+        # the side charts change slowly: while a run trains they redraw every SIDE_CHARTS_EVERY-th
+        # time, one frame apart, so that a key press never waits behind three chart builds
         self._chart_round += 1
         if self._chart_round % SIDE_CHARTS_EVERY == 1 or self.snap.state != "running" or SIDE_CHARTS_EVERY == 1:
-            self.query_one("#chart-lr", MetricChart).set_series([Series("lr", s.train_step, s.lr, PALETTE[2], smooth=False)])
-            self.query_one("#chart-tps", MetricChart).set_series([Series("tok/s", s.train_step, s.tokens_per_sec, PALETTE[3])])
+            lr = [Series("lr", s.train_step, s.lr, PALETTE[2], smooth=False)]
+            tps = [Series("tok/s", s.train_step, s.tokens_per_sec, PALETTE[3])]
+            if len(s.train_step) < STAGGER_FROM_POINTS:
+                self.query_one("#chart-lr", MetricChart).set_series(lr)
+                self.query_one("#chart-tps", MetricChart).set_series(tps)
+            else:
+                self.set_timer(SIDE_CHART_GAP_S, lambda: self.query_one("#chart-lr", MetricChart).set_series(lr))
+                self.set_timer(2 * SIDE_CHART_GAP_S, lambda: self.query_one("#chart-tps", MetricChart).set_series(tps))
 
     # ---- actions ------------------------------------------------------------------------------
     def action_back(self) -> None:

@@ -6,7 +6,7 @@ copy of that state. The plotext figure is rebuilt only when the data, the size, 
 theme or an option changes: `render()` runs on every repaint, and a plotext build costs
 milliseconds, so an unchanged chart is served from a cache. Long runs are smoothed first
 (EMA on the full series, in numpy) and then cut to the lowest and highest point of each
-pixel column (`chartdata`), so a 1M-step curve draws like a 100-step one and keeps its spikes.
+character column (`chartdata`), so a 1M-step curve draws like a 100-step one and keeps its spikes.
 """
 
 from __future__ import annotations
@@ -144,6 +144,9 @@ class MetricChart(PlotextPlot):
         self._cache_key: tuple | None = None
         self._cache: Text | None = None
         self._smoothed: dict[str, _Smoothed] = {}  # by series label
+        # by series label: (xs, ys, columns, the min/max envelope), kept with the arrays it was
+        # made from so that an unchanged series is never downsampled twice
+        self._envelopes: dict[str, tuple[Sequence[float], Sequence[float], int, tuple[np.ndarray, np.ndarray]]] = {}
 
     # ---- state -------------------------------------------------------------------------------
     @property
@@ -209,10 +212,17 @@ class MetricChart(PlotextPlot):
                 tail, state = ema_from(s.ys[len(hit.ys):], self.smoothing, hit.state)
                 hit = self._smoothed[s.label] = _Smoothed(s.ys, self.smoothing, np.concatenate([hit.out, tail]), state)
             ys = hit.out
+        columns = max(4, columns)
+        hit = self._envelopes.get(s.label)
+        if hit is None or hit[0] is not s.xs or hit[1] is not ys or hit[2] != columns:
+            hit = self._envelopes[s.label] = (s.xs, ys, columns, minmax_downsample(s.xs, ys, columns))
+        px, py = hit[3]
+        if not self.log_y or not py.size or py.min() > 0:
+            # every column's lowest point is in the envelope: all positive there, all positive
+            # everywhere, and the log scale draws the same points (a toggle costs no pass)
+            return px, py
         x, y = np.asarray(s.xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
-        if self.log_y:
-            x, y = x[y > 0], y[y > 0]
-        return minmax_downsample(x, y, max(4, columns))
+        return minmax_downsample(x[y > 0], y[y > 0], columns)
 
     def _build(self, w: int, h: int) -> Text:
         title = self.title_text
@@ -232,7 +242,9 @@ class MetricChart(PlotextPlot):
         plt.theme(self._get_plotext_theme_name(self.app.theme))
         x_lo, x_hi, y_lo, y_hi = math.inf, -math.inf, math.inf, -math.inf
         for s in self.series:
-            px, py = self._points(s, 2 * w)  # braille: two dots per character column
+            # min/max per character column: the line between a column's two points fills its
+            # braille dots, and plotext's cost grows with the points (4w points took 2.2x 2w)
+            px, py = self._points(s, w)
             if not px.size:
                 continue
             x_lo, x_hi = min(x_lo, float(px.min())), max(x_hi, float(px.max()))
