@@ -3,6 +3,8 @@ and the token cache, so a corpus larger than memory can be tokenized (issue 25 p
 
 from __future__ import annotations
 
+import os
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -50,6 +52,18 @@ def test_a_file_that_turns_binary_after_hashing_is_refused_by_name(tmp_path):
     (tmp_path / "c" / "part-001.txt").write_bytes(b"\x00binary")
     with pytest.raises(UserError, match=r"part-001\.txt became unreadable, binary or not UTF-8"):
         list(corpus.docs())
+
+
+def test_a_fifo_in_a_folder_is_read_once_and_held(tmp_path):
+    """A FIFO gives its text once: the hashing pass keeps it, and later passes reuse it."""
+    texts = write_folder(tmp_path / "c", 2, 300)
+    fifo = tmp_path / "c" / "part-002.txt"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("from a pipe\n", encoding="utf-8"), daemon=True)
+    writer.start()
+    corpus = load_corpus(str(tmp_path / "c"))
+    writer.join(10)
+    assert list(corpus.docs()) == [*texts, "from a pipe\n"] == list(corpus.docs())
 
 
 def test_the_token_cache_holds_a_batch_not_the_corpus(tmp_path, monkeypatch):

@@ -129,8 +129,10 @@ def _text_corpus(spec: str, name: str, source: str, docs: list[str], max_docs: i
 def _streamed_text_corpus(spec: str, name: str, source: str, files: list[Path], max_docs: int | None, path_part: str) -> Corpus:
     """Text files, one document each, never all in memory: one pass now picks the readable
     files and hashes them (the same key as `_text_corpus` gives the same text), and every
-    later pass (BPE training, the token cache) reads them again one at a time."""
-    content, kept, skipped = _ContentKey(), [], 0
+    later pass (BPE training, the token cache) reads them again one at a time. A file that
+    can be read only once (a FIFO) is held from the first pass."""
+    content, skipped = _ContentKey(), 0
+    kept: list[Path | str] = []  # a path to read again, or the text of a file that reads once (a FIFO)
     for f in files:
         if max_docs is not None and len(kept) >= max_docs:
             break
@@ -139,7 +141,7 @@ def _streamed_text_corpus(spec: str, name: str, source: str, files: list[Path], 
             skipped += 1
             continue
         content.add(text)
-        kept.append(f)
+        kept.append(f if f.is_file() else text)
     if not kept:
         raise UserError(
             f"{path_part}: no text to train on ({len(files)} files, all empty, binary or not UTF-8); "
@@ -148,6 +150,9 @@ def _streamed_text_corpus(spec: str, name: str, source: str, files: list[Path], 
 
     def stream() -> Iterator[str]:
         for f in kept:
+            if isinstance(f, str):
+                yield f
+                continue
             text = _try_read_text(f)
             if text is None:
                 raise UserError(f"{f} became unreadable, binary or not UTF-8 while the corpus was read; restore it")
